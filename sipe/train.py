@@ -1,0 +1,233 @@
+"""Stage 1: train SIPE (or a variant) on image-level labels; checkpointed every epoch and resumable.
+
+A run folder holds `config.json`, `metrics.csv` (one row per step), `checkpoint.pt` (the last
+checkpoint, written atomically) and, once finished, `final.pt`. Restarting `train` on the same folder
+continues from the checkpoint and reaches the same final weights as an uninterrupted run (CPU).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from . import losses
+from .config import ExperimentConfig, load_config
+from .data.datasets import TrainDataset
+from .models import BACKBONES, SIPENet, build_model
+from .runtime import atomic_torch_save, atomic_write_json, resolve_device, seed_everything
+
+METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_gsc", "lr_backbone", "lr_new", "images_per_s",
+                 "seed_fg_share", "seconds")
+
+
+class ConfigMismatchError(RuntimeError):
+    """A run folder holds a run of a different configuration."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    metrics: Path
+    reused: bool
+
+
+class _EpochSampler(Sampler[int]):
+    """The epoch's permutation (seeded by (seed, epoch)), starting after `skip` already-trained items."""
+
+    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
+def training_label_mask(valid_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,S,S) validity and (N,K) labels -> (N,K+1,S,S) mask: background = valid, class k = valid x label_k."""
+    valid = valid_mask.unsqueeze(1)
+    return torch.cat([valid, valid * labels[:, :, None, None].to(valid.dtype)], dim=1)
+
+
+def build_optimizer(model: SIPENet, cfg: ExperimentConfig, max_steps: int):
+    """SGD with the two learning-rate groups and torch's polynomial decay over `max_steps` steps."""
+    t = cfg.train
+    backbone, new = model.param_groups()
+    opt = torch.optim.SGD(
+        [{"params": backbone, "lr": t.lr}, {"params": new, "lr": t.lr * t.new_layer_lr_mult}],
+        lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max_steps, power=t.poly_power)
+    return opt, sched
+
+
+def make_train_dataset(cfg: ExperimentConfig) -> TrainDataset:
+    spec = BACKBONES[cfg.model.backbone]
+    d = cfg.data
+    return TrainDataset(d.resolved_root(), d.train_split, d.resize_long, d.crop_size, spec.mean, spec.std,
+                        max_images=d.max_images, seed=cfg.train.seed)
+
+
+def plan_steps(n_images: int, cfg: ExperimentConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps): full batches only (drop_last), capped by train.max_steps."""
+    per_epoch = n_images // cfg.train.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n_images} training images < batch size {cfg.train.batch_size}")
+    total = per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    return per_epoch, total
+
+
+def train_step(model: SIPENet, batch: dict, cfg: ExperimentConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """One forward pass and the losses of a batch (no optimizer step)."""
+    img = batch["img"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    valid = batch["valid_mask"].to(device, non_blocking=True)
+    use_gsc = cfg.model.gsc
+    mask = training_label_mask(valid, labels)
+    out = model(img, mask, with_ipe=use_gsc)
+    loss_cls = losses.classification_loss(out["score"], labels)
+    result = {"loss_cls": loss_cls}
+    if use_gsc:
+        loss_gsc = losses.gsc_loss(out["cam"], out["is_cam"])
+        grid_valid = mask[:, :1] if mask.shape[2:] == out["seeds"].shape[2:] else F.interpolate(
+            mask[:, :1], out["seeds"].shape[2:], mode="nearest")
+        fg = out["seeds"][:, 1:].sum(1, keepdim=True)
+        result["seed_fg_share"] = (fg * grid_valid).sum() / grid_valid.sum().clamp_min(1.0)
+        result["loss_gsc"] = loss_gsc
+        result["loss"] = loss_cls + loss_gsc
+    else:
+        result["loss"] = loss_cls
+    return result
+
+
+def _load_checkpoint(path: Path, model, opt, sched) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return state
+
+
+def _truncate_metrics(path: Path, upto_step: int) -> None:
+    """Drop metric rows of steps after the checkpoint (they will be trained again)."""
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def train(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train `cfg` in `run_dir`, resuming from `run_dir/checkpoint.pt` when present; returns the final weights."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final, ckpt_path, metrics_path = run_dir / "final.pt", run_dir / "checkpoint.pt", run_dir / "metrics.csv"
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        stored = load_config(cfg_path)
+        if stored.stage_hash("train") != cfg.stage_hash("train"):
+            raise ConfigMismatchError(
+                f"{run_dir} holds a run of another configuration (train hash {stored.stage_hash('train')} != "
+                f"{cfg.stage_hash('train')}); use a new run folder or delete this one")
+    if final.exists():
+        return TrainResult(run_dir, final, metrics_path, reused=True)
+    atomic_write_json(cfg_path, cfg.to_dict())
+
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    dataset = make_train_dataset(cfg)
+    per_epoch, max_steps = plan_steps(len(dataset), cfg)
+    model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    model.train()
+    opt, sched = build_optimizer(model, cfg, max_steps)
+
+    step = 0
+    if ckpt_path.exists():
+        step = _load_checkpoint(ckpt_path, model, opt, sched)["step"]
+    _truncate_metrics(metrics_path, step)
+    new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
+    t_cfg = cfg.train
+    every = t_cfg.checkpoint_every_steps
+
+    with metrics_path.open("a", newline="") as mf, tqdm(
+        total=max_steps, initial=step, disable=not progress, desc=f"train {cfg.profile}", unit="step"
+    ) as bar:
+        writer = csv.DictWriter(mf, fieldnames=METRIC_FIELDS)
+        if new_file:
+            writer.writeheader()
+        while step < max_steps:
+            epoch, in_epoch = divmod(step, per_epoch)
+            dataset.set_epoch(epoch)
+            sampler = _EpochSampler(len(dataset), t_cfg.seed, epoch, skip=in_epoch * t_cfg.batch_size)
+            loader = DataLoader(dataset, batch_size=t_cfg.batch_size, sampler=sampler, drop_last=True,
+                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+            for batch in loader:
+                t0 = time.perf_counter()
+                out = train_step(model, batch, cfg, device)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=t_cfg.clip_grad_norm)
+                lrs = [g["lr"] for g in opt.param_groups]
+                opt.step()
+                sched.step()
+                step += 1
+                dt = time.perf_counter() - t0
+                row = {
+                    "step": step, "epoch": epoch, "lr_backbone": lrs[0], "lr_new": lrs[1],
+                    "images_per_s": t_cfg.batch_size / dt, "seconds": dt,
+                    **{k: float(v.detach()) for k, v in out.items()},
+                }
+                if not all(math.isfinite(row[k]) for k in ("loss", "loss_cls")):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {row}; lower train.lr")
+                writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+                bar.update(1)
+                if step % max(1, t_cfg.log_every) == 0 or step == max_steps:
+                    mf.flush()
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.1f}")
+                end_of_epoch = step % per_epoch == 0
+                if end_of_epoch or step == max_steps or (every and step % every == 0):
+                    mf.flush()
+                    atomic_torch_save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "scheduler": sched.state_dict()}, ckpt_path)
+                if on_step is not None:
+                    on_step(step, row)
+                if step >= max_steps:
+                    break
+    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step}, final)
+    return TrainResult(run_dir, final, metrics_path, reused=False)
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[SIPENet, ExperimentConfig]:
+    """The model and config stored in a `final.pt` written by `train` (no ImageNet weights needed)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = ExperimentConfig.from_dict(state["config"])
+    model_cfg = cfg.model.__class__(**{**cfg.model.__dict__, "pretrained": False})
+    model = build_model(model_cfg, cfg.data.num_classes)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg
+
+
+def run_dir_for(cfg: ExperimentConfig, work_dir: str | Path, variant: str) -> Path:
+    """The cache folder of a training run: <work_dir>/runs/<variant>-<train hash>."""
+    return Path(work_dir) / "runs" / f"{variant}-{cfg.stage_hash('train')}"
