@@ -1,0 +1,105 @@
+"""Command line over the pipeline stages: `python -m sipe train|maps|eval|scan ...`.
+
+Examples:
+  python -m sipe train --profile subset --variant sipe
+  python -m sipe maps  --profile subset --variant cam
+  python -m sipe eval  --profile subset --variant sipe --crf
+  python -m sipe scan  --data-root /data/VOC2012 --split train_aug
+Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import PROFILES, VARIANTS, ConfigError, DATA_ROOT_ENV, WORK_DIR_ENV, ExperimentConfig, get_profile, variant_config
+
+
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = _parse_sets(args.set)
+    if args.data_root:
+        overrides["data.root"] = args.data_root
+    if args.device:
+        overrides["device"] = args.device
+    return get_profile(args.profile, **overrides)
+
+
+def default_work_dir(profile: str) -> Path:
+    return Path(os.environ.get(WORK_DIR_ENV, "")) if os.environ.get(WORK_DIR_ENV) else Path("work") / profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["train", "maps", "eval", "scan", "show-config"])
+    parser.add_argument("--profile", choices=PROFILES, default="smoke")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="sipe")
+    parser.add_argument("--data-root", default="", help=f"dataset root (default: ${DATA_ROOT_ENV})")
+    parser.add_argument("--work-dir", default="", help=f"cache of runs and maps (default: ${WORK_DIR_ENV} or work/<profile>)")
+    parser.add_argument("--device", default="", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--split", default="", help="scan: split to check (default: the training split)")
+    parser.add_argument("--which", default="is_cam", help="eval: map key (is_cam, cam, is_cam@argmax, ...)")
+    parser.add_argument("--crf", action="store_true", help="eval: also denseCRF post-processing")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = config_from_args(args)
+        work = Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)
+        progress = not args.no_progress
+        if args.command == "show-config":
+            print(json.dumps(variant_config(cfg, args.variant).to_dict(), indent=2))
+            return 0
+        if args.command == "scan":
+            from .data.voc import scan_dataset
+
+            report = scan_dataset(cfg.data.resolved_root(), args.split or cfg.data.train_split)
+            print(report)
+            return 0 if report.ok else 1
+        from . import pipeline
+
+        if args.command == "train":
+            result = pipeline.trained(cfg, work, args.variant, progress=progress)
+            print(f"{'reused' if result.reused else 'trained'}: {result.checkpoint}")
+            return 0
+        maps_dir = pipeline.maps(cfg, work, args.variant, progress=progress)
+        if args.command == "maps":
+            print(f"maps: {maps_dir}")
+            return 0
+        from . import evaluation
+
+        vcfg = variant_config(cfg, args.variant)
+        root = vcfg.data.resolved_root()
+        ids = evaluation.map_ids(maps_dir)
+        est = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="estimated", progress=progress)
+        print(f"estimated background: mIoU {est.miou:.2f} ({est.note})")
+        sweep = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="threshold",
+                                         thresholds=vcfg.eval.thresholds, progress=progress)
+        print(f"threshold background: best mIoU {sweep.best.miou:.2f} at t={sweep.best_threshold}")
+        if args.crf:
+            from .crf import evaluate_crf
+
+            crf = evaluate_crf(maps_dir, root, ids, which=args.which, progress=progress)
+            print(f"+denseCRF: mIoU {crf.void_as_background.miou:.2f} (void counted as background)")
+        return 0
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
