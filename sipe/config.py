@@ -168,6 +168,10 @@ class ExperimentConfig:
         m = self.model
         if m.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone={m.backbone!r}; choose one of {sorted(BACKBONES)}")
+        layers = BACKBONES[m.backbone].semantic_layers
+        if m.semantic_layer not in layers:
+            raise ConfigError(f"model.semantic_layer={m.semantic_layer!r} does not exist in {m.backbone}; "
+                              f"choose one of {list(layers)}")
         for name in ("seed_feature_train", "seed_feature_infer", "prototype_feature"):
             if getattr(m, name) not in ("semantic", "hierarchical"):
                 raise ConfigError(f"model.{name}={getattr(m, name)!r}; choose 'semantic' or 'hierarchical'")
@@ -272,7 +276,7 @@ def _smoke() -> ExperimentConfig:
         data=DataConfig(resize_long=(64, 96), crop_size=64, max_images=8),
         model=ModelConfig(backbone="efficientnet_lite0", semantic_layer="conv_head", bg_scale=1.0),
         train=TrainConfig(batch_size=4, epochs=1, max_steps=2, lr=0.01, momentum=0.9, seed=0),
-        infer=InferConfig(scales=(1.0, 0.5), max_images=4),
+        infer=InferConfig(scales=(0.5, 0.25), max_images=4),
         eval=EvalConfig(thresholds=(0.1, 0.2, 0.3, 0.4, 0.5), crf_iterations=2),
     )
 

@@ -101,7 +101,9 @@ class Study:
         parts = [f"profile {c.profile}", f"backbone {c.model.backbone}"
                  + ("" if c.model.backbone == PAPER_BACKBONE else f" (paper: ResNet-50)")]
         parts.append(f"{n_eval} VOC12 {c.infer.split} images" + (f" of {full:,}" if full else ""))
-        parts.append(f"{len(voc.read_split(self.root, c.data.train_split))} training images")
+        n_train = len(voc.read_split(self.root, c.data.train_split)[: c.data.max_images])
+        parts.append(f"{n_train} training images" + (f" of {FULL_VOC_SIZES[c.data.train_split]:,}"
+                                                     if c.data.train_split in FULL_VOC_SIZES else ""))
         parts.append(f"crop {c.data.crop_size}, {c.train.epochs} epochs")
         if c.model.bg_scale != PAPER_BG_SCALE:
             parts.append(f"background weight {c.model.bg_scale:g} (paper: {PAPER_BG_SCALE:g})")

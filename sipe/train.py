@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import losses
 from .config import ExperimentConfig, load_config

@@ -1,0 +1,303 @@
+"""Single-image analysis: every intermediate of SIPE's inference for one image, and what the figures read from it.
+
+Grid coordinates are (y, x) on the stride-16 feature grid (h, w); channel indices follow the CAM's layout,
+background at 0 and VOC class c at channel c (so `class_index` 8 is "cat", its classifier row is 7).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import ipe
+from .config import ExperimentConfig, FeatureName
+from .data import transforms as T
+from .data import voc
+from .maps import fuse_flip
+from .models import BACKBONES, SIPENet
+
+Pixel = tuple[int, int]
+DEFAULT_EXAMPLE_CLASSES = ("cat", "dog", "horse", "sheep", "cow", "person")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageAnalysis:
+    """SIPE's intermediates for one image at one scale (image and its flip fused), all numpy on the CPU.
+
+    image uint8 (H,W,3); gt uint8 (H,W) or None without a mask file; label (K,); logits (K,h,w);
+    cam (C,h,w) with background 1 - max over all K classes (unmasked); semantic (Ds,h,w); hierarchical
+    (768,h,w); seeds (C,h,w) structure-aware one-hot seeds (inference rule, label-masked); prototypes (C,D)
+    and is_cam (C,h,w) on `prototype_feature`; classifier_weight (K,Ds).
+    """
+
+    image_id: str
+    scale: float
+    image: np.ndarray
+    gt: np.ndarray | None
+    label: np.ndarray
+    logits: np.ndarray
+    cam: np.ndarray
+    semantic: np.ndarray
+    hierarchical: np.ndarray
+    seeds: np.ndarray
+    prototypes: np.ndarray
+    is_cam: np.ndarray
+    classifier_weight: np.ndarray
+    seed_feature: FeatureName = "hierarchical"
+    prototype_feature: FeatureName = "hierarchical"
+    bg_scale: float = 0.5
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return tuple(self.cam.shape[1:])  # type: ignore[return-value]
+
+    def feature(self, name: FeatureName) -> np.ndarray:
+        """The (D,h,w) feature called `name` ('semantic' or 'hierarchical')."""
+        if name == "semantic":
+            return self.semantic
+        if name == "hierarchical":
+            return self.hierarchical
+        raise ValueError(f"feature={name!r}; choose 'semantic' or 'hierarchical'")
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+@torch.no_grad()
+def analyze_image(
+    model: SIPENet,
+    cfg: ExperimentConfig,
+    root: str | os.PathLike,
+    image_id: str,
+    scale: float = 1.0,
+    flip: bool = True,
+) -> ImageAnalysis:
+    """Run SIPE's inference on one image at one scale (plus its flip, fused as in `sipe.maps`).
+
+    Preprocessing is the inference dataset's (bicubic rescale, the backbone's mean/std); seeds use
+    `cfg.model.seed_feature_infer`, the unmasked CAM, label mask [1, label] and `cfg.model.bg_scale`.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    mcfg = cfg.model
+    spec = BACKBONES[mcfg.backbone]
+    image = voc.load_image(root, image_id)
+    label = voc.label_of(voc.load_cls_labels(root), image_id, voc.labels_path(root))
+    gt = voc.load_mask(root, image_id) if voc.mask_path(root, image_id).is_file() else None
+
+    x = T.hwc_to_chw(T.normalize(T.rescale(image, scale, "bicubic"), spec.mean, spec.std))
+    views = [x, np.ascontiguousarray(x[:, :, ::-1])] if flip else [x]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        feats = model.extract(torch.from_numpy(np.stack(views)).to(device))
+    finally:
+        model.train(was_training)
+    logits, semantic, hierarchical = (fuse_flip(t) for t in feats)
+    cam = ipe.cam_with_background(logits)
+    label_t = torch.from_numpy(label).to(device)
+    label_mask = torch.cat([label_t.new_ones(1), label_t])[None, :, None, None]
+    by_name = {"semantic": semantic, "hierarchical": hierarchical}
+    seeds = ipe.locate_seeds(cam, by_name[mcfg.seed_feature_infer], label_mask, bg_scale=mcfg.bg_scale,
+                             chunk_rows=mcfg.seed_chunk_rows)
+    proto_feature = by_name[mcfg.prototype_feature]
+    protos = ipe.prototypes(seeds, proto_feature)
+    maps = ipe.is_cam(proto_feature, protos)
+    if not mcfg.background_prototype:
+        maps = ipe.background_from_foreground(maps)
+    return ImageAnalysis(
+        image_id=image_id,
+        scale=float(scale),
+        image=image,
+        gt=gt,
+        label=label.copy(),
+        logits=_numpy(logits[0]),
+        cam=_numpy(cam[0]),
+        semantic=_numpy(semantic[0]),
+        hierarchical=_numpy(hierarchical[0]),
+        seeds=_numpy(seeds[0]),
+        prototypes=_numpy(protos[0]),
+        is_cam=_numpy(maps[0]),
+        classifier_weight=_numpy(model.classifier.weight[:, :, 0, 0]),
+        seed_feature=mcfg.seed_feature_infer,
+        prototype_feature=mcfg.prototype_feature,
+        bg_scale=float(mcfg.bg_scale),
+    )
+
+
+def structure_map(feature: np.ndarray, pixel: Pixel) -> np.ndarray:
+    """(h,w) structure map of `pixel` (y, x): ReLU(f_pixel . f_j) with f L2-normalised as in `sipe.ipe`."""
+    if feature.ndim != 3:
+        raise ValueError(f"feature must be (D,h,w), got shape {feature.shape}")
+    y, x = pixel
+    h, w = feature.shape[1:]
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"pixel {pixel} is outside the {h}x{w} grid")
+    f = ipe.l2_normalize(torch.from_numpy(np.asarray(feature, dtype=np.float32)), dim=0)
+    return torch.relu(torch.einsum("d,dhw->hw", f[:, y, x], f)).numpy()
+
+
+def structure_similarity(feature: np.ndarray, cam: np.ndarray, pixel: Pixel) -> np.ndarray:
+    """(C,) IoU between the structure map of `pixel` and each CAM channel (C,h,w): sum(S*M) / (sum S + sum M - sum(S*M))."""
+    s = structure_map(feature, pixel)
+    if cam.shape[1:] != s.shape:
+        raise ValueError(f"cam {cam.shape} and feature grid {s.shape} differ")
+    cam = np.asarray(cam, dtype=np.float32)
+    inter = (cam * s).sum(axis=(1, 2))
+    union = s.sum() + cam.sum(axis=(1, 2)) - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def cell_centres(grid: int, size: int) -> np.ndarray:
+    """Image row (or column) index at the centre of each of `grid` cells spanning `size` pixels."""
+    return np.minimum(((np.arange(grid) + 0.5) * size / grid).astype(np.int64), size - 1)
+
+
+def grid_to_image(pixel: Pixel, grid_shape: tuple[int, int], image_shape: tuple[int, int]) -> Pixel:
+    """The image pixel (row, col) at the centre of grid cell `pixel`."""
+    (y, x), (h, w), (hh, ww) = pixel, grid_shape, image_shape[:2]
+    return int(cell_centres(h, hh)[y]), int(cell_centres(w, ww)[x])
+
+
+def grid_mask(analysis: ImageAnalysis) -> np.ndarray | None:
+    """The GT mask sampled (nearest, at cell centres) on the feature grid: uint8 (h,w), or None without GT."""
+    if analysis.gt is None:
+        return None
+    h, w = analysis.grid_shape
+    hh, ww = analysis.gt.shape
+    return analysis.gt[np.ix_(cell_centres(h, hh), cell_centres(w, ww))]
+
+
+def _check_class(analysis: ImageAnalysis, class_index: int) -> None:
+    c = analysis.cam.shape[0]
+    if not 1 <= class_index < c:
+        raise ValueError(f"class_index={class_index}: must be a foreground channel in 1..{c - 1} (0 is background)")
+
+
+def pick_pixels(analysis: ImageAnalysis, class_index: int) -> tuple[Pixel, Pixel]:
+    """(foreground, background) grid pixels (y, x) for the structure figure.
+
+    Foreground: argmax of the class's CAM inside the class's GT region (anywhere without GT or region).
+    Background: among GT-background cells, the one farthest from every non-background cell, ties broken by
+    the lowest max foreground CAM; without GT background, the cell of lowest max foreground CAM.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    _check_class(analysis, class_index)
+    cam_c = analysis.cam[class_index]
+    max_fg = analysis.cam[1:].max(axis=0)
+    gm = grid_mask(analysis)
+    region = gm == class_index if gm is not None else None
+    if region is not None and region.any():
+        fg_flat = int(np.argmax(np.where(region, cam_c, -np.inf)))
+    else:
+        fg_flat = int(np.argmax(cam_c))
+    background = gm == 0 if gm is not None else None
+    if background is not None and background.any() and not background.all():
+        dist = distance_transform_edt(background)
+        order = np.lexsort((max_fg.ravel(), -dist.ravel()))
+        bg_flat = int(order[0])
+    else:
+        bg_flat = int(np.argmin(max_fg))
+    w = cam_c.shape[1]
+    return divmod(fg_flat, w), divmod(bg_flat, w)
+
+
+class PixelFeatures(NamedTuple):
+    """Features (P,D), CAM of the class (P,), grid coordinates (P,2) as (y, x), and 'gt' or 'seeds'."""
+
+    features: np.ndarray
+    cam: np.ndarray
+    coords: np.ndarray
+    source: str
+
+
+def foreground_pixel_features(
+    analysis: ImageAnalysis, class_index: int, feature: FeatureName = "semantic"
+) -> PixelFeatures:
+    """The feature vectors of the class's pixels: GT cells of the class, else the class's seed cells."""
+    _check_class(analysis, class_index)
+    gm = grid_mask(analysis)
+    source = "gt"
+    region = gm == class_index if gm is not None else None
+    if region is None or not region.any():
+        source = "seeds"
+        region = analysis.seeds[class_index] > 0
+    if not region.any():
+        raise ValueError(
+            f"image {analysis.image_id}: class {class_index} has no pixel on the {analysis.grid_shape} grid in the "
+            "GT mask and no seed; pick a class present in the image (analysis.label) or a larger scale"
+        )
+    coords = np.argwhere(region)
+    f = analysis.feature(feature)
+    return PixelFeatures(
+        features=f[:, coords[:, 0], coords[:, 1]].T.copy(),
+        cam=analysis.cam[class_index][coords[:, 0], coords[:, 1]].copy(),
+        coords=coords,
+        source=source,
+    )
+
+
+def seed_prototype(analysis: ImageAnalysis, class_index: int, feature: FeatureName = "semantic") -> np.ndarray:
+    """(D,) mean of `feature` over the class's seed cells (zeros when the class has no seed)."""
+    _check_class(analysis, class_index)
+    seeds = torch.from_numpy(analysis.seeds[class_index][None, None])
+    f = torch.from_numpy(analysis.feature(feature)[None])
+    return ipe.prototypes(seeds, f)[0, 0].numpy()
+
+
+def cosine_to(features: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """(P,) cosine similarity of each row of `features` (P,D) with `vector` (D,)."""
+    f = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
+    v = vector / (np.linalg.norm(vector) + 1e-12)
+    return f @ v
+
+
+def pick_example_images(
+    root: str | os.PathLike,
+    ids: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    n: int = 4,
+    seed: int = 0,
+    min_area: float = 0.1,
+) -> pd.DataFrame:
+    """Up to n images showing one large object class, chosen deterministically from `ids`.
+
+    Candidates hold exactly one foreground class in the GT mask covering at least `min_area` of the image.
+    Preferred classes (default cat, dog, horse, sheep, cow, person) are taken in turn, one image per class
+    per round, each class's candidates in an order shuffled by `seed`; other classes, then smaller objects,
+    fill what is left. Columns: id, class_index, class_name, area (object share of the image).
+    """
+    preferred = list(DEFAULT_EXAMPLE_CLASSES if class_names is None else class_names)
+    unknown = [c for c in preferred if c not in voc.CLASS_NAMES[1:]]
+    if unknown:
+        raise ValueError(f"unknown class names {unknown}; valid names: {list(voc.CLASS_NAMES[1:])}")
+    rows = []
+    for image_id in ids:
+        mask = voc.load_mask(root, image_id)
+        present = [int(c) for c in np.unique(mask) if 0 < c < voc.IGNORE_INDEX]
+        if len(present) == 1:
+            rows.append((image_id, present[0], float((mask == present[0]).mean())))
+    cands = pd.DataFrame(rows, columns=["id", "class_index", "area"])
+    rng = np.random.default_rng(seed)
+    large = cands[cands["area"] >= min_area]
+    pref_idx = [voc.CLASS_NAMES.index(c) for c in preferred]
+    queues = [list(rng.permutation(large.loc[large["class_index"] == c, "id"].to_numpy())) for c in pref_idx]
+    chosen: list[str] = []
+    while len(chosen) < n and any(queues):
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(str(q.pop(0)))
+    others = large[~large["class_index"].isin(pref_idx)]
+    chosen += [str(i) for i in rng.permutation(others["id"].to_numpy())][: n - len(chosen)]
+    rest = cands[~cands["id"].isin(chosen)].sort_values("area", ascending=False, kind="stable")
+    chosen += rest["id"].tolist()[: n - len(chosen)]
+    out = cands.set_index("id").loc[chosen].reset_index()
+    out.insert(2, "class_name", [voc.CLASS_NAMES[c] for c in out["class_index"]])
+    return out[["id", "class_index", "class_name", "area"]]

@@ -1,0 +1,286 @@
+"""data_prep scripts: SBD conversion, labels from XML, downloads (offline only), verification."""
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import socket
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from data_prep import convert_sbd, download_voc, make_cls_labels, make_synthetic, verify
+from sipe.data.voc import DataError, load_cls_labels, load_mask, read_split, save_mask, scan_dataset
+
+MD5_ABC = "900150983cd24fb0d6963f7d28e17f72"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything opens a socket connection."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+# --- convert_sbd -------------------------------------------------------------------------------------
+
+def write_sbd_mat(path: Path, seg: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"GTcls": {"Segmentation": seg, "Boundaries": np.zeros(1), "CategoriesPresent": 1}})
+
+
+def write_list(path: Path, ids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{i}\n" for i in ids))
+
+
+@pytest.fixture
+def voc_sbd(tmp_path):
+    voc, sbd = tmp_path / "VOC2012", tmp_path / "dataset"
+    seg_s1 = np.array([[0, 0, 3], [0, 3, 3]], dtype=np.uint8)
+    seg_s2 = np.array([[15, 15, 0], [0, 0, 0], [12, 12, 12]], dtype=np.float64)
+    write_sbd_mat(sbd / "cls" / "s1.mat", seg_s1)
+    write_sbd_mat(sbd / "cls" / "s2.mat", seg_s2)
+    write_sbd_mat(sbd / "cls" / "both.mat", np.full((2, 2), 7, dtype=np.uint8))
+    write_sbd_mat(sbd / "cls" / "v_val.mat", np.full((2, 2), 9, dtype=np.uint8))
+    write_list(sbd / "train.txt", ["s1", "both"])
+    write_list(sbd / "val.txt", ["s2", "v_val"])
+    voc_both = np.array([[7, 255], [255, 0]], dtype=np.uint8)
+    save_mask(voc / "SegmentationClass" / "both.png", voc_both)
+    save_mask(voc / "SegmentationClass" / "v_train.png", np.array([[1, 255, 0]], dtype=np.uint8))
+    save_mask(voc / "SegmentationClass" / "v_val.png", np.array([[20, 255]], dtype=np.uint8))
+    write_list(voc / "ImageSets" / "Segmentation" / "train.txt", ["v_train", "both"])
+    write_list(voc / "ImageSets" / "Segmentation" / "val.txt", ["v_val"])
+    return voc, sbd, {"s1": seg_s1, "s2": seg_s2.astype(np.uint8), "both": voc_both}
+
+
+def test_train_aug_ids_is_sbd_and_voc_train_minus_voc_val():
+    assert convert_sbd.train_aug_ids(["a", "b"], ["c", "v"], ["t", "a"], ["v", "x"]) == ["a", "b", "c", "t"]
+
+
+def test_convert_sbd_writes_masks_and_train_aug(voc_sbd):
+    voc, sbd, expected = voc_sbd
+    result = convert_sbd.convert(voc, sbd)
+    assert result.train_aug == ["both", "s1", "s2", "v_train"]
+    assert read_split(voc, "train_aug") == ["both", "s1", "s2", "v_train"]
+    assert (result.n_from_voc, result.n_from_sbd) == (3, 2)
+    for image_id, mask in expected.items():
+        np.testing.assert_array_equal(load_mask(voc, image_id), mask)
+    np.testing.assert_array_equal(load_mask(voc, "v_val"), [[20, 255]])
+    np.testing.assert_array_equal(load_mask(voc, "v_train"), [[1, 255, 0]])
+
+
+def test_convert_sbd_names_missing_sources(voc_sbd, capsys):
+    voc, sbd, _ = voc_sbd
+    (sbd / "cls" / "s2.mat").unlink()
+    with pytest.raises(DataError) as e:
+        convert_sbd.convert(voc, sbd)
+    assert str(sbd / "cls" / "s2.mat") in str(e.value) and str(voc / "SegmentationClass" / "s2.png") in str(e.value)
+    assert convert_sbd.main(["--voc-root", str(voc), "--sbd-root", str(sbd)]) == 1
+    assert "s2.mat" in capsys.readouterr().err
+
+
+def test_convert_sbd_main(voc_sbd, capsys):
+    voc, sbd, _ = voc_sbd
+    assert convert_sbd.main(["--voc-root", str(voc), "--sbd-root", str(sbd)]) == 0
+    assert "4 ids" in capsys.readouterr().out
+
+
+def test_load_sbd_mask_rejects_bad_file(tmp_path):
+    path = tmp_path / "x.mat"
+    scipy.io.savemat(path, {"other": np.zeros(2)})
+    with pytest.raises(DataError, match="x.mat"):
+        convert_sbd.load_sbd_mask(path)
+
+
+# --- make_cls_labels ---------------------------------------------------------------------------------
+
+def voc_xml(*objects: tuple[str, int]) -> str:
+    body = "".join(
+        f"<object><name>{name}</name><difficult>{difficult}</difficult>"
+        "<part><name>head</name></part><part><name>hand</name></part></object>"
+        for name, difficult in objects
+    )
+    return f"<annotation><filename>x.jpg</filename>{body}</annotation>"
+
+
+@pytest.fixture
+def annotated(tmp_path):
+    voc = tmp_path / "VOC2012"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "Annotations" / "a.xml").write_text(voc_xml(("person", 1), ("dog", 0), ("person", 0)))
+    (voc / "Annotations" / "b.xml").write_text(voc_xml(("cat", 0), ("cat", 0)))
+    (voc / "Annotations" / "c.xml").write_text(voc_xml((" tvmonitor\n", 0), ("aeroplane", 1)))
+    write_list(voc / "ImageSets" / "Segmentation" / "train_aug.txt", ["a", "b"])
+    write_list(voc / "ImageSets" / "Segmentation" / "val.txt", ["c"])
+    return voc
+
+
+def test_label_from_xml_counts_every_object(annotated):
+    label = make_cls_labels.label_from_xml(annotated / "Annotations" / "a.xml")
+    assert label.dtype == np.float32 and label.shape == (20,)
+    assert np.flatnonzero(label).tolist() == [11, 14]
+    assert np.flatnonzero(make_cls_labels.label_from_xml(annotated / "Annotations" / "b.xml")).tolist() == [7]
+    assert np.flatnonzero(make_cls_labels.label_from_xml(annotated / "Annotations" / "c.xml")).tolist() == [0, 19]
+
+
+def test_label_from_xml_errors(annotated):
+    bad = annotated / "Annotations" / "u.xml"
+    bad.write_text(voc_xml(("unicorn", 0)))
+    with pytest.raises(DataError, match="unicorn") as e:
+        make_cls_labels.label_from_xml(bad)
+    assert str(bad) in str(e.value)
+    with pytest.raises(DataError, match="missing.xml"):
+        make_cls_labels.label_from_xml(annotated / "Annotations" / "missing.xml")
+    broken = annotated / "Annotations" / "broken.xml"
+    broken.write_text("<annotation><object>")
+    with pytest.raises(DataError, match="broken.xml"):
+        make_cls_labels.label_from_xml(broken)
+
+
+def test_make_cls_labels_main_writes_loadable_file(annotated):
+    assert make_cls_labels.main(["--voc-root", str(annotated)]) == 0
+    labels = load_cls_labels(annotated)
+    assert sorted(labels) == ["a", "b", "c"]
+    assert np.flatnonzero(labels["a"]).tolist() == [11, 14]
+    assert np.flatnonzero(labels["c"]).tolist() == [0, 19]
+
+
+# --- download_voc (never touches the network) --------------------------------------------------------
+
+def test_md5_verification(tmp_path):
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"abc")
+    assert download_voc.file_md5(path) == MD5_ABC
+    download_voc.verify_md5(path, MD5_ABC.upper())
+    with pytest.raises(download_voc.ChecksumError) as e:
+        download_voc.verify_md5(path, "0" * 32)
+    assert str(path) in str(e.value) and MD5_ABC in str(e.value)
+
+
+def test_archives_carry_the_published_checksums():
+    assert download_voc.VOC2012.md5 == "6cd6e144f989b92b3379bac3b3de84fd"
+    assert download_voc.SBD.md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
+    assert download_voc.VOC2012.filename == "VOCtrainval_11-May-2012.tar"
+    assert download_voc.SBD.filename == "benchmark.tgz"
+
+
+class FakeResponse(io.BytesIO):
+    def __init__(self, body: bytes, status: int):
+        super().__init__(body)
+        self.status = status
+        self.headers = {"Content-Length": str(len(body))}
+
+
+def serve(monkeypatch, payload: bytes, honour_range: bool) -> list[str | None]:
+    """Replace urlopen by a server of `payload`; returns the Range headers it was asked for."""
+    seen: list[str | None] = []
+
+    def fake_urlopen(request, timeout=None):
+        asked = request.get_header("Range")
+        seen.append(asked)
+        if asked and honour_range:
+            start = int(asked.removeprefix("bytes=").rstrip("-"))
+            return FakeResponse(payload[start:], 206)
+        return FakeResponse(payload, 200)
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    return seen
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_download_resumes_partial_file(tmp_path, monkeypatch, no_network, honour_range):
+    payload = bytes(range(256)) * 40
+    dest = tmp_path / "file.tar"
+    (tmp_path / "file.tar.part").write_bytes(payload[:1000])
+    seen = serve(monkeypatch, payload, honour_range)
+    out = download_voc.download("http://example.invalid/file.tar", dest, hashlib.md5(payload).hexdigest())
+    assert out == dest and dest.read_bytes() == payload
+    assert seen == ["bytes=1000-"] and not (tmp_path / "file.tar.part").exists()
+
+
+def test_download_rejects_wrong_checksum(tmp_path, monkeypatch, no_network):
+    serve(monkeypatch, b"abc", True)
+    with pytest.raises(download_voc.ChecksumError):
+        download_voc.download("http://example.invalid/f", tmp_path / "f", "0" * 32)
+    assert list(tmp_path.iterdir()) == []
+    assert download_voc.download("http://example.invalid/f", tmp_path / "f", MD5_ABC).read_bytes() == b"abc"
+
+
+def test_offline_failure_says_what_to_fetch(tmp_path, monkeypatch, no_network, capsys):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert download_voc.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    for archive in (download_voc.VOC2012, download_voc.SBD):
+        assert archive.url in err and archive.md5 in err
+        assert str(tmp_path.resolve() / archive.filename) in err
+    assert "download_voc --out" in err
+
+
+def test_present_archive_is_verified_and_extracted_offline(tmp_path, monkeypatch, no_network, capsys):
+    src = tmp_path / "src" / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    src.mkdir(parents=True)
+    (src / "x.jpg").write_bytes(b"jpeg")
+    archive = tmp_path / "out" / "VOCtrainval_11-May-2012.tar"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "src" / "VOCdevkit", arcname="VOCdevkit")
+    monkeypatch.setitem(download_voc.ARCHIVES, "voc2012",
+                        replace(download_voc.VOC2012, md5=download_voc.file_md5(archive)))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("no download expected"))
+    assert download_voc.main(["--out", str(archive.parent), "--only", "voc2012"]) == 0
+    assert (archive.parent / "VOCdevkit" / "VOC2012" / "JPEGImages" / "x.jpg").read_bytes() == b"jpeg"
+    assert "SIPE_DATA_ROOT" in capsys.readouterr().out
+
+
+# --- make_synthetic and verify -----------------------------------------------------------------------
+
+def write_manifest(root: Path) -> None:
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(root)}\n"
+             for p in sorted(root.rglob("*")) if p.is_file()]
+    (root / verify.MANIFEST).write_text("".join(lines))
+
+
+def test_make_synthetic_then_verify(tmp_path, capsys):
+    root = tmp_path / "syn"
+    assert make_synthetic.main(["--out", str(root), "--n-images", "6", "--height", "40", "--width", "56"]) == 0
+    assert len(read_split(root, "train_aug")) == 6 and scan_dataset(root, "train_aug").ok
+    write_manifest(root)
+    assert verify.main(["--root", str(root)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_verify_reports_scan_and_manifest_problems(synthetic_root, tmp_path, capsys):
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "voc"))
+    write_manifest(root)
+    victim = read_split(root, "val")[0]
+    png = root / "SegmentationClassAug" / f"{victim}.png"
+    png.write_bytes(png.read_bytes() + b"\0")
+    jpg = root / "JPEGImages" / f"{read_split(root, 'train')[0]}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:300])
+    assert verify.main(["--root", str(root), "--splits", "train", "val"]) == 1
+    err = capsys.readouterr().err
+    assert f"{png}: sha256 differs" in err
+    assert str(jpg) in err and "truncated" in err
+    differs = "sha256 differs from MANIFEST.sha256 (modified or corrupt; restore it)"
+    assert verify.check_manifest(root) == [f"{jpg}: {differs}", f"{png}: {differs}"]
+
+
+def test_verify_uses_env_root(synthetic_root, monkeypatch, capsys):
+    monkeypatch.setenv("SIPE_DATA_ROOT", str(synthetic_root))
+    assert verify.main(["--splits", "val"]) == 0
+    monkeypatch.setenv("SIPE_DATA_ROOT", str(synthetic_root / "missing"))
+    assert verify.main([]) == 1
+    assert "missing" in capsys.readouterr().err
