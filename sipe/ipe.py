@@ -57,7 +57,7 @@ def structure_iou(
     iou = torch.empty(n, hw, c, dtype=f.dtype, device=f.device)
     for start in range(0, hw, rows):
         stop = min(hw, start + rows)
-        corr = F.relu(torch.bmm(f[:, :, start:stop].transpose(1, 2), f))
+        corr = F.relu(torch.bmm(f[:, :, start:stop].transpose(1, 2), f), inplace=True)
         inter = torch.bmm(corr, cam_flat.transpose(1, 2))
         union = corr.sum(-1, keepdim=True) + cam_sum.unsqueeze(1) - inter
         iou[:, start:stop] = inter / union.clamp_min(1e-12)

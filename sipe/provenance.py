@@ -1,0 +1,79 @@
+"""Where a result came from: code revision, configuration, package versions, device, date.
+
+Every notebook ends with `provenance_table(provenance(cfg))`, and the runner stores the revision beside
+each notebook's wall time, so each number in the book can be traced to the code and settings behind it.
+No host name or user name is recorded.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
+
+PACKAGES = ("sipe", "torch", "torchvision", "timm", "numpy", "pandas")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_revision(repo: str | Path = REPO_ROOT) -> str:
+    """`git rev-parse HEAD` of `repo`, with '-dirty' when tracked files have uncommitted changes; 'unknown'
+    when git or a commit is unavailable."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed version of each distribution ('not installed' when absent)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance(cfg: ExperimentConfig | None = None) -> dict[str, Any]:
+    """Provenance record: git_revision, profile, config_hash (the 'eval' stage hash), device, python,
+    packages {name: version}, date (UTC, ISO 8601). profile/config_hash/device are None without `cfg`."""
+    device = None
+    if cfg is not None:
+        from .runtime import resolve_device
+
+        device = str(resolve_device(cfg.device))
+    return {
+        "git_revision": git_revision(),
+        "profile": None if cfg is None else cfg.profile,
+        "config_hash": None if cfg is None else cfg.stage_hash("eval"),
+        "device": device,
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def provenance_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The record as a two-column table (provenance, value), packages flattened to one row each."""
+    rows = []
+    for key, value in record.items():
+        if isinstance(value, dict):
+            rows += [(f"{key}: {name}", str(v)) for name, v in value.items()]
+        else:
+            rows.append((key, "" if value is None else str(value)))
+    return pd.DataFrame(rows, columns=["provenance", "value"])

@@ -1,0 +1,354 @@
+"""Run the study's notebooks with papermill, in dependency order, into executed copies for the book.
+
+    python -m sipe.reproduce --profile smoke|subset|paper [--data-root D] [--work-dir W] [--out DIR]
+                             [--only NAME ...] [--device auto] [--seed N] [--notebooks-dir DIR]
+
+Each notebook gets the parameters profile, data_root, work_dir, seed and device. All notebooks share
+`work_dir` (default `work/<profile>`), where `sipe.pipeline` caches trained models and maps by config
+hash, so a stage computed by one notebook is reused by the next.
+
+Files in the output folder (default `book/executed/`):
+- `<name>.partial.ipynb` while a notebook runs (papermill saves it cell by cell);
+- `<name>.ipynb` once it ran to the end (renamed from the partial copy; the book shows these);
+- `<name>.failed.ipynb` when a cell raised: the executed copy with the traceback. A stale `<name>.ipynb`
+  of that notebook is removed so the book never shows results the current code did not produce;
+- `provenance.json`: per notebook, status, wall time, git revision, profile (merged over runs);
+- `claims.md`: the claims table (`sipe.results.claims`) over the numbers the notebooks recorded in
+  `<work_dir>/results/*.json`, or a 'not yet run' table.
+
+When a notebook fails, the notebooks that depend on it are skipped, the others still run, and the exit
+status is 1 with the failing notebook and cell named.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import DATA_ROOT_ENV, PROFILES
+from .provenance import REPO_ROOT, git_revision
+
+KERNEL_NAME = "python3"
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
+PROVENANCE_FILE = "provenance.json"
+CLAIMS_FILE = "claims.md"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class RunnerError(RuntimeError):
+    """The run cannot start (missing notebook, data root, kernel); the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """One notebook of the study: `name`, its file `path` under the notebooks folder, and the notebooks
+    whose results it needs (`depends_on`)."""
+
+    name: str
+    depends_on: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return f"{self.name}.ipynb"
+
+
+_TRAINED = ("01_training", "02_maps")
+
+NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("00_data_overview"),
+    Notebook("01_training"),
+    Notebook("02_maps", ("01_training",)),
+    Notebook("03_table1_localization", _TRAINED),
+    Notebook("04_table4_components", _TRAINED),
+    Notebook("05_table5_bpm", _TRAINED),
+    Notebook("06_fig8_seed_locating", _TRAINED),
+    Notebook("07_fig1_tsne", _TRAINED),
+    Notebook("08_fig3_structure", _TRAINED),
+    Notebook("09_fig5_fig7_visual", _TRAINED),
+    Notebook("10_table2_table3_segmentation"),
+)
+
+
+@dataclass(frozen=True)
+class NotebookResult:
+    """Outcome of one notebook: status 'ok' | 'failed' | 'skipped', wall time, error text, output file."""
+
+    name: str
+    status: str
+    seconds: float
+    error: str = ""
+    output: str = ""
+
+
+def select(names: Sequence[str] | None, notebooks_dir: Path) -> list[Notebook]:
+    """The notebooks to run: all of NOTEBOOKS, or the named ones in NOTEBOOKS order (names outside
+    NOTEBOOKS run after them, in the given order, without dependencies). Every file must exist."""
+    known = {nb.name: nb for nb in NOTEBOOKS}
+    if names:
+        chosen = [nb for nb in NOTEBOOKS if nb.name in names]
+        chosen += [Notebook(n) for n in dict.fromkeys(names) if n not in known]
+    else:
+        chosen = list(NOTEBOOKS)
+    missing = [nb.path for nb in chosen if not (notebooks_dir / nb.path).is_file()]
+    if missing:
+        raise RunnerError(
+            f"missing notebook(s) in {notebooks_dir}: {', '.join(missing)}; the study's notebooks are "
+            f"{', '.join(known)} (pass --notebooks-dir to run notebooks from another folder)"
+        )
+    return chosen
+
+
+def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
+    """Raise RunnerError unless kernel `kernel_name` starts this interpreter (so notebooks see this venv)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    fix = f"run: {sys.executable} -m ipykernel install --sys-prefix --name {kernel_name}"
+    try:
+        argv = KernelSpecManager().get_kernel_spec(kernel_name).argv
+    except NoSuchKernel as e:
+        raise RunnerError(f"no Jupyter kernel named {kernel_name!r}; {fix}") from e
+    exe = argv[0]
+    if exe in {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}:
+        return
+    if Path(exe).is_absolute() and Path(exe).parent == Path(sys.executable).parent:
+        return
+    raise RunnerError(f"the Jupyter kernel {kernel_name!r} runs {exe}, not this environment's {sys.executable}; {fix}")
+
+
+def _failed_cell(error: Exception, failed_copy: Path, source_path: Path) -> str:
+    """'cell N of <source> (In [k]): Ename: evalue', N counted from 1 in the source notebook."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if not isinstance(error, PapermillExecutionError):
+        return f"{type(error).__name__}: {error}"
+    index = error.cell_index
+    try:
+        import nbformat
+
+        cells = nbformat.read(failed_copy, as_version=4).cells
+        cells = [c for c in cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+        injected = [i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", [])]
+    except (OSError, ValueError):
+        injected = []
+    if injected and injected[0] == index:
+        where = "the injected parameters cell"
+    else:
+        where = f"cell {index + 1 - (1 if injected and injected[0] < index else 0)} of {source_path}"
+    tb_lines = ANSI.sub("", "\n".join(error.traceback or [])).splitlines()
+    line = next((t.removeprefix("---->").strip() for t in tb_lines if t.startswith("---->")), "")
+    line = line or next((t for t in str(error.source).splitlines() if t.strip()), "")
+    return f"{where} (In [{error.exec_count}]): {error.ename}: {error.evalue}\n    > {line}"
+
+
+def run_notebook(nb: Notebook, notebooks_dir: Path, out_dir: Path, parameters: Mapping[str, Any],
+                 kernel_name: str = KERNEL_NAME) -> NotebookResult:
+    """Execute one notebook with papermill (cwd = its folder) into `out_dir` (see the module docstring)."""
+    import papermill
+
+    source = notebooks_dir / nb.path
+    partial = out_dir / f"{nb.name}.partial.ipynb"
+    final = out_dir / f"{nb.name}.ipynb"
+    failed = out_dir / f"{nb.name}.failed.ipynb"
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            source, partial, parameters=dict(parameters), kernel_name=kernel_name,
+            cwd=source.parent, progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGS,
+        )
+    except Exception as error:  # noqa: BLE001 - any failure of the notebook is reported, not raised
+        seconds = time.perf_counter() - start
+        final.unlink(missing_ok=True)
+        if partial.exists():
+            os.replace(partial, failed)
+        return NotebookResult(nb.name, "failed", seconds, _failed_cell(error, failed, source), str(failed))
+    os.replace(partial, final)
+    failed.unlink(missing_ok=True)
+    return NotebookResult(nb.name, "ok", time.perf_counter() - start, output=str(final))
+
+
+def write_provenance(out_dir: Path, results: Sequence[NotebookResult], parameters: Mapping[str, Any]) -> Path:
+    """Merge this run's entries into `<out_dir>/provenance.json` (one entry per notebook name)."""
+    from .runtime import atomic_write_json
+
+    path = out_dir / PROVENANCE_FILE
+    entries: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        try:
+            entries = {e["name"]: e for e in json.loads(path.read_text())["notebooks"]}
+        except (ValueError, KeyError, TypeError):
+            entries = {}
+    revision = git_revision()
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for r in results:
+        entries[r.name] = {
+            "name": r.name, "status": r.status, "seconds": round(r.seconds, 2), "git_revision": revision,
+            "profile": parameters["profile"], "seed": parameters["seed"], "device": parameters["device"],
+            "finished": finished, "error": r.error,
+        }
+    order = {nb.name: i for i, nb in enumerate(NOTEBOOKS)}
+    ordered = sorted(entries.values(), key=lambda e: (order.get(e["name"], len(order)), e["name"]))
+    return atomic_write_json(path, {"notebooks": ordered})
+
+
+def _items(x: Any) -> Any:
+    return x.items() if isinstance(x, dict) else ()
+
+
+def collect_results(work_dir: Path) -> tuple[dict[str, dict[str, dict[str, float]]], list[Path]]:
+    """Merge `<work_dir>/results/*.json` (each {table: {row: {metric: value}}}), keeping finite numeric
+    leaves; returns the merged numbers and the files read. Unreadable files are reported on stderr."""
+    ours: dict[str, dict[str, dict[str, float]]] = {}
+    files = sorted((work_dir / "results").glob("*.json"))
+    for path in files:
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"warning: ignoring results file {path}: {e}", file=sys.stderr)
+            continue
+        for table, rows in _items(payload):
+            for row, metrics in _items(rows):
+                for metric, value in _items(metrics):
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                        ours.setdefault(table, {}).setdefault(row, {})[metric] = float(value)
+    return ours, files
+
+
+def claims_markdown(ours: Mapping[str, Any], profile: str) -> str:
+    """The claims page body: `sipe.results.claims(ours)` as a markdown table, 'not yet run' where a
+    number is missing (or everywhere when sipe.results has no `claims`)."""
+    try:
+        from .results import claims
+    except ImportError:
+        claims = None
+    header = f"Profile: `{profile}`. Generated by `python -m sipe.reproduce` from the notebooks' recorded results.\n\n"
+    if claims is None:
+        return header + "| claim | status |\n|---|---|\n| all claims | not yet run |\n"
+    table = claims(ours)
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "not yet run"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return f"{v:+.1f}" if isinstance(v, float) else str(v)
+
+    shown = table.astype(object).map(fmt).rename(columns={
+        "paper_delta": "paper: better - baseline", "our_delta": "ours: better - baseline",
+        "holds": "holds in our setting"})
+    return header + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def run_record_markdown(out_dir: Path) -> str:
+    """provenance.json as a markdown table: notebook, status, wall time, profile, git revision."""
+    import pandas as pd
+
+    entries = json.loads((out_dir / PROVENANCE_FILE).read_text())["notebooks"]
+    table = pd.DataFrame(entries, columns=["name", "status", "seconds", "profile", "git_revision", "finished"])
+    table["git_revision"] = table["git_revision"].str.replace(r"^([0-9a-f]{12})[0-9a-f]+", r"\1", regex=True)
+    table = table.rename(columns={"name": "notebook", "seconds": "wall time (s)", "git_revision": "git revision"})
+    return table.to_markdown(index=False, floatfmt=".1f") + "\n"
+
+
+def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, parameters: Mapping[str, Any],
+        kernel_name: str = KERNEL_NAME) -> list[NotebookResult]:
+    """Run `notebooks` in order, skipping those whose dependencies failed or were skipped in this run;
+    print one progress line each; write provenance.json and claims.md into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[NotebookResult] = []
+    broken: set[str] = set()
+    for i, nb in enumerate(notebooks, 1):
+        prefix = f"[{i}/{len(notebooks)}] {nb.name} ..."
+        blocked = [d for d in nb.depends_on if d in broken]
+        if blocked:
+            results.append(NotebookResult(nb.name, "skipped", 0.0, f"skipped: {', '.join(blocked)} did not finish"))
+            broken.add(nb.name)
+            print(f"{prefix} skipped ({', '.join(blocked)} did not finish)", flush=True)
+            continue
+        print(prefix, end="", flush=True)
+        result = run_notebook(nb, notebooks_dir, out_dir, parameters, kernel_name)
+        results.append(result)
+        if result.status == "ok":
+            print(f" done in {result.seconds:.1f}s", flush=True)
+        else:
+            broken.add(nb.name)
+            print(f" FAILED after {result.seconds:.1f}s", flush=True)
+            print(f"  {nb.name} failed in {result.error}\n  executed copy: {result.output}", file=sys.stderr, flush=True)
+    write_provenance(out_dir, results, parameters)
+    from .runtime import atomic_write_text
+
+    ours, files = collect_results(Path(parameters["work_dir"]))
+    sources = ", ".join(f"`{f.name}` ({datetime.fromtimestamp(f.stat().st_mtime, timezone.utc):%Y-%m-%d %H:%M} UTC)"
+                        for f in files) or "none yet"
+    page = claims_markdown(ours, parameters["profile"]) + f"\nNumbers read from: {sources}.\n"
+    atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
+    return results
+
+
+def copy_book_sources(dest: Path, repo: Path = REPO_ROOT) -> Path:
+    """Copy the book's sources (_config.yml, _toc.yml, book/ without executed/) to `dest`, to run and build
+    the book elsewhere (tests, benchmarks); returns `dest`."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(repo / name, dest / name)
+    shutil.copytree(repo / "book", dest / "book", ignore=shutil.ignore_patterns("executed"), dirs_exist_ok=True)
+    return dest
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sipe.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", choices=PROFILES, required=True)
+    p.add_argument("--data-root", default=None, help=f"VOC2012-layout folder (default: ${DATA_ROOT_ENV})")
+    p.add_argument("--work-dir", default=None, help="shared cache of stages (default: work/<profile> in the repo)")
+    p.add_argument("--out", default=None, help="folder of executed notebooks (default: book/executed in the repo)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (names without .ipynb)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
+    p.add_argument("--notebooks-dir", default=None, help="folder of source notebooks (default: notebooks/ in the repo)")
+    p.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    notebooks_dir = Path(args.notebooks_dir or REPO_ROOT / "notebooks").resolve()
+    out_dir = Path(args.out or REPO_ROOT / "book" / "executed").resolve()
+    work_dir = Path(args.work_dir or REPO_ROOT / "work" / args.profile).resolve()
+    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV, "")
+    try:
+        if not data_root:
+            raise RunnerError(f"no data root: pass --data-root or set {DATA_ROOT_ENV} (e.g. ../shared/data/voc2012_subset); "
+                              "see data_prep/ for building the full VOC 2012 + SBD layout")
+        if not Path(data_root).is_dir():
+            raise RunnerError(f"data root {data_root} is not a folder; pass --data-root or set {DATA_ROOT_ENV}")
+        notebooks = select(args.only, notebooks_dir)
+        check_kernel(args.kernel)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parameters = {"profile": args.profile, "data_root": str(Path(data_root).resolve()),
+                  "work_dir": str(work_dir), "seed": args.seed, "device": args.device}
+    print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {notebooks_dir} -> {out_dir} "
+          f"(work dir {work_dir})", flush=True)
+    start = time.perf_counter()
+    results = run(notebooks, notebooks_dir, out_dir, parameters, args.kernel)
+    bad = [r for r in results if r.status != "ok"]
+    print(f"{len(results) - len(bad)}/{len(results)} notebook(s) finished in {time.perf_counter() - start:.1f}s", flush=True)
+    if bad:
+        print("not finished:\n" + "\n".join(f"  {r.name}: {r.status} - {r.error}" for r in bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The papermill runner (sipe.reproduce) and provenance records, on tiny notebooks written by the tests."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sipe.config import get_profile
+from sipe.provenance import git_revision, provenance, provenance_table
+from sipe.reproduce import (
+    NOTEBOOKS, Notebook, RunnerError, check_kernel, claims_markdown, collect_results, run, select,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_notebook(path: Path, *code_cells: str) -> Path:
+    """A notebook with a markdown title, a `parameters` cell with defaults, then `code_cells`."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "x"\ndata_root = ""\nwork_dir = ""\nseed = None\ndevice = "auto"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params]
+    nb.cells += [nbformat.v4.new_code_cell(src) for src in code_cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def runner(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sipe.reproduce", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> dict[str, Path]:
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    write_notebook(nbs / "first.ipynb", "print(f'ran {profile} seed={seed} device={device}')",
+                   "import pathlib\npathlib.Path(work_dir, 'first.txt').write_text(data_root)")
+    write_notebook(nbs / "boom.ipynb", "x = 1", "raise ValueError('planted failure')", "y = 2")
+    data, work = tmp_path / "data", tmp_path / "work"
+    data.mkdir()
+    work.mkdir()
+    return {"nbs": nbs, "out": tmp_path / "out", "data": data, "work": work}
+
+
+def common_args(t: dict[str, Path]) -> list[str]:
+    return ["--profile", "smoke", "--data-root", str(t["data"]), "--work-dir", str(t["work"]),
+            "--notebooks-dir", str(t["nbs"]), "--out", str(t["out"])]
+
+
+def test_successful_run_injects_parameters_and_records_provenance(tiny):
+    proc = runner(*common_args(tiny), "--only", "first", "--seed", "7", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "[1/1] first ... done in" in proc.stdout
+    executed = nbformat.read(tiny["out"] / "first.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "ran smoke seed=7 device=cpu" in printed
+    assert (tiny["work"] / "first.txt").read_text() == str(tiny["data"].resolve())
+    assert not list(tiny["out"].glob("*.partial.ipynb"))
+    record = json.loads((tiny["out"] / "provenance.json").read_text())["notebooks"]
+    assert [(e["name"], e["status"], e["profile"], e["seed"]) for e in record] == [("first", "ok", "smoke", 7)]
+    assert record[0]["seconds"] > 0
+    assert record[0]["git_revision"] == git_revision()
+    assert "## Run record" in (tiny["out"] / "claims.md").read_text()
+
+
+def test_failing_notebook_names_notebook_and_cell(tiny):
+    assert runner(*common_args(tiny), "--only", "first").returncode == 0
+    (tiny["out"] / "boom.ipynb").write_text("{}")  # a stale copy from an earlier run
+    proc = runner(*common_args(tiny), "--only", "boom")
+    assert proc.returncode == 1
+    # boom.ipynb: title (1), parameters (2), x = 1 (3), raise (4): the injected cell does not count.
+    assert f"boom failed in cell 4 of {tiny['nbs'] / 'boom.ipynb'}" in proc.stderr
+    assert "ValueError: planted failure" in proc.stderr
+    assert "> 1 raise ValueError('planted failure')" in proc.stderr
+    assert "[1/1] boom ... FAILED" in proc.stdout
+    assert (tiny["out"] / "boom.failed.ipynb").exists()
+    assert not (tiny["out"] / "boom.ipynb").exists()
+    assert (tiny["out"] / "first.ipynb").exists()
+    statuses = {e["name"]: e["status"] for e in json.loads((tiny["out"] / "provenance.json").read_text())["notebooks"]}
+    assert statuses == {"first": "ok", "boom": "failed"}
+
+
+def test_dependents_of_a_failure_are_skipped_others_run(tiny):
+    write_notebook(tiny["nbs"] / "child.ipynb", "z = 3")
+    params = {"profile": "smoke", "data_root": str(tiny["data"]), "work_dir": str(tiny["work"]),
+              "seed": None, "device": "cpu"}
+    order = [Notebook("boom"), Notebook("child", ("boom",)), Notebook("first")]
+    results = run(order, tiny["nbs"], tiny["out"], params)
+    assert [(r.name, r.status) for r in results] == [("boom", "failed"), ("child", "skipped"), ("first", "ok")]
+    assert not (tiny["out"] / "child.ipynb").exists()
+
+
+def test_select_orders_known_notebooks_and_reports_missing(tmp_path):
+    for name in ("02_maps", "00_data_overview", "extra"):
+        write_notebook(tmp_path / f"{name}.ipynb")
+    chosen = select(["extra", "02_maps", "00_data_overview"], tmp_path)
+    assert [nb.name for nb in chosen] == ["00_data_overview", "02_maps", "extra"]
+    assert chosen[1].depends_on == ("01_training",)
+    with pytest.raises(RunnerError, match="01_training.ipynb"):
+        select(None, tmp_path)
+
+
+def test_missing_data_root_is_a_clear_error(tiny):
+    proc = runner("--profile", "smoke", "--data-root", str(tiny["data"] / "nope"), "--notebooks-dir",
+                  str(tiny["nbs"]), "--out", str(tiny["out"]), "--only", "first")
+    assert proc.returncode == 2
+    assert "is not a folder" in proc.stderr and "SIPE_DATA_ROOT" in proc.stderr
+
+
+def test_notebook_list_dependencies_point_backwards():
+    seen: set[str] = set()
+    for nb in NOTEBOOKS:
+        assert set(nb.depends_on) <= seen, nb.name
+        seen.add(nb.name)
+
+
+def test_check_kernel(tmp_path, monkeypatch):
+    check_kernel("python3")
+    spec = tmp_path / "kernels" / "elsewhere"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps(
+        {"argv": ["/opt/other/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "other", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    with pytest.raises(RunnerError, match="ipykernel install --sys-prefix --name elsewhere"):
+        check_kernel("elsewhere")
+    with pytest.raises(RunnerError, match="no Jupyter kernel named 'missing'"):
+        check_kernel("missing")
+
+
+def test_collect_results_merges_numeric_leaves(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.json").write_text(json.dumps({"table4": {"CAM": {"loc_maps_miou": 40.0}}}))
+    (results / "b.json").write_text(json.dumps(
+        {"table4": {"CAM + IPE": {"loc_maps_miou": 45, "note": "text", "bad": float("nan")}}, "meta": "x"}))
+    (results / "c.json").write_text("not json")
+    ours, files = collect_results(tmp_path)
+    assert ours == {"table4": {"CAM": {"loc_maps_miou": 40.0}, "CAM + IPE": {"loc_maps_miou": 45.0}}}
+    assert [f.name for f in files] == ["a.json", "b.json", "c.json"]
+
+
+def test_claims_markdown_marks_missing_numbers():
+    page = claims_markdown({"table4": {"CAM": {"loc_maps_miou": 40.0}, "CAM + IPE": {"loc_maps_miou": 45.0}}},
+                           "subset")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in page.splitlines() if line.startswith("| Table") or line.startswith("| Fig")}
+    assert rows["Table 4: IPE improves over the CAM baseline"][1:] == ["+5.0", "yes"]
+    assert rows["Table 4: GSC improves over CAM + IPE"][1:] == ["not yet run", "not yet run"]
+    assert "`subset`" in page
+
+
+def test_git_revision(tmp_path):
+    assert git_revision(tmp_path) == "unknown"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run(git + ["add", "f.txt"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_revision(tmp_path) == head
+    (tmp_path / "untracked.txt").write_text("u")
+    assert git_revision(tmp_path) == head
+    (tmp_path / "f.txt").write_text("b")
+    assert git_revision(tmp_path) == f"{head}-dirty"
+
+
+def test_provenance_record_and_table():
+    cfg = get_profile("smoke", device="cpu")
+    record = provenance(cfg)
+    assert record["profile"] == "smoke"
+    assert record["config_hash"] == cfg.stage_hash("eval")
+    assert record["device"] == "cpu"
+    assert record["packages"]["numpy"] == __import__("numpy").__version__
+    assert record["python"] == ".".join(map(str, sys.version_info[:3]))
+    table = provenance_table(record)
+    assert list(table.columns) == ["provenance", "value"]
+    assert len(table) == len(record) - 1 + len(record["packages"])
+    assert table.set_index("provenance").loc["packages: torch", "value"] == record["packages"]["torch"]
+    assert provenance()["profile"] is None
