@@ -78,7 +78,8 @@ def dataset_root(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     root = Path(args.root or os.environ.get("SIPE_SUBSET_ROOT") or DEFAULT_SUBSET).expanduser()
     if (root / "JPEGImages").is_dir():
         return root, f"real VOC subset ({root})"
-    synth = make_synthetic_voc(tmp / "synthetic", n_images=max(2, args.images + 1), size=(375, 500), seed=0)
+    synth = make_synthetic_voc(tmp / "synthetic", n_images=max(2, args.images + 1), size=(375, 500), seed=0,
+                               splits={"train": slice(None)})
     return synth, "synthetic 500x375 images"
 
 
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--no-pretrained", action="store_true", help="random weights (e.g. resnet50 offline)")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -125,10 +127,12 @@ def main() -> None:
             sizes.append(item["size"])
     timed = per_image[1:]
     n = len(timed)
+    if n == 0:
+        raise SystemExit(f"only {len(per_image)} image(s) in {source}: nothing timed after the warm-up")
     total = sum(r["total"] for r in timed)
     m = cfg.model
     print(f"# bench_maps  {datetime.date.today()}  {platform.node()}  {platform.processor() or platform.machine()}"
-          f"  torch {torch.__version__}  threads {torch.get_num_threads()}")
+          f"  torch {torch.__version__}  threads {torch.get_num_threads()}  load average at start {load_at_start:.2f}")
     print(f"profile {cfg.profile}: backbone {m.backbone} (semantic {m.semantic_layer}, pretrained {m.pretrained}), "
           f"scales {cfg.infer.scales}, flip {cfg.infer.flip}; {n} images from {source}, "
           f"median size {int(statistics.median(h for h, _ in sizes))}x{int(statistics.median(w for _, w in sizes))}")

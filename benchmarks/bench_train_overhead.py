@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--profile", action="store_true", help="always print the profiler comparison")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -119,7 +121,7 @@ def main() -> None:
 
     m = base.model
     print(f"# bench_train_overhead  {datetime.date.today()}  {platform.node()}  {platform.processor() or platform.machine()}"
-          f"  torch {torch.__version__}  threads {torch.get_num_threads()}")
+          f"  torch {torch.__version__}  threads {torch.get_num_threads()}  load average at start {load_at_start:.2f}")
     print(f"backbone {m.backbone} (semantic {m.semantic_layer}, pretrained {m.pretrained}), batch {args.batch}, "
           f"crop {args.crop}, {args.repeats} interleaved blocks of {args.block} steps per mode, synthetic inputs")
     print(f"{'mode':<10}{'img/s median':>14}{'min':>8}{'max':>8}{'s/step':>9}")

@@ -231,7 +231,13 @@ def _coerce(type_str: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r}: expected {t}") from e
         return value
     if t.startswith("bool") and not isinstance(value, bool):
+        if value in (0, 1):
+            return bool(value)
         raise ConfigError(f"{key}={value!r}: expected a boolean")
+    if t.startswith("int") and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return int(value)
     if t.startswith("tuple") and isinstance(value, (list, tuple)):
         return tuple(value)
     if t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
@@ -264,7 +270,7 @@ def _subset() -> ExperimentConfig:
         profile="subset",
         data=DataConfig(resize_long=(256, 384), crop_size=256),
         model=ModelConfig(backbone="efficientnet_lite0", semantic_layer="conv_head", bg_scale=1.0),
-        train=TrainConfig(batch_size=8, epochs=6, lr=0.01, momentum=0.9, log_every=5),
+        train=TrainConfig(batch_size=8, epochs=5, lr=0.01, momentum=0.9, log_every=5),
         infer=InferConfig(scales=(1.0, 0.5, 1.5)),
     )
 

@@ -170,3 +170,15 @@ def test_missing_data_root_names_the_setting(monkeypatch: pytest.MonkeyPatch) ->
         get_profile("smoke").data.resolved_root()
     monkeypatch.setenv("SIPE_DATA_ROOT", "/some/where")
     assert get_profile("smoke").data.resolved_root() == Path("/some/where")
+
+
+def test_numeric_json_values_coerce_to_declared_types():
+    from sipe.config import ConfigError, get_profile
+
+    cfg = get_profile("smoke", **{"train.batch_size": 2.0, "model.gsc": 0})
+    assert cfg.train.batch_size == 2 and isinstance(cfg.train.batch_size, int)
+    assert cfg.model.gsc is False
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        get_profile("smoke", **{"train.batch_size": 2.5})
+    with pytest.raises(ConfigError, match="model.gsc"):
+        get_profile("smoke", **{"model.gsc": 3})
