@@ -2,6 +2,8 @@
 # make test        set up .venv (+ headless Chromium when root), run the test suite
 # make smoke       the seconds-long smoke profile end to end (notebooks + book)
 # make book        build the book from the executed notebooks in book/executed/
+# make stages      train and map every variant of PROFILE through the CLI (resumable; for a background run
+#                  with a log: nohup make stages PROFILE=subset > work/subset-stages.log 2>&1 &)
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -9,10 +11,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sipe-installed
 PROFILE ?= subset
+VARIANTS ?= sipe cam semantic_nobpm semantic_bpm hierarchical_nobpm
 DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),../shared/data/voc2012_subset)
 export SIPE_DATA_ROOT := $(abspath $(DATA_ROOT))
 
-.PHONY: env browser-deps test reproduce book smoke
+.PHONY: env browser-deps test reproduce book smoke stages
 
 env: $(STAMP)
 
@@ -42,3 +45,7 @@ book: env
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
+
+stages: env
+	set -e; for v in $(VARIANTS); do $(BIN)/python -m sipe train --profile $(PROFILE) --variant $$v; done
+	set -e; for v in $(VARIANTS); do $(BIN)/python -m sipe maps --profile $(PROFILE) --variant $$v; done
