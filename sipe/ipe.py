@@ -136,13 +136,14 @@ def explore(
     bg_scale: float = 0.5,
     background_prototype: bool = True,
     chunk_rows: int | None = None,
+    max_bytes: int | None = None,
 ) -> IPEOutput:
     """The IPE pipeline: seeds on `seed_feature`, prototypes and IS-CAM on `proto_feature`.
 
     Without background prototype modelling the background prototype is dropped and IS-CAM's background
     channel is estimated as 1 - max over its foreground channels.
     """
-    seeds = locate_seeds(cam, seed_feature, label_mask, bg_scale=bg_scale, chunk_rows=chunk_rows)
+    seeds = locate_seeds(cam, seed_feature, label_mask, bg_scale=bg_scale, chunk_rows=chunk_rows, max_bytes=max_bytes)
     protos = prototypes(seeds, proto_feature)
     maps = is_cam(proto_feature, protos)
     if not background_prototype:

@@ -125,3 +125,15 @@ def claims(
     out = pd.DataFrame.from_records(records, columns=["claim", "paper_delta", "our_delta", "holds"])
     out["holds"] = out["holds"].astype(object)
     return out
+
+
+def styled(table: pd.DataFrame, precision: int = 1):
+    """A `compare_table` for reading: one row per paper row, (paper, ours, delta) per metric, numbers
+    rounded, '–' where we have no number, and the setting as the caption."""
+    rows = list(dict.fromkeys(table["row"]))
+    metrics = list(dict.fromkeys(table["metric"]))
+    wide = table.pivot(index="row", columns="metric", values=["paper", "ours", "delta"]).reindex(rows)
+    wide = wide.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([metrics, ["paper", "ours", "delta"]]))
+    wide.index.name = None
+    settings = list(dict.fromkeys(table["setting"]))
+    return wide.style.format(precision=precision, na_rep="–").set_caption("Ours: " + " | ".join(settings))

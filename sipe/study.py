@@ -127,6 +127,9 @@ class Study:
             rows += [{"split": n, "class": c, "images": int(counts[k])} for k, c in enumerate(voc.CLASS_NAMES[1:])]
         return pd.DataFrame(rows)
 
+    def __str__(self) -> str:
+        return "\n".join(self.setting().split("; "))
+
     def record(self, name: str, ours: dict[str, dict[str, dict[str, float]]]) -> Path:
         """Save a notebook's numbers ({table: {row: {metric: value}}}) for the claims page."""
         return pipeline.record(self.work_dir, name, ours)

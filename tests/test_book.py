@@ -107,6 +107,18 @@ def test_result_tables_hold_numbers(html):
             assert any(is_number(c) for c in cells), f"{nb.name}: a table without numbers: {cells[:10]}"
 
 
+FIGURE_PAGES = ("00_data_overview", "01_training", "06_fig8_seed_locating", "07_fig1_tsne", "08_fig3_structure",
+                "09_fig5_fig7_visual")
+
+
+def test_figure_pages_show_rendered_images(html):
+    for name in FIGURE_PAGES:
+        soup = page(html, f"book/executed/{name}")
+        images = [img for img in soup.select("div.cell_output img") if img.get("src", "").endswith(".png")]
+        assert images, f"{name}: no rendered figure"
+        assert "<Figure size" not in soup.get_text(), f"{name}: a figure printed as text instead of drawn"
+
+
 def test_claims_page_lists_claims_and_run_record(html):
     from sipe.results import CLAIMS
 

@@ -60,3 +60,15 @@ def test_claims_on_made_up_numbers():
     assert bpm["holds"] is None and np.isnan(bpm["our_delta"])
     assert seeds["holds"] is None
     assert crf["holds"] == True and crf["our_delta"] == pytest.approx(3.0)  # noqa: E712
+
+
+def test_styled_table_is_wide_rounded_and_captioned():
+    from sipe.results import compare_table, styled
+
+    table = compare_table("table4", {"CAM": {"loc_maps_miou": 40.123}}, "profile x")
+    html = styled(table).to_html()
+    data = styled(table).data
+    assert list(data.index) == ["CAM", "CAM + IPE", "CAM + IPE + GSC"]
+    assert data.loc["CAM", ("loc_maps_miou", "ours")] == 40.123
+    assert data.loc["CAM", ("loc_maps_miou", "delta")] == pytest.approx(40.123 - 50.1)
+    assert "40.1" in html and "–" in html and "Ours: profile x" in html
