@@ -11,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sipe-installed
 PROFILE ?= subset
-VARIANTS ?= sipe cam semantic_nobpm semantic_bpm hierarchical_nobpm
+VARIANTS ?= sipe cam semantic_nobpm semantic_bpm hierarchical_nobpm sipe_bg05
 DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),../shared/data/voc2012_subset)
 export SIPE_DATA_ROOT := $(abspath $(DATA_ROOT))
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from .config import PROFILES, VARIANTS, ConfigError, DATA_ROOT_ENV, WORK_DIR_ENV, ExperimentConfig, get_profile, variant_config
+from .config import (PROFILES, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig, default_work_dir,
+                     get_profile, variant_config)
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
@@ -37,10 +37,6 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return get_profile(args.profile, **overrides)
 
 
-def default_work_dir(profile: str) -> Path:
-    return Path(os.environ.get(WORK_DIR_ENV, "")) if os.environ.get(WORK_DIR_ENV) else Path("work") / profile
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=PROFILES, default="smoke")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sipe")
     parser.add_argument("--data-root", default="", help=f"dataset root (default: ${DATA_ROOT_ENV})")
-    parser.add_argument("--work-dir", default="", help=f"cache of runs and maps (default: ${WORK_DIR_ENV} or work/<profile>)")
+    parser.add_argument("--work-dir", default="", help=f"cache of runs and maps (default: ${WORK_DIR_ENV}/<profile>, else work/<profile>)")
     parser.add_argument("--device", default="", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--split", default="", help="scan: split to check (default: the training split)")

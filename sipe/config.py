@@ -20,6 +20,15 @@ DATA_ROOT_ENV = "SIPE_DATA_ROOT"
 WORK_DIR_ENV = "SIPE_WORK_DIR"
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_work_dir(profile: str) -> Path:
+    """Cache of a profile's runs and maps: `$SIPE_WORK_DIR/<profile>` when set, else `work/<profile>` in the repo."""
+    base = os.environ.get(WORK_DIR_ENV, "")
+    return (Path(base).expanduser() if base else REPO_ROOT / "work") / profile
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the accepted values."""
 
@@ -314,8 +323,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic_nobpm": {"model.prototype_feature": "semantic", "model.background_prototype": False},
     "semantic_bpm": {"model.prototype_feature": "semantic"},
     "hierarchical_nobpm": {"model.background_prototype": False},
+    "sipe_bg05": {"model.bg_scale": 0.5},
 }
-"""Named model variants: SIPE (hierarchical feature, BPM, GSC), the CAM baseline, and the Table 5 options."""
+"""Named model variants: SIPE (hierarchical feature, BPM, GSC), the CAM baseline, the Table 5 options, and
+SIPE with the authors' background weight 0.5 in seed locating (the background-weight ablation)."""
+
+SELECTION_SPLIT = "train_aug-train-val"
+"""Training images outside VOC train and val: where settings are chosen, never on the evaluated splits."""
 
 
 def variant_config(cfg: ExperimentConfig, variant: str) -> ExperimentConfig:

@@ -4,7 +4,7 @@
                              [--only NAME ...] [--device auto] [--seed N] [--notebooks-dir DIR]
 
 Each notebook gets the parameters profile, data_root, work_dir, seed and device. All notebooks share
-`work_dir` (default `work/<profile>`), where `sipe.pipeline` caches trained models and maps by config
+`work_dir` (default `$SIPE_WORK_DIR/<profile>`, else `work/<profile>`), where `sipe.pipeline` caches trained models and maps by config
 hash, so a stage computed by one notebook is reused by the next.
 
 Files in the output folder (default `book/executed/`):
@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_ROOT_ENV, PROFILES
+from .config import DATA_ROOT_ENV, PROFILES, default_work_dir
 from .provenance import REPO_ROOT, git_revision
 
 KERNEL_NAME = "python3"
@@ -75,6 +75,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("08_fig3_structure", _TRAINED),
     Notebook("09_fig5_fig7_visual", _TRAINED),
     Notebook("10_table2_table3_segmentation"),
+    Notebook("11_bg_weight_selection"),
 )
 
 
@@ -309,7 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sipe.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=PROFILES, required=True)
     p.add_argument("--data-root", default=None, help=f"VOC2012-layout folder (default: ${DATA_ROOT_ENV})")
-    p.add_argument("--work-dir", default=None, help="shared cache of stages (default: work/<profile> in the repo)")
+    p.add_argument("--work-dir", default=None, help="shared cache of stages (default: $SIPE_WORK_DIR/<profile>, else work/<profile> in the repo)")
     p.add_argument("--out", default=None, help="folder of executed notebooks (default: book/executed in the repo)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (names without .ipynb)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -323,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     notebooks_dir = Path(args.notebooks_dir or REPO_ROOT / "notebooks").resolve()
     out_dir = Path(args.out or REPO_ROOT / "book" / "executed").resolve()
-    work_dir = Path(args.work_dir or REPO_ROOT / "work" / args.profile).resolve()
+    work_dir = (Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)).resolve()
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV, "")
     try:
         if not data_root:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from . import pipeline
-from .config import WORK_DIR_ENV, ExperimentConfig, get_profile, variant_config
+from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
 from .maps import STRUCTURE, read_maps_config
 from .runtime import atomic_write_bytes
@@ -93,14 +92,22 @@ class Study:
             maps_dir, self.root, self.eval_ids(), which=which, bg_scale=e.crf_bg_scale, t=e.crf_iterations,
             gt_prob=e.crf_gt_prob, threshold=threshold, split=self.cfg.infer.split, progress=self.progress))
 
+    def on_split(self, split: str, max_images: int | None = None) -> "Study":
+        """The same study with maps made and evaluated on another split (e.g. SELECTION_SPLIT)."""
+        cfg = self.cfg.override(**{"infer.split": split, "infer.max_images": max_images})
+        return Study(cfg, self.work_dir, self.progress)
+
     def setting(self, variant: str = "sipe") -> str:
         """Where our setting differs from the paper, in one line to print beside a number."""
         c = self.config(variant)
         n_eval = len(self.eval_ids())
         full = FULL_VOC_SIZES.get(c.infer.split)
         parts = [f"profile {c.profile}", f"backbone {c.model.backbone}"
-                 + ("" if c.model.backbone == PAPER_BACKBONE else f" (paper: ResNet-50)")]
-        parts.append(f"{n_eval} VOC12 {c.infer.split} images" + (f" of {full:,}" if full else ""))
+                 + ("" if c.model.backbone == PAPER_BACKBONE else " (paper: ResNet-50)")]
+        if c.infer.split == SELECTION_SPLIT:
+            parts.append(f"{n_eval} selection-split images (train_aug outside VOC train and val)")
+        else:
+            parts.append(f"{n_eval} VOC12 {c.infer.split} images" + (f" of {full:,}" if full else ""))
         n_train = len(voc.read_split(self.root, c.data.train_split)[: c.data.max_images])
         parts.append(f"{n_train} training images" + (f" of {FULL_VOC_SIZES[c.data.train_split]:,}"
                                                      if c.data.train_split in FULL_VOC_SIZES else ""))
@@ -156,6 +163,6 @@ def setup(
     if device:
         sets["device"] = device
     cfg = get_profile(profile, **sets)
-    wd = Path(work_dir or os.environ.get(WORK_DIR_ENV, "") or Path("work") / profile).expanduser().resolve()
+    wd = (Path(work_dir).expanduser() if work_dir else default_work_dir(profile)).resolve()
     cfg.data.resolved_root()
     return Study(cfg, wd, progress)

@@ -153,10 +153,12 @@ def test_variants_validate_and_differ(profile: str, variant: str) -> None:
     base = get_profile(profile)
     cfg = variant_config(base, variant)
     cfg.validate()
+    changed = False
     for key, value in VARIANTS[variant].items():
         section, name = key.split(".")
         assert getattr(getattr(cfg, section), name) == value
-    assert (cfg.stage_hash("train") == base.stage_hash("train")) == (not VARIANTS[variant])
+        changed |= getattr(getattr(base, section), name) != value
+    assert (cfg.stage_hash("train") == base.stage_hash("train")) == (not changed)
 
 
 def test_unknown_variant_is_rejected() -> None:
@@ -182,3 +184,12 @@ def test_numeric_json_values_coerce_to_declared_types():
         get_profile("smoke", **{"train.batch_size": 2.5})
     with pytest.raises(ConfigError, match="model.gsc"):
         get_profile("smoke", **{"model.gsc": 3})
+
+
+def test_default_work_dir_follows_the_environment(monkeypatch, tmp_path) -> None:
+    from sipe.config import REPO_ROOT, WORK_DIR_ENV, default_work_dir
+
+    monkeypatch.delenv(WORK_DIR_ENV, raising=False)
+    assert default_work_dir("subset") == REPO_ROOT / "work" / "subset"
+    monkeypatch.setenv(WORK_DIR_ENV, str(tmp_path))
+    assert default_work_dir("smoke") == tmp_path / "smoke"

@@ -418,3 +418,24 @@ def test_real_datasets(real_root):
     h, w = load_image(real_root, item["id"]).shape[:2]
     assert item["size"] == (h, w)
     assert [tuple(x.shape) for x in item["images"]] == [(2, 3, h, w), (2, 3, round(h / 2), round(w / 2))]
+
+
+def test_split_difference_keeps_order_and_excludes_the_other_lists(synthetic_root):
+    from sipe.data.voc import DataError, read_split
+
+    all_ids = read_split(synthetic_root, "train_aug")
+    excluded = set(read_split(synthetic_root, "train"))
+    selection = read_split(synthetic_root, "train_aug-train")
+    assert selection == [i for i in all_ids if i not in excluded]
+    assert selection and not excluded & set(selection)
+    with pytest.raises(DataError, match="empty"):
+        read_split(synthetic_root, "train-train_aug")
+
+
+def test_selection_split_of_the_real_subset_is_disjoint_from_train_and_val(real_root):
+    from sipe.config import SELECTION_SPLIT
+    from sipe.data.voc import read_split
+
+    selection = set(read_split(real_root, SELECTION_SPLIT))
+    assert len(selection) == 1500 - 437
+    assert not selection & (set(read_split(real_root, "train")) | set(read_split(real_root, "val")))

@@ -14,7 +14,6 @@ from PIL import Image
 from sipe import losses
 from sipe.config import ModelConfig, get_profile
 from sipe.data.voc import CLASS_NAMES, load_cls_labels, load_image, load_mask, read_split
-from sipe.ipe import l2_normalize
 from sipe.models import BACKBONES, SIPENet, WeightsError, build_backbone, build_model
 from sipe.models.backbones import RESNET50_FILE, _load_by_order, efficientnet_lite0_weights_file, stage_channels
 from sipe.models.sipe_net import SIDE_CHANNELS

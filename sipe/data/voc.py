@@ -70,7 +70,16 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
     """Ids listed in `ImageSets/Segmentation/<split>.txt`, in file order.
 
     A line's first token is the id; `/JPEGImages/<id>.jpg ...` style lines are reduced to `<id>`.
+    A difference of lists, e.g. `train_aug-train-val`, gives the first list's ids that are in none of the
+    others (a selection split that needs no file of its own).
     """
+    if "-" in split:
+        first, *others = split.split("-")
+        excluded = {i for other in others for i in read_split(root, other)}
+        ids = [i for i in read_split(root, first) if i not in excluded]
+        if not ids:
+            raise DataError(f"split {split!r} is empty: every id of {first!r} is in {others}")
+        return ids
     path = split_path(_root(root), split)
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
