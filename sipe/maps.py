@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import ipe
 from .config import ExperimentConfig, ModelConfig
 from .data.datasets import InferenceDataset
-from .models import BACKBONES, SIPENet
+from .models import BACKBONES, Features, SIPENet
 from .runtime import atomic_savez, atomic_write_json, resolve_device
 from .train import load_trained
 
@@ -67,11 +67,10 @@ def infer_image(
     label_mask = torch.cat([label.new_ones(1), label]).to(device)[None, :, None, None]
     sums: dict[str, torch.Tensor] = {}
     for x in images:
-        feats = model.extract(x.to(device))
-        logits, semantic, hierarchical = (fuse_flip(t) for t in feats)
-        cam = ipe.cam_with_background(logits)
-        seed_feature = semantic if mcfg.seed_feature_infer == "semantic" else hierarchical
-        proto_feature = semantic if mcfg.prototype_feature == "semantic" else hierarchical
+        feats = Features(*(fuse_flip(t) for t in model.extract(x.to(device))))
+        cam = ipe.cam_with_background(feats.logits)
+        seed_feature = feats.get(mcfg.seed_feature_infer)
+        proto_feature = feats.get(mcfg.prototype_feature)
         outs = {"cam": cam}
         for method in seed_methods:
             seeds = _seeds(method, cam, seed_feature, label_mask, mcfg)
