@@ -2,7 +2,7 @@
 # make test        set up .venv (+ headless Chromium when root), run the test suite
 # make smoke       the seconds-long smoke profile end to end (notebooks + book)
 # make book        build the book from the executed notebooks in book/executed/
-# make stages      train and map every variant of PROFILE through the CLI (resumable; for a background run
+# make stages      train, then map, each variant of PROFILE in turn through the CLI (resumable; for a background run
 #                  with a log: nohup make stages PROFILE=subset > work/subset-stages.log 2>&1 &)
 
 SHELL := /bin/bash
@@ -47,5 +47,4 @@ smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
 stages: env
-	set -e; for v in $(VARIANTS); do $(BIN)/python -m sipe train --profile $(PROFILE) --variant $$v; done
 	set -e; for v in $(VARIANTS); do $(BIN)/python -m sipe maps --profile $(PROFILE) --variant $$v; done
