@@ -6,7 +6,6 @@ whose file exists, and a finished folder carries `DONE`.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +141,3 @@ def maps_dir_for(cfg: ExperimentConfig, work_dir: str | Path, variant: str, seed
     suffix = "" if methods == (STRUCTURE,) else "-seeds" + hashlib.sha256(repr(methods).encode()).hexdigest()[:6]
     return Path(work_dir) / "maps" / f"{variant}-{cfg.stage_hash('maps')}{suffix}"
 
-
-def read_maps_config(maps_dir: str | Path) -> ExperimentConfig:
-    """The experiment config a maps folder was made with."""
-    return ExperimentConfig.from_dict(json.loads((Path(maps_dir) / "config.json").read_text())["config"])

@@ -18,7 +18,7 @@ import pandas as pd
 from . import pipeline
 from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
-from .maps import STRUCTURE, read_maps_config
+from .maps import STRUCTURE
 from .runtime import atomic_write_bytes
 from .train import TrainResult
 
@@ -140,9 +140,6 @@ class Study:
     def record(self, name: str, ours: dict[str, dict[str, dict[str, float]]]) -> Path:
         """Save a notebook's numbers ({table: {row: {metric: value}}}) for the claims page."""
         return pipeline.record(self.work_dir, name, ours)
-
-    def maps_config(self, variant: str = "sipe") -> ExperimentConfig:
-        return read_maps_config(self.maps(variant))
 
 
 def setup(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -102,8 +101,7 @@ def train_step(model: SIPENet, batch: dict, cfg: ExperimentConfig, device: torch
     result = {"loss_cls": loss_cls}
     if use_gsc:
         loss_gsc = losses.gsc_loss(out["cam"], out["is_cam"])
-        grid_valid = mask[:, :1] if mask.shape[2:] == out["seeds"].shape[2:] else F.interpolate(
-            mask[:, :1], out["seeds"].shape[2:], mode="nearest")
+        grid_valid = out["label_mask"][:, :1]
         fg = out["seeds"][:, 1:].sum(1, keepdim=True)
         result["seed_fg_share"] = (fg * grid_valid).sum() / grid_valid.sum().clamp_min(1.0)
         result["loss_gsc"] = loss_gsc

@@ -58,7 +58,8 @@ class SIPENet(nn.Module):
     def forward(self, x: torch.Tensor, label_mask: torch.Tensor | None = None, with_ipe: bool = True) -> dict[str, torch.Tensor]:
         """Training pass. label_mask: (N,C,H',W') (resized nearest to the grid) or (N,C,1,1) = validity x [1, labels].
 
-        Returns score (N,K), cam (N,C,h,w) masked, and with_ipe: seeds, prototypes (N,C,D), is_cam (N,C,h,w).
+        Returns score (N,K), cam (N,C,h,w) masked, label_mask as applied to the grid (when given), and with_ipe:
+        seeds, prototypes (N,C,D), is_cam (N,C,h,w).
         """
         feats = self.extract(x)
         score = feats.logits.mean(dim=(2, 3))
@@ -68,6 +69,8 @@ class SIPENet(nn.Module):
                 label_mask = F.interpolate(label_mask, cam.shape[2:], mode="nearest")
             cam = cam * label_mask
         out = {"score": score, "cam": cam}
+        if label_mask is not None:
+            out["label_mask"] = label_mask
         if with_ipe:
             res = ipe.explore(
                 cam,
