@@ -47,4 +47,4 @@ smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
 stages: env
-	set -e; for v in $(VARIANTS); do $(BIN)/python -m sipe maps --profile $(PROFILE) --variant $$v; done
+	$(BIN)/python -m sipe stages --profile $(PROFILE)

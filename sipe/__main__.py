@@ -1,6 +1,8 @@
-"""Command line over the pipeline stages: `python -m sipe train|maps|eval|scan ...`.
+"""Command line over the pipeline stages: `python -m sipe train|maps|eval|stages|scan ...`.
 
 Examples:
+  python -m sipe stages --profile subset                  # every unit of the study, in turn (resumable)
+  python -m sipe stages --profile subset --units sipe-s15 cam-s15
   python -m sipe train --profile subset --variant sipe
   python -m sipe maps  --profile subset --variant cam
   python -m sipe eval  --profile subset --variant sipe --crf
@@ -40,7 +42,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "maps", "eval", "scan", "show-config"])
+    parser.add_argument("command", choices=["train", "maps", "eval", "stages", "scan", "show-config"])
     parser.add_argument("--profile", choices=PROFILES, default="smoke")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sipe")
     parser.add_argument("--data-root", default="", help=f"dataset root (default: ${DATA_ROOT_ENV})")
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="", help="scan: split to check (default: the training split)")
     parser.add_argument("--which", default="is_cam", help="eval: map key (is_cam, cam, is_cam@argmax, ...)")
     parser.add_argument("--crf", action="store_true", help="eval: also denseCRF post-processing")
+    parser.add_argument("--units", nargs="+", default=None, metavar="VARIANT-sSEED",
+                        help="stages: only these units (default: the profile's whole plan)")
+    parser.add_argument("--results-dir", default="", help="stages: results folder (default: results/<profile> "
+                        "for subset/paper, <work dir>/results for smoke)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -68,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if report.ok else 1
         from . import pipeline
 
+        if args.command == "stages":
+            units = pipeline.plan(cfg)
+            if args.units:
+                by_name = {u.name: u for u in units}
+                unknown = [n for n in args.units if n not in by_name]
+                if unknown:
+                    raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
+                units = [by_name[n] for n in args.units]
+            pipeline.run_plan(cfg, work, args.results_dir or None, units, progress=progress)
+            return 0
         if args.command == "train":
             result = pipeline.trained(cfg, work, args.variant, progress=progress)
             print(f"{'reused' if result.reused else 'trained'}: {result.checkpoint}")

@@ -132,6 +132,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """What the study runs, beyond one experiment: training seeds, variants, selection split, Fig. 8 sweep.
+
+    seeds: training seeds of the variants in `multi_seed`; every other variant runs with seeds[0].
+    selection_images: images of the selection split (train_aug outside train and val) where settings
+        such as the background threshold are chosen.
+    crf_variants: variants whose maps are also evaluated with denseCRF (the expensive evaluation).
+    None of these fields changes a stage's output, so none enters a stage hash.
+    """
+
+    seeds: tuple[int, ...] = (15, 16, 17)
+    variants: tuple[str, ...] = ("sipe", "cam", "semantic_nobpm", "semantic_bpm", "hierarchical_nobpm",
+                                 "sipe_bg05")
+    multi_seed: tuple[str, ...] = ("sipe", "cam")
+    selection_images: int | None = 300
+    fig8_thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+    fig8_alphas: tuple[float, ...] = (1.0,)
+    crf_variants: tuple[str, ...] = ("sipe", "cam")
+    irn_threshold: float = 0.15
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: a profile's settings, possibly overridden."""
 
@@ -142,6 +164,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,17 +219,25 @@ class ExperimentConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-    def stage_hash(self, stage: Literal["train", "maps", "eval"]) -> str:
-        """12-hex hash of what a stage's output depends on (data root and worker counts excluded)."""
+    def stage_hash(self, stage: Literal["train", "maps", "eval"], *inputs: str) -> str:
+        """12-hex hash of the settings a stage's output depends on, plus `inputs` (data fingerprints,
+        checkpoint digests). Settings that cannot change a result (NON_RESULT_FIELDS) stay out."""
         d = self.to_dict()
-        data = {k: v for k, v in d["data"].items() if k not in ("root", "num_workers")}
-        parts: dict[str, Any] = {"data": data, "model": d["model"], "train": d["train"]}
-        if stage in ("maps", "eval"):
-            parts["infer"] = d["infer"]
-        if stage == "eval":
-            parts["eval"] = d["eval"]
+        sections = {"train": ("data", "model", "train"), "maps": ("data", "model", "train", "infer"),
+                    "eval": ("data", "model", "train", "infer", "eval")}[stage]
+        parts: dict[str, Any] = {
+            s: {k: v for k, v in d[s].items() if k not in NON_RESULT_FIELDS.get(s, ())} for s in sections}
+        parts["inputs"] = list(inputs)
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+NON_RESULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "data": ("root", "num_workers"),
+    "model": ("seed_chunk_rows",),
+    "train": ("log_every", "checkpoint_every_steps"),
+}
+"""Settings that change how a stage runs (paths, logging cadence, chunking, workers), never its output."""
 
 
 def cls_field_type(cls: type, name: str) -> Any:
@@ -234,8 +265,8 @@ def _coerce(type_str: Any, value: Any, key: str) -> Any:
                 return float(value)
             if t.startswith("tuple"):
                 items = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-                conv = int if "int" in t else float
-                return tuple(conv(v) for v in items)
+                conv = str if "str" in t else int if "int" in t else float
+                return tuple(conv(v.strip().strip("'\"")) for v in items)
         except ValueError as e:
             raise ConfigError(f"{key}={value!r}: expected {t}") from e
         return value
@@ -270,7 +301,7 @@ def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
 
 
 def _paper() -> ExperimentConfig:
-    return ExperimentConfig(profile="paper")
+    return ExperimentConfig(profile="paper", study=StudyConfig(selection_images=1000))
 
 
 def _subset() -> ExperimentConfig:
@@ -293,6 +324,7 @@ def _smoke() -> ExperimentConfig:
         train=TrainConfig(batch_size=4, epochs=1, max_steps=2, lr=0.01, momentum=0.9, seed=0),
         infer=InferConfig(scales=(0.5, 0.25), max_images=4),
         eval=EvalConfig(thresholds=(0.1, 0.2, 0.3, 0.4, 0.5), crf_iterations=2),
+        study=StudyConfig(seeds=(0, 1), selection_images=4, fig8_thresholds=(0.1, 0.3, 0.5, 0.7, 0.9)),
     )
 
 

@@ -31,6 +31,7 @@ class CRFResult:
     void_as_background: MIoUResult
     void_ignored: MIoUResult
     void_fraction: float
+    per_image_confusion: np.ndarray | None = None
 
 
 def crf_inference_label(
@@ -85,20 +86,26 @@ def crf_labels(
     t: int = 10,
     gt_prob: float = 0.7,
     strict: bool = False,
+    backgrounds: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """uint8 (H,W) class indices with 255 void from maps (M,H,W), channel classes keys (M,) (keys[0] = 0).
 
     Foreground-confident run: CRF on argmax of the maps; background-confident run: CRF on argmax with
-    the background channel times `bg_scale`; combined by `combine_confident`.
+    the background channel times `bg_scale`; combined by `combine_confident`. With `backgrounds`
+    (t_fg, t_bg), IRN's protocol for a CAM: the runs use constant backgrounds t_fg (0.30) and t_bg (0.05).
     """
     maps = np.asarray(maps, dtype=np.float32)
     keys = np.asarray(keys)
     if maps.ndim != 3 or keys.shape != (maps.shape[0],) or keys[0] != 0:
         raise ValueError(f"need maps (M,H,W) and keys (M,) with keys[0] = 0, got {maps.shape} and {keys.shape}")
     n = maps.shape[0]
-    fg_conf = keys[crf_inference_label(img, maps.argmax(axis=0), n, t, gt_prob)]
     scaled = maps.copy()
-    scaled[0] *= bg_scale
+    if backgrounds is not None:
+        maps = maps.copy()
+        maps[0], scaled[0] = backgrounds
+    else:
+        scaled[0] *= bg_scale
+    fg_conf = keys[crf_inference_label(img, maps.argmax(axis=0), n, t, gt_prob)]
     bg_conf = keys[crf_inference_label(img, scaled.argmax(axis=0), n, t, gt_prob)]
     return combine_confident(fg_conf, bg_conf, strict)
 
@@ -118,6 +125,7 @@ class CRFLabeler:
     gt_prob: float = 0.7
     strict: bool = False
     threshold: float | None = None
+    backgrounds: tuple[float, float] | None = None
 
     def __call__(self, image_id: str) -> np.ndarray:
         maps, keys = load_map(self.maps_dir, image_id, self.which)
@@ -129,7 +137,7 @@ class CRFLabeler:
                 f"image {voc.image_path(self.root, image_id)} is {img.shape[0]}x{img.shape[1]} but its maps are "
                 f"{maps.shape[1]}x{maps.shape[2]} (HxW); the maps must be made at full image resolution"
             )
-        labels = crf_labels(img, maps, keys, self.bg_scale, self.t, self.gt_prob, self.strict)
+        labels = crf_labels(img, maps, keys, self.bg_scale, self.t, self.gt_prob, self.strict, self.backgrounds)
         return np.stack([np.where(labels == VOID, 0, labels).astype(np.uint8), labels])
 
 
@@ -143,19 +151,25 @@ def evaluate_crf(
     gt_prob: float = 0.7,
     strict: bool = False,
     threshold: float | None = None,
+    backgrounds: tuple[float, float] | None = None,
     num_classes: int = 21,
     class_names: Sequence[str] | None = None,
     present_classes: PresentClasses = "gt",
     split: str | None = None,
     workers: int = 1,
     progress: bool = True,
+    per_image: bool = False,
 ) -> CRFResult:
-    """mIoU of the CRF labels of `<maps_dir>/<id>.npz` (void as background, and void ignored)."""
-    labeler = CRFLabeler(str(maps_dir), str(root), which, bg_scale, t, gt_prob, strict, threshold)
-    confs = accumulate_confusion(
-        ids, labeler, root, num_classes, workers=workers, progress=progress, desc=f"denseCRF ({which})"
-    )
+    """mIoU of the CRF labels of `<maps_dir>/<id>.npz` (void as background, and void ignored).
+
+    per_image: also keep the per-image confusions (N,2,C,C) in `per_image_confusion`."""
+    labeler = CRFLabeler(str(maps_dir), str(root), which, bg_scale, t, gt_prob, strict, threshold, backgrounds)
+    stack = accumulate_confusion(ids, labeler, root, num_classes, workers=workers, progress=progress,
+                                 desc=f"denseCRF ({which})", per_image=True)
+    confs = stack.sum(0)
     bg = "" if threshold is None else f", constant background {threshold:g}"
+    if backgrounds is not None:
+        bg = f", IRN backgrounds {backgrounds[0]:g} / {backgrounds[1]:g}"
     setting = f"denseCRF ({t} iterations, gt_prob {gt_prob}, background x {bg_scale}{bg}{', strict' if strict else ''})"
     as_bg, ignored = (miou_result(c, class_names, present_classes, split, len(ids)) for c in confs)
     total = confs[0].sum()
@@ -170,4 +184,5 @@ def evaluate_crf(
             f"{ignored.note}; {setting}, void pixels ({100 * void_fraction:.1f}%) ignored", ignored.confusion,
         ),
         void_fraction=void_fraction,
+        per_image_confusion=stack if per_image else None,
     )

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from sipe.data import voc
 
 VOID = 255
-MAP_KINDS = ("is_cam", "cam")
-"""The standard map keys; IS-CAM from other seed methods is stored as 'is_cam@<method>' (see sipe.maps)."""
+MAP_KINDS = ("is_cam", "cam", "cam_irn")
+"""The map keys of a maps file; IS-CAM made other ways is stored as a label map 'labels@<method>' (sipe.maps)."""
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 FIX_MAPS = "re-create the maps with sipe.maps.make_maps (or the maps notebook) into this folder"
 
@@ -253,33 +253,105 @@ def map_path(maps_dir: str | os.PathLike, image_id: str) -> Path:
     return Path(maps_dir) / f"{image_id}.npz"
 
 
-def load_map(
-    maps_dir: str | os.PathLike, image_id: str, which: str = "is_cam"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(maps float32 (M,H,W), keys int64 (M,)) from `<maps_dir>/<id>.npz`; MapFileError if missing/corrupt.
+def _check_which(which: str) -> None:
+    if which not in MAP_KINDS and not which.startswith("labels@"):
+        raise ValueError(f"which={which!r}: use one of {MAP_KINDS} or 'labels@<seed method>'")
 
-    which: 'is_cam', 'cam' or 'is_cam@<seed method>' (maps made with extra seed methods)."""
-    if which not in MAP_KINDS and not which.startswith("is_cam@"):
-        raise ValueError(f"which={which!r}: use one of {MAP_KINDS} or 'is_cam@<seed method>'")
+
+def load_maps(
+    maps_dir: str | os.PathLike, image_id: str, which: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({key: maps}, keys int64 (M,)) of several map keys of `<maps_dir>/<id>.npz`, the file read once.
+
+    Maps are float32 (M,H,W), or uint8 (H,W) for 'labels@<method>' keys; MapFileError if missing/corrupt."""
+    for w in which:
+        _check_which(w)
     path = map_path(maps_dir, image_id)
     if not path.is_file():
         raise MapFileError(f"map file {path} not found; {FIX_MAPS}")
     try:
         with np.load(path) as data:
-            if which not in data.files or "keys" not in data.files:
-                hint = " (maps made with infer.save_cam=False hold no 'cam')" if which == "cam" else ""
-                raise MapFileError(
-                    f"map file {path} has arrays {data.files}, needs 'keys' and {which!r}{hint}; {FIX_MAPS}"
-                )
-            maps = data[which].astype(np.float32)
+            missing = [w for w in (*which, "keys") if w not in data.files]
+            if missing:
+                hint = " (maps made with infer.save_cam=False hold no 'cam')" if "cam" in missing else ""
+                raise MapFileError(f"map file {path} has arrays {data.files}, needs {missing}{hint}; {FIX_MAPS}")
             keys = data["keys"].astype(np.int64)
+            out = {w: data[w].astype(np.uint8 if w.startswith("labels@") else np.float32) for w in which}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise MapFileError(f"map file {path} cannot be read ({e}): truncated or corrupt; {FIX_MAPS}") from e
-    try:
-        _check_maps(maps, keys)
-    except ValueError as e:
-        raise MapFileError(f"map file {path} is malformed: {e}; {FIX_MAPS}") from e
-    return maps, keys
+    for w, maps in out.items():
+        if maps.ndim == 2:
+            continue
+        try:
+            _check_maps(maps, keys)
+        except ValueError as e:
+            raise MapFileError(f"map file {path} is malformed ({w}): {e}; {FIX_MAPS}") from e
+    return out, keys
+
+
+def load_map(
+    maps_dir: str | os.PathLike, image_id: str, which: str = "is_cam"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(maps float32 (M,H,W), keys int64 (M,)) from `<maps_dir>/<id>.npz`; MapFileError if missing/corrupt.
+
+    which: 'is_cam', 'cam', 'cam_irn', or 'labels@<method>' (then maps is the uint8 (H,W) label map)."""
+    maps, keys = load_maps(maps_dir, image_id, (which,))
+    return maps[which], keys
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One way to turn a map key into label maps: estimated background (thresholds None, one label map)
+    or a constant background threshold per value of `thresholds` (one label map each)."""
+
+    key: str
+    thresholds: tuple[float, ...] | None = None
+
+    @property
+    def background(self) -> str:
+        return "estimated" if self.thresholds is None else "threshold"
+
+    def labels(self, maps: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """uint8 (P,H,W) label maps of this reading."""
+        if maps.ndim == 2:
+            if self.thresholds is not None:
+                raise ValueError(f"{self.key} is a label map: it has only the estimated-background reading")
+            return maps[None]
+        if self.thresholds is None:
+            return labels_from_maps(maps, keys, "estimated")[None]
+        return threshold_labels(maps, keys, self.thresholds)
+
+
+@dataclass(frozen=True)
+class ReadingsLabeler:
+    """Labeler over a maps folder: `(id) -> uint8 (P,H,W)`, every reading's label maps stacked in order,
+    each file read once."""
+
+    maps_dir: str
+    readings: tuple[Reading, ...]
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        maps, keys = load_maps(self.maps_dir, image_id, tuple(dict.fromkeys(r.key for r in self.readings)))
+        return np.concatenate([r.labels(maps[r.key], keys) for r in self.readings])
+
+
+def evaluate_readings(
+    maps_dir: str | os.PathLike,
+    root: str | os.PathLike,
+    ids: Sequence[str],
+    readings: Sequence[Reading],
+    num_classes: int = 21,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[np.ndarray]:
+    """Per reading, the per-image confusions int64 (N,P,C,C) (P = 1 or the number of thresholds), all
+    readings computed in one pass over the maps folder."""
+    readings = tuple(readings)
+    stack = accumulate_confusion(ids, ReadingsLabeler(str(maps_dir), readings), root, num_classes,
+                                 workers=workers, progress=progress, desc=f"evaluating {len(readings)} readings",
+                                 per_image=True)
+    sizes = [1 if r.thresholds is None else len(r.thresholds) for r in readings]
+    return np.split(stack, np.cumsum(sizes)[:-1], axis=1)
 
 
 @dataclass(frozen=True)
@@ -291,10 +363,8 @@ class MapLabeler:
     thresholds: tuple[float, ...] | None = None
 
     def __call__(self, image_id: str) -> np.ndarray:
-        maps, keys = load_map(self.maps_dir, image_id, self.which)  # type: ignore[arg-type]
-        if self.thresholds is None:
-            return labels_from_maps(maps, keys, "estimated")[None]
-        return threshold_labels(maps, keys, self.thresholds)
+        maps, keys = load_map(self.maps_dir, image_id, self.which)
+        return Reading(self.which, self.thresholds).labels(maps, keys)
 
 
 def image_confusion(
@@ -325,8 +395,10 @@ def accumulate_confusion(
     workers: int = 1,
     progress: bool = True,
     desc: str = "evaluating",
+    per_image: bool = False,
 ) -> np.ndarray:
-    """int64 (P,C,C): confusion matrices summed over `ids`, each image and mask read once.
+    """int64 (P,C,C): confusion matrices summed over `ids`, each image and mask read once; with
+    `per_image`, the unsummed (N,P,C,C) stack in the order of `ids` (for bootstrap intervals).
 
     `labeler(id)` returns P label maps (P,H,W) (or one (H,W)); with workers > 1 images are labelled in
     a process pool (the labeler must then be picklable, e.g. a module-level dataclass).
@@ -339,6 +411,7 @@ def accumulate_confusion(
         void_as=void_as,
     )
     total: np.ndarray | None = None
+    stack: list[np.ndarray] = []
     with tqdm(total=len(ids), desc=desc, disable=not progress) as bar:
         if workers <= 1:
             results: Iterable[np.ndarray] = map(one, ids)
@@ -354,12 +427,14 @@ def accumulate_confusion(
                     raise ValueError(f"image {image_id}: labeler gave {conf.shape[0]} maps, earlier images {total.shape[0]}")
                 else:
                     total += conf
+                if per_image:
+                    stack.append(conf)
                 bar.update()
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
     assert total is not None
-    return total
+    return np.stack(stack) if per_image else total
 
 
 def sweep_from_confusions(

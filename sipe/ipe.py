@@ -122,10 +122,31 @@ def background_from_foreground(maps: torch.Tensor) -> torch.Tensor:
     return torch.cat([bg.clamp_min(0.0), maps[:, 1:]], dim=1)
 
 
+def label_mask(labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Image labels (N,K) (or (K,)) -> the C-channel mask [1, labels]: (N,C,1,1), or with a validity mask
+    `valid` (N,S,S) -> (N,C,S,S) where background = valid and class k = valid x label_k."""
+    labels = labels if labels.dim() == 2 else labels[None]
+    ones = labels.new_ones(labels.shape[0], 1)
+    mask = torch.cat([ones, labels], dim=1)[:, :, None, None]
+    return mask if valid is None else valid.unsqueeze(1).to(mask.dtype) * mask
+
+
 class IPEOutput(NamedTuple):
     seeds: torch.Tensor
     prototypes: torch.Tensor
     is_cam: torch.Tensor
+
+
+def image_specific_cam(seeds: torch.Tensor, feature: torch.Tensor, background_prototype: bool = True) -> IPEOutput:
+    """Prototypes (N,C,D) from `seeds` (N,C,h,w) on `feature` (N,D,h,w) and their IS-CAM (N,C,h,w).
+
+    Without background prototype modelling IS-CAM's background channel is 1 - max over its foreground
+    channels (the background prototype is dropped)."""
+    protos = prototypes(seeds, feature)
+    maps = is_cam(feature, protos)
+    if not background_prototype:
+        maps = background_from_foreground(maps)
+    return IPEOutput(seeds, protos, maps)
 
 
 def explore(
@@ -138,17 +159,9 @@ def explore(
     chunk_rows: int | None = None,
     max_bytes: int | None = None,
 ) -> IPEOutput:
-    """The IPE pipeline: seeds on `seed_feature`, prototypes and IS-CAM on `proto_feature`.
-
-    Without background prototype modelling the background prototype is dropped and IS-CAM's background
-    channel is estimated as 1 - max over its foreground channels.
-    """
+    """The IPE pipeline: structure-aware seeds on `seed_feature`, prototypes and IS-CAM on `proto_feature`."""
     seeds = locate_seeds(cam, seed_feature, label_mask, bg_scale=bg_scale, chunk_rows=chunk_rows, max_bytes=max_bytes)
-    protos = prototypes(seeds, proto_feature)
-    maps = is_cam(proto_feature, protos)
-    if not background_prototype:
-        maps = background_from_foreground(maps)
-    return IPEOutput(seeds, protos, maps)
+    return image_specific_cam(seeds, proto_feature, background_prototype)
 
 
 def max_normalize(maps: torch.Tensor) -> torch.Tensor:
@@ -156,13 +169,20 @@ def max_normalize(maps: torch.Tensor) -> torch.Tensor:
     return maps / (maps.amax(dim=(-2, -1), keepdim=True) + EPS)
 
 
-def cam_seeds(cam: torch.Tensor, label_mask: torch.Tensor | None = None, threshold: float | None = None) -> torch.Tensor:
-    """Seeds from the CAM alone (Fig. 8 baselines): one-hot (N,C,h,w) of argmax over all C channels, or with
-    `threshold` t, of argmax over [t, foreground CAM] (background where every class is below t); x label_mask."""
+def cam_seeds(
+    cam: torch.Tensor, label_mask: torch.Tensor | None = None, threshold: float | None = None, alpha: float = 1.0
+) -> torch.Tensor:
+    """Seeds from the CAM alone (Fig. 8 baselines): one-hot (N,C,h,w) x label_mask.
+
+    Without `threshold`: argmax over [background^alpha, foreground CAM] (Eq. 2's attenuation; with
+    background = 1 - max CAM, alpha = 1 is the same rule as threshold 0.5, and any alpha is the rule of
+    the threshold t solving t = (1 - t)^alpha). With `threshold` t: argmax over [t, foreground CAM]."""
     with torch.no_grad():
         scores = cam.detach().clone()
         if threshold is not None:
             scores[:, 0] = threshold
+        elif alpha != 1.0:
+            scores[:, 0] = scores[:, 0].clamp_min(0.0) ** alpha
         seeds = F.one_hot(scores.argmax(1), cam.shape[1]).permute(0, 3, 1, 2).to(cam.dtype)
         if label_mask is not None:
             seeds = seeds * label_mask.to(seeds.dtype)

@@ -1,15 +1,23 @@
-"""Stage 2: multi-scale + flip localization maps (CAM and IS-CAM) for every image of a split.
+"""Stage 2: multi-scale + flip localization maps (CAM, IRN-protocol CAM, IS-CAM) for every image of a split.
 
 Each image gets `<out_dir>/<id>.npz` (see docs/architecture.md), written atomically; a rerun skips images
-whose file exists, and a finished folder carries `DONE`.
+whose file exists, and a finished folder carries `DONE`. A maps folder is tied to the checkpoint it was
+made from: its name holds the checkpoint's digest, and `DONE` records it.
+
+Map keys in a file (each (M,H,W) over `keys` = background + present classes, max-normalised):
+- `cam`: SIPE's CAM (flip views fused on the logits, background 1 - max, per-scale normalisation);
+- `cam_irn`: the CAM under IRN's protocol (`irn_cam`); its channel 0 is 1 - max over the kept classes;
+- `is_cam`: IS-CAM with structure-aware seeds (the variant's own prototype feature and BPM setting);
+- `labels@<reading>`: uint8 (H,W) label map (estimated background) of IS-CAM made another way, for
+  Fig. 8 and Table 4: seeds `argmax[:<alpha>]` or `threshold:<t>`, or `structure/<feature>` for
+  structure seeds with prototypes on another feature.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -20,31 +28,86 @@ from tqdm import tqdm
 from . import ipe
 from .config import ExperimentConfig, ModelConfig
 from .data.datasets import InferenceDataset
+from .locks import folder_lock
 from .models import BACKBONES, Features, SIPENet
-from .runtime import atomic_savez, atomic_write_json, resolve_device
-from .train import load_trained
+from .runtime import atomic_savez, atomic_write_json, file_digest, read_json, resolve_device
+from .checkpoint import load_trained
 
 STRUCTURE = "structure"
+FEATURES = ("semantic", "hierarchical")
 
 
 def seed_method_key(method: str) -> str:
-    """The map-file key of IS-CAM made with a seed method: 'is_cam' for structure-aware seeds, else 'is_cam@<method>'."""
-    return "is_cam" if method == STRUCTURE else f"is_cam@{method}"
+    """The map-file key of a reading: 'is_cam' for structure-aware seeds, else 'labels@<method>'."""
+    return "is_cam" if method == STRUCTURE else f"labels@{method}"
 
 
-def _seeds(method: str, cam: torch.Tensor, seed_feature: torch.Tensor, label_mask: torch.Tensor, mcfg: ModelConfig) -> torch.Tensor:
-    if method == STRUCTURE:
-        return ipe.locate_seeds(cam, seed_feature, label_mask, bg_scale=mcfg.bg_scale, chunk_rows=mcfg.seed_chunk_rows)
-    if method == "argmax":
-        return ipe.cam_seeds(cam, label_mask)
-    if method.startswith("threshold:"):
-        return ipe.cam_seeds(cam, label_mask, threshold=float(method.split(":", 1)[1]))
-    raise ValueError(f"unknown seed method {method!r}; use 'structure', 'argmax' or 'threshold:<t>'")
+def parse_reading(method: str) -> tuple[str, float | None, str | None]:
+    """'structure' | 'structure/<feature>' | 'argmax[:alpha]' | 'threshold:<t>' -> (seeds, number, feature)."""
+    seeds, _, feature = method.partition("/")
+    name, _, number = seeds.partition(":")
+    ok = (name == STRUCTURE and not number) or (name in ("argmax", "threshold") and not feature)
+    if feature and feature not in FEATURES:
+        ok = False
+    try:
+        value = float(number) if number else None
+    except ValueError:
+        ok = False
+    if not ok or (name == "threshold" and value is None):
+        raise ValueError(f"unknown seed method {method!r}; use 'structure', 'structure/<semantic|hierarchical>', "
+                         "'argmax', 'argmax:<alpha>' or 'threshold:<t>'")
+    return name, value, feature or None
 
 
 def fuse_flip(x: torch.Tensor) -> torch.Tensor:
     """(2,...,w) image + flipped-image outputs -> (1,...,w): x[0] + flip(x[1]); a single image passes through."""
     return x if x.shape[0] == 1 else (x[0] + x[1].flip(-1)).unsqueeze(0)
+
+
+class ScaleOutput(NamedTuple):
+    """One scale's inference on the stride-16 grid: fused features, CAM (1,C,h,w) and SIPE's IPE output."""
+
+    features: Features
+    cam: torch.Tensor
+    ipe: ipe.IPEOutput
+    view_logits: torch.Tensor
+
+
+@torch.no_grad()
+def infer_scale(model: SIPENet, views: torch.Tensor, label_mask: torch.Tensor, mcfg: ModelConfig) -> ScaleOutput:
+    """SIPE's inference at one scale: (2 or 1,3,h,w) image (+ flip) -> fused features, CAM, seeds, IS-CAM
+    and the per-view logits (2 or 1,K,h,w).
+
+    Flip outputs are fused before seeds are located; the CAM is not label-masked for seed locating, the
+    seeds are (label_mask (1,C,1,1))."""
+    device = next(model.parameters()).device
+    views_out = model.extract(views.to(device))
+    feats = Features(*(fuse_flip(t) for t in views_out))
+    cam = ipe.cam_with_background(feats.logits)
+    out = ipe.explore(cam, feats.get(mcfg.seed_feature_infer), feats.get(mcfg.prototype_feature), label_mask,
+                      bg_scale=mcfg.bg_scale, background_prototype=mcfg.background_prototype,
+                      chunk_rows=mcfg.seed_chunk_rows)
+    return ScaleOutput(feats, cam, out, views_out.logits)
+
+
+def _reading(method: str, s: ScaleOutput, label_mask: torch.Tensor, mcfg: ModelConfig) -> torch.Tensor:
+    name, value, feature = parse_reading(method)
+    if name == STRUCTURE:
+        if feature is None or feature == mcfg.prototype_feature:
+            return s.ipe.is_cam
+        return ipe.image_specific_cam(s.ipe.seeds, s.features.get(feature), mcfg.background_prototype).is_cam
+    seeds = ipe.cam_seeds(s.cam, label_mask, threshold=value) if name == "threshold" else \
+        ipe.cam_seeds(s.cam, label_mask, alpha=1.0 if value is None else value)
+    return ipe.image_specific_cam(seeds, s.features.get(mcfg.prototype_feature), mcfg.background_prototype).is_cam
+
+
+def irn_cam(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """IRN's CAM of one scale, unnormalised: (2 or 1,K,h,w) logits of an image (+ flip) -> (K,H,W).
+
+    ReLU on each view, the flipped view flipped back and added, upsampled (bilinear) to `size`; summed
+    over scales and max-normalised once by the caller (`infer_image`)."""
+    cam = fuse_flip(F.relu(logits))
+    return F.interpolate(cam, size, mode="bilinear", align_corners=False)[0]
 
 
 @torch.no_grad()
@@ -56,31 +119,35 @@ def infer_image(
     mcfg: ModelConfig,
     seed_methods: Sequence[str] = (STRUCTURE,),
 ) -> dict[str, torch.Tensor]:
-    """Multi-scale + flip maps of one image: {'cam', 'is_cam', 'is_cam@...'} each (C,H,W), max-normalised.
+    """Multi-scale + flip maps of one image: {'cam', 'cam_irn', 'is_cam', 'labels@...'}.
 
-    images: per scale a (2,3,h,w) image + flip pair (or (1,3,h,w)); label: (K,) 0/1.
-    Per scale, flip outputs are fused before seeds are located; the CAM is not label-masked for seed
-    locating, seeds are; each scale's maps are upsampled to `size`, summed and max-normalised.
+    images: per scale a (2,3,h,w) image + flip pair (or (1,3,h,w)); label: (K,) 0/1. Each scale's maps
+    are upsampled to `size`, summed over scales and max-normalised: (C,H,W) float; 'labels@<method>' are
+    (H,W) label maps over background + present classes (estimated background), 'cam_irn' is IRN's
+    protocol (`irn_cam`). Only present-class channels are meaningful in 'cam_irn'.
     """
     device = next(model.parameters()).device
-    label_mask = torch.cat([label.new_ones(1), label]).to(device)[None, :, None, None]
+    lm = ipe.label_mask(label.to(device))
     sums: dict[str, torch.Tensor] = {}
     for x in images:
-        feats = Features(*(fuse_flip(t) for t in model.extract(x.to(device))))
-        cam = ipe.cam_with_background(feats.logits)
-        seed_feature = feats.get(mcfg.seed_feature_infer)
-        proto_feature = feats.get(mcfg.prototype_feature)
-        outs = {"cam": cam}
+        s = infer_scale(model, x, lm, mcfg)
+        outs = {"cam": s.cam}
         for method in seed_methods:
-            seeds = _seeds(method, cam, seed_feature, label_mask, mcfg)
-            maps = ipe.is_cam(proto_feature, ipe.prototypes(seeds, proto_feature))
-            if not mcfg.background_prototype:
-                maps = ipe.background_from_foreground(maps)
-            outs[seed_method_key(method)] = maps
+            outs[seed_method_key(method)] = _reading(method, s, lm, mcfg)
         for key, value in outs.items():
             up = F.interpolate(value, size, mode="bilinear", align_corners=False)[0]
             sums[key] = sums[key] + up if key in sums else up
-    return {k: ipe.max_normalize(v) for k, v in sums.items()}
+        raw = irn_cam(s.view_logits, size)
+        sums["cam_irn"] = sums["cam_irn"] + raw if "cam_irn" in sums else raw
+    maps = {k: ipe.max_normalize(v) for k, v in sums.items()}
+    fg = maps["cam_irn"] * label.to(device)[:, None, None]
+    maps["cam_irn"] = torch.cat([1.0 - fg.amax(0, keepdim=True), fg])
+    keys = torch.as_tensor(kept_channels(label), device=device)
+    for method in seed_methods:
+        key = seed_method_key(method)
+        if key != "is_cam":
+            maps[key] = keys[maps[key][keys].argmax(0)].to(torch.uint8)
+    return maps
 
 
 def kept_channels(label: torch.Tensor) -> np.ndarray:
@@ -98,6 +165,11 @@ class MapsResult:
     n_images: int
     n_computed: int
     images_per_s: float
+    seconds: float = 0.0
+
+
+class StaleMapsError(RuntimeError):
+    """A maps folder was made from another checkpoint than the one asked for."""
 
 
 def make_maps(
@@ -107,37 +179,68 @@ def make_maps(
     seed_methods: Sequence[str] = (STRUCTURE,),
     progress: bool = True,
 ) -> MapsResult:
-    """Write the maps of `cfg.infer.split` with the trained `checkpoint` into `out_dir` (resumable)."""
+    """Write the maps of `cfg.infer.split` with the trained `checkpoint` into `out_dir` (resumable, locked)."""
+    for method in seed_methods:
+        parse_reading(method)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "config.json", {"config": cfg.to_dict(), "checkpoint": str(checkpoint),
-                                                 "seed_methods": list(seed_methods)})
-    device = resolve_device(cfg.device)
-    model, _ = load_trained(checkpoint, device)
-    mcfg = cfg.model
-    spec = BACKBONES[mcfg.backbone]
-    ds = InferenceDataset(cfg.data.resolved_root(), cfg.infer.split, cfg.infer.scales, spec.mean, spec.std,
-                          flip=cfg.infer.flip, max_images=cfg.infer.max_images)
-    todo = [i for i, name in enumerate(ds.ids) if not (out_dir / f"{name}.npz").exists()]
-    loader = DataLoader(torch.utils.data.Subset(ds, todo), batch_size=1, collate_fn=_first,
-                        num_workers=cfg.data.num_workers)
-    t0 = time.perf_counter()
-    for item in tqdm(loader, total=len(todo), disable=not progress, desc="maps", unit="img"):
-        maps = infer_image(model, item["images"], item["label"], tuple(item["size"]), mcfg, seed_methods)
-        keys = kept_channels(item["label"])
-        arrays = {k: v[keys].cpu().numpy().astype(np.float16) for k, v in maps.items()}
-        if not cfg.infer.save_cam:
-            arrays.pop("cam")
-        atomic_savez(out_dir / f"{item['id']}.npz", keys=keys, **arrays)
-    dt = time.perf_counter() - t0
-    rate = len(todo) / dt if todo and dt > 0 else float("nan")
-    atomic_write_json(out_dir / "DONE", {"n_images": len(ds), "computed_now": len(todo), "images_per_s": rate})
-    return MapsResult(out_dir, len(ds), len(todo), rate)
+    digest = file_digest(checkpoint)
+    with folder_lock(out_dir):
+        meta = out_dir / "config.json"
+        if meta.exists():
+            made_from = read_json(meta).get("checkpoint_digest")
+            if made_from not in (None, digest):
+                raise StaleMapsError(f"{out_dir} holds maps of checkpoint {made_from}, not of {checkpoint} "
+                                     f"({digest}); delete the folder or write the maps elsewhere")
+        if (out_dir / "DONE").exists():
+            done = read_json(out_dir / "DONE")
+            return MapsResult(out_dir, done["n_images"], 0, float("nan"), 0.0)
+        atomic_write_json(meta, {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "checkpoint_digest": digest,
+                                 "seed_methods": list(seed_methods)})
+        device = resolve_device(cfg.device)
+        model, _ = load_trained(checkpoint, device)
+        mcfg = cfg.model
+        spec = BACKBONES[mcfg.backbone]
+        ds = InferenceDataset(cfg.data.resolved_root(), cfg.infer.split, cfg.infer.scales, spec.mean, spec.std,
+                              flip=cfg.infer.flip, max_images=cfg.infer.max_images)
+        todo = [i for i, name in enumerate(ds.ids) if not (out_dir / f"{name}.npz").exists()]
+        loader = DataLoader(torch.utils.data.Subset(ds, todo), batch_size=1, collate_fn=_first,
+                            num_workers=cfg.data.num_workers)
+        t0 = time.perf_counter()
+        for item in tqdm(loader, total=len(todo), disable=not progress, desc="maps", unit="img"):
+            maps = infer_image(model, item["images"], item["label"], tuple(item["size"]), mcfg, seed_methods)
+            keys = kept_channels(item["label"])
+            arrays = {k: (v if v.dim() == 2 else v[keys]).cpu().numpy() for k, v in maps.items()}
+            arrays = {k: v if v.dtype == np.uint8 else v.astype(np.float16) for k, v in arrays.items()}
+            if not cfg.infer.save_cam:
+                arrays.pop("cam")
+            atomic_savez(out_dir / f"{item['id']}.npz", keys=keys, **arrays)
+        dt = time.perf_counter() - t0
+        rate = len(todo) / dt if todo and dt > 0 else float("nan")
+        atomic_write_json(out_dir / "DONE", {"n_images": len(ds), "computed_now": len(todo), "images_per_s": rate,
+                                             "seconds": dt, "checkpoint_digest": digest})
+    return MapsResult(out_dir, len(ds), len(todo), rate, dt)
 
 
-def maps_dir_for(cfg: ExperimentConfig, work_dir: str | Path, variant: str, seed_methods: Sequence[str] = (STRUCTURE,)) -> Path:
-    """Cache folder of a maps run: <work_dir>/maps/<variant>-<maps hash>[-<seed methods>]."""
-    methods = tuple(seed_methods)
-    suffix = "" if methods == (STRUCTURE,) else "-seeds" + hashlib.sha256(repr(methods).encode()).hexdigest()[:6]
-    return Path(work_dir) / "maps" / f"{variant}-{cfg.stage_hash('maps')}{suffix}"
+def maps_key(cfg: ExperimentConfig, checkpoint_digest: str, seed_methods: Sequence[str] = (STRUCTURE,)) -> str:
+    """The maps stage's key: its settings, the split's data fingerprint, the checkpoint and the readings."""
+    from .data.voc import fingerprint
 
+    fp = fingerprint(cfg.data.resolved_root(), cfg.infer.split, cfg.infer.max_images)
+    return cfg.stage_hash("maps", fp, checkpoint_digest, repr(tuple(seed_methods)))
+
+
+def maps_dir_for(cfg: ExperimentConfig, work_dir: str | Path, variant: str, checkpoint_digest: str,
+                 seed_methods: Sequence[str] = (STRUCTURE,)) -> Path:
+    """Cache folder of a maps run: <work_dir>/maps/<variant>-s<seed>-<split>-<maps key>."""
+    split = cfg.infer.split.replace("-", "_")
+    return Path(work_dir) / "maps" / f"{variant}-s{cfg.train.seed}-{split}-{maps_key(cfg, checkpoint_digest, seed_methods)}"
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """16-hex sha256 of a checkpoint file (what maps and evaluations are tied to)."""
+    return file_digest(path)
+
+
+__all__ = ["STRUCTURE", "MapsResult", "ScaleOutput", "StaleMapsError", "checkpoint_digest", "fuse_flip", "infer_image",
+           "infer_scale", "irn_cam", "kept_channels", "make_maps", "maps_dir_for", "maps_key", "parse_reading",
+           "seed_method_key"]

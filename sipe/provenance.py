@@ -6,6 +6,7 @@ No host name or user name is recorded.
 """
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -38,6 +39,32 @@ def git_revision(repo: str | Path = REPO_ROOT) -> str:
     return f"{rev}-dirty" if dirty else rev
 
 
+STAGE_SOURCES: dict[str, tuple[str, ...]] = {
+    "train": ("sipe/config.py", "sipe/train.py", "sipe/losses.py", "sipe/ipe.py", "sipe/runtime.py",
+              "sipe/checkpoint.py", "sipe/models/*.py", "sipe/data/*.py"),
+    "maps": ("sipe/maps.py",),
+    "eval": ("sipe/evaluation.py", "sipe/crf.py", "sipe/pipeline.py"),
+}
+"""The source files each stage's output depends on; a later stage also depends on the earlier ones'."""
+
+
+def stage_code_hash(stage: str, repo: Path = REPO_ROOT) -> str:
+    """12-hex sha256 over the source files of `stage` and of the stages before it (see STAGE_SOURCES)."""
+    order = list(STAGE_SOURCES)
+    h = hashlib.sha256()
+    for name in order[: order.index(stage) + 1]:
+        for pattern in STAGE_SOURCES[name]:
+            for path in sorted(repo.glob(pattern)):
+                h.update(path.relative_to(repo).as_posix().encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def stage_code_hashes() -> dict[str, str]:
+    """{stage: stage_code_hash(stage)} for train, maps and eval."""
+    return {stage: stage_code_hash(stage) for stage in STAGE_SOURCES}
+
+
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Installed version of each distribution ('not installed' when absent)."""
     versions = {}
@@ -47,6 +74,11 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def provenance(cfg: ExperimentConfig | None = None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Devices, seeds and atomic file writes shared by every stage."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,12 +31,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -55,12 +61,26 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez_compressed(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value stored in `path` (written by atomic_write_json)."""
+    return json.loads(Path(path).read_text())
+
+
+def file_digest(path: str | os.PathLike, chars: int = 16) -> str:
+    """The first `chars` hex digits of the sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:chars]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -7,6 +7,7 @@ continues from the checkpoint and reaches the same final weights as an uninterru
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -17,11 +18,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from . import losses
+from . import ipe, losses
 from .config import ExperimentConfig, load_config
 from .data.datasets import TrainDataset
 from .models import BACKBONES, SIPENet, build_model
-from .runtime import atomic_torch_save, atomic_write_json, resolve_device, seed_everything
+from .locks import folder_lock
+from .runtime import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device, seed_everything
 
 METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_gsc", "lr_backbone", "lr_new", "images_per_s",
                  "seed_fg_share", "seconds")
@@ -51,12 +53,6 @@ class _EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n - self.skip
-
-
-def training_label_mask(valid_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N,S,S) validity and (N,K) labels -> (N,K+1,S,S) mask: background = valid, class k = valid x label_k."""
-    valid = valid_mask.unsqueeze(1)
-    return torch.cat([valid, valid * labels[:, :, None, None].to(valid.dtype)], dim=1)
 
 
 def build_optimizer(model: SIPENet, cfg: ExperimentConfig, max_steps: int):
@@ -95,7 +91,7 @@ def train_step(model: SIPENet, batch: dict, cfg: ExperimentConfig, device: torch
     labels = batch["label"].to(device, non_blocking=True)
     valid = batch["valid_mask"].to(device, non_blocking=True)
     use_gsc = cfg.model.gsc
-    mask = training_label_mask(valid, labels)
+    mask = ipe.label_mask(labels, valid)
     out = model(img, mask, with_ipe=use_gsc)
     loss_cls = losses.classification_loss(out["score"], labels)
     result = {"loss_cls": loss_cls}
@@ -112,7 +108,7 @@ def train_step(model: SIPENet, batch: dict, cfg: ExperimentConfig, device: torch
 
 
 def _load_checkpoint(path: Path, model, opt, sched) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -125,10 +121,11 @@ def _truncate_metrics(path: Path, upto_step: int) -> None:
         return
     with path.open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def train(
@@ -137,9 +134,16 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train `cfg` in `run_dir`, resuming from `run_dir/checkpoint.pt` when present; returns the final weights."""
+    """Train `cfg` in `run_dir`, resuming from `run_dir/checkpoint.pt` when present; returns the final weights.
+
+    The run folder is locked while training (see sipe.locks): a second caller waits and then reuses it."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir):
+        return _train_locked(cfg, run_dir, progress, on_step)
+
+
+def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
+                  on_step: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
     final, ckpt_path, metrics_path = run_dir / "final.pt", run_dir / "checkpoint.pt", run_dir / "metrics.csv"
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
@@ -160,9 +164,10 @@ def train(
     model.train()
     opt, sched = build_optimizer(model, cfg, max_steps)
 
-    step = 0
+    step, wall_before, session_start = 0, 0.0, time.perf_counter()
     if ckpt_path.exists():
-        step = _load_checkpoint(ckpt_path, model, opt, sched)["step"]
+        state = _load_checkpoint(ckpt_path, model, opt, sched)
+        step, wall_before = state["step"], float(state.get("wall_seconds", 0.0))
     _truncate_metrics(metrics_path, step)
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
     t_cfg = cfg.train
@@ -207,25 +212,25 @@ def train(
                 if end_of_epoch or step == max_steps or (every and step % every == 0):
                     mf.flush()
                     atomic_torch_save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "scheduler": sched.state_dict()}, ckpt_path)
+                                       "scheduler": sched.state_dict(),
+                                       "wall_seconds": wall_before + time.perf_counter() - session_start}, ckpt_path)
                 if on_step is not None:
                     on_step(step, row)
                 if step >= max_steps:
                     break
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step}, final)
+    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step,
+                       "wall_seconds": wall_before + time.perf_counter() - session_start}, final)
     return TrainResult(run_dir, final, metrics_path, reused=False)
 
 
-def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[SIPENet, ExperimentConfig]:
-    """The model and config stored in a `final.pt` written by `train` (no ImageNet weights needed)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = ExperimentConfig.from_dict(state["config"])
-    model_cfg = cfg.model.__class__(**{**cfg.model.__dict__, "pretrained": False})
-    model = build_model(model_cfg, cfg.data.num_classes)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
+def train_key(cfg: ExperimentConfig) -> str:
+    """The training stage's key: its settings and the fingerprint of the training split it reads."""
+    from .data.voc import fingerprint
+
+    d = cfg.data
+    return cfg.stage_hash("train", fingerprint(d.resolved_root(), d.train_split, d.max_images))
 
 
 def run_dir_for(cfg: ExperimentConfig, work_dir: str | Path, variant: str) -> Path:
-    """The cache folder of a training run: <work_dir>/runs/<variant>-<train hash>."""
-    return Path(work_dir) / "runs" / f"{variant}-{cfg.stage_hash('train')}"
+    """The cache folder of a training run: <work_dir>/runs/<variant>-s<seed>-<train key>."""
+    return Path(work_dir) / "runs" / f"{variant}-s{cfg.train.seed}-{train_key(cfg)}"

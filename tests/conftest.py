@@ -14,7 +14,7 @@ DEFAULT_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 synthetic 96x128 images (splits train_aug 12, train 6, val 6); shared, so do not modify it."""
+    """12 synthetic 96x128 images (splits train 4, val 4, train_aug 8 = all but val; selection split train_aug-train-val 4); shared, so do not modify it."""
     return make_synthetic_voc(tmp_path_factory.mktemp("synthetic_voc"), n_images=12, size=(96, 128), seed=0)
 
 

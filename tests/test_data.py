@@ -51,11 +51,11 @@ def test_class_names_follow_voc_order():
 
 def test_synthetic_splits_labels_and_masks(synthetic_root):
     train_aug, train, val = (read_split(synthetic_root, s) for s in ("train_aug", "train", "val"))
-    assert len(train_aug) == 12 and len(train) == 6 and len(val) == 6
-    assert train + val == train_aug
+    assert len(train_aug) == 8 and len(train) == 4 and len(val) == 4
+    assert set(train) < set(train_aug) and not set(val) & set(train_aug)
     labels = load_cls_labels(synthetic_root)
-    assert set(labels) == set(train_aug)
-    for image_id in train_aug:
+    assert set(labels) == set(train_aug) | set(val)
+    for image_id in train_aug + val:
         img, mask = load_image(synthetic_root, image_id), load_mask(synthetic_root, image_id)
         assert img.shape == (96, 128, 3) and img.dtype == np.uint8
         assert mask.shape == (96, 128) and mask.dtype == np.uint8
@@ -98,7 +98,7 @@ def test_save_mask_roundtrip_keeps_indices(tmp_path):
 
 def test_scan_finds_nothing_on_synthetic(synthetic_root):
     report = scan_dataset(synthetic_root, "train_aug")
-    assert report.ok and report.n_checked == 12 and report.problems == []
+    assert report.ok and report.n_checked == 8 and report.problems == []
     report.raise_if_bad()
 
 
@@ -177,7 +177,7 @@ def test_hflip_mirrors_columns():
 def test_train_sample_shapes_and_label(synthetic_root):
     ds = TrainDataset(synthetic_root, "train_aug", (64, 96), 80, HALF, HALF, seed=0)
     labels = load_cls_labels(synthetic_root)
-    assert len(ds) == 12
+    assert len(ds) == 8
     item = ds[3]
     assert item["id"] == read_split(synthetic_root, "train_aug")[3]
     assert item["img"].shape == (3, 80, 80) and item["img"].dtype == torch.float32
@@ -362,7 +362,7 @@ def test_missing_mask_and_bad_mask_values(broken_root):
 
 def test_id_without_label(broken_root):
     labels = load_cls_labels(broken_root)
-    victim = read_split(broken_root, "val")[4]
+    victim = read_split(broken_root, "val")[3]
     del labels[victim]
     np.save(labels_path(broken_root), labels, allow_pickle=True)
     with pytest.raises(DataError) as e:

@@ -107,21 +107,24 @@ def make_synthetic_voc(
     """Write a synthetic dataset in the VOC layout under `root` and return `root`.
 
     n_images images of `size` (H, W) with ids `synth_0000`...; `splits` maps a split name to image indices
-    (default: train_aug = all, train = first half, val = second half); `classes` are the 1-based class
-    indices to draw from (default all 20). Writes JPEGImages/*.jpg (quality 95), SegmentationClassAug/*.png,
+    (default below); `classes` are the 1-based class
+    indices to draw from (default all 20). Default splits, as in VOC: train = the first third, val = the
+    second third, train_aug = every image outside val (so train_aug - train - val, the selection split, is
+    the last third). Writes JPEGImages/*.jpg (quality 95), SegmentationClassAug/*.png,
     ImageSets/Segmentation/<split>.txt and cls_labels_voc.npy (classes present in each mask).
     """
     if n_images < 2:
-        raise ValueError(f"n_images must be at least 2 (train and val halves), got {n_images}")
+        raise ValueError(f"n_images must be at least 2 (train and val), got {n_images}")
     h, w = size
     if h < 32 or w < 32:
         raise ValueError(f"size must be at least 32x32, got {size}")
     classes = list(range(1, NUM_CLASSES + 1)) if classes is None else [int(c) for c in classes]
     if not classes or any(not 1 <= c <= NUM_CLASSES for c in classes):
         raise ValueError(f"classes must be non-empty values in 1..{NUM_CLASSES}, got {classes}")
-    half = n_images // 2
+    third = max(1, n_images // 3)
     splits = splits if splits is not None else {
-        "train_aug": slice(None), "train": slice(0, half), "val": slice(half, None),
+        "train_aug": [i for i in range(n_images) if not third <= i < 2 * third],
+        "train": slice(0, third), "val": slice(third, 2 * third),
     }
     root = Path(root)
     for sub in (IMAGE_DIR, MASK_DIR, str(SPLIT_DIR)):

@@ -8,6 +8,7 @@ Layout under a data root:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,20 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
     if not ids:
         raise DataError(f"split list {path} is empty; rebuild it with python -m data_prep.convert_sbd")
     return ids
+
+
+def fingerprint(root: str | os.PathLike, split: str, max_images: int | None = None) -> str:
+    """16-hex digest of what a stage reads from a data root: the split's ids (in order, up to
+    `max_images`), each image's and mask's file size, and the label file's bytes. The root's path is not
+    part of it, so the same data under another folder gives the same fingerprint."""
+    root = _root(root)
+    h = hashlib.sha256()
+    for image_id in read_split(root, split)[:max_images]:
+        sizes = [p.stat().st_size if p.is_file() else -1 for p in (image_path(root, image_id), mask_path(root, image_id))]
+        h.update(f"{image_id} {sizes[0]} {sizes[1]}\n".encode())
+    labels = labels_path(root)
+    h.update(hashlib.sha256(labels.read_bytes()).digest() if labels.is_file() else b"no labels")
+    return h.hexdigest()[:16]
 
 
 def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
