@@ -15,9 +15,9 @@ import torch
 
 from . import ipe
 from .config import ExperimentConfig, FeatureName
-from .data import transforms as T
 from .data import voc
-from .maps import fuse_flip
+from .data.datasets import scale_views
+from .maps import infer_scale
 from .models import BACKBONES, SIPENet
 
 Pixel = tuple[int, int]
@@ -77,11 +77,8 @@ def analyze_image(
     scale: float = 1.0,
     flip: bool = True,
 ) -> ImageAnalysis:
-    """Run SIPE's inference on one image at one scale (plus its flip, fused as in `sipe.maps`).
-
-    Preprocessing is the inference dataset's (bicubic rescale, the backbone's mean/std); seeds use
-    `cfg.model.seed_feature_infer`, the unmasked CAM, label mask [1, label] and `cfg.model.bg_scale`.
-    """
+    """SIPE's inference on one image at one scale (plus its flip): the maps stage's own function
+    (`sipe.maps.infer_scale`) on the inference dataset's preprocessing (`scale_views`), kept on the grid."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     mcfg = cfg.model
@@ -90,27 +87,16 @@ def analyze_image(
     label = voc.label_of(voc.load_cls_labels(root), image_id, voc.labels_path(root))
     gt = voc.load_mask(root, image_id) if voc.mask_path(root, image_id).is_file() else None
 
-    x = T.hwc_to_chw(T.normalize(T.rescale(image, scale, "bicubic"), spec.mean, spec.std))
-    views = [x, np.ascontiguousarray(x[:, :, ::-1])] if flip else [x]
+    views = scale_views(image, scale, spec.mean, spec.std, flip)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        feats = model.extract(torch.from_numpy(np.stack(views)).to(device))
+        out = infer_scale(model, views, ipe.label_mask(torch.from_numpy(label).to(device)), mcfg)
     finally:
         model.train(was_training)
-    logits, semantic, hierarchical = (fuse_flip(t) for t in feats)
-    cam = ipe.cam_with_background(logits)
-    label_t = torch.from_numpy(label).to(device)
-    label_mask = torch.cat([label_t.new_ones(1), label_t])[None, :, None, None]
-    by_name = {"semantic": semantic, "hierarchical": hierarchical}
-    seeds = ipe.locate_seeds(cam, by_name[mcfg.seed_feature_infer], label_mask, bg_scale=mcfg.bg_scale,
-                             chunk_rows=mcfg.seed_chunk_rows)
-    proto_feature = by_name[mcfg.prototype_feature]
-    protos = ipe.prototypes(seeds, proto_feature)
-    maps = ipe.is_cam(proto_feature, protos)
-    if not mcfg.background_prototype:
-        maps = ipe.background_from_foreground(maps)
+    logits, semantic, hierarchical = out.features
+    cam, (seeds, protos, maps) = out.cam, out.ipe
     return ImageAnalysis(
         image_id=image_id,
         scale=float(scale),
@@ -132,26 +118,25 @@ def analyze_image(
 
 
 def structure_map(feature: np.ndarray, pixel: Pixel) -> np.ndarray:
-    """(h,w) structure map of `pixel` (y, x): ReLU(f_pixel . f_j) with f L2-normalised as in `sipe.ipe`."""
+    """(h,w) structure map of `pixel` (y, x): ReLU(f_pixel . f_j), `sipe.ipe.structure_maps` of one pixel."""
     if feature.ndim != 3:
         raise ValueError(f"feature must be (D,h,w), got shape {feature.shape}")
     y, x = pixel
     h, w = feature.shape[1:]
     if not (0 <= y < h and 0 <= x < w):
         raise ValueError(f"pixel {pixel} is outside the {h}x{w} grid")
-    f = ipe.l2_normalize(torch.from_numpy(np.asarray(feature, dtype=np.float32)), dim=0)
-    return torch.relu(torch.einsum("d,dhw->hw", f[:, y, x], f)).numpy()
+    f = torch.from_numpy(np.asarray(feature, dtype=np.float32))[None]
+    return ipe.structure_maps(f, y * w + x, y * w + x + 1)[0, 0].reshape(h, w).numpy()
 
 
 def structure_similarity(feature: np.ndarray, cam: np.ndarray, pixel: Pixel) -> np.ndarray:
-    """(C,) IoU between the structure map of `pixel` and each CAM channel (C,h,w): sum(S*M) / (sum S + sum M - sum(S*M))."""
-    s = structure_map(feature, pixel)
-    if cam.shape[1:] != s.shape:
-        raise ValueError(f"cam {cam.shape} and feature grid {s.shape} differ")
-    cam = np.asarray(cam, dtype=np.float32)
-    inter = (cam * s).sum(axis=(1, 2))
-    union = s.sum() + cam.sum(axis=(1, 2)) - inter
-    return inter / np.maximum(union, 1e-12)
+    """(C,) IoU between the structure map of `pixel` and each CAM channel (C,h,w): `sipe.ipe.structure_iou`
+    at that pixel."""
+    if cam.shape[1:] != feature.shape[1:]:
+        raise ValueError(f"cam {cam.shape} and feature grid {feature.shape[1:]} differ")
+    f = torch.from_numpy(np.asarray(feature, dtype=np.float32))[None]
+    iou = ipe.structure_iou(torch.from_numpy(np.asarray(cam, dtype=np.float32))[None], f)
+    return iou[0, :, pixel[0], pixel[1]].numpy()
 
 
 def cell_centres(grid: int, size: int) -> np.ndarray:
@@ -301,3 +286,65 @@ def pick_example_images(
     out = cands.set_index("id").loc[chosen].reset_index()
     out.insert(2, "class_name", [voc.CLASS_NAMES[c] for c in out["class_index"]])
     return out[["id", "class_index", "class_name", "area"]]
+
+
+def prototype_vs_centre(model: SIPENet, cfg: ExperimentConfig, root: str | os.PathLike, ids: Sequence[str],
+                        feature: FeatureName = "semantic") -> pd.DataFrame:
+    """Fig. 1's statistic over many images: per (image, present class), the mean cosine of the class's
+    pixels (GT cells) to the class centre (classifier weight) and to the image-specific prototype (mean
+    feature over the class's seeds), and the share of pixels closer to the prototype. Classes without a
+    seed are skipped. Columns: id, class_name, n_pixels, centre_mean, prototype_mean, share_closer_to_prototype."""
+    rows = []
+    for image_id in ids:
+        a = analyze_image(model, cfg, root, image_id)
+        for k in np.flatnonzero(a.label > 0.5) + 1:
+            prototype = seed_prototype(a, int(k), feature)
+            gm = grid_mask(a)
+            if not np.any(prototype) or gm is None or not (gm == k).any():
+                continue
+            pf = foreground_pixel_features(a, int(k), feature)
+            cos_c = cosine_to(pf.features, a.classifier_weight[k - 1])
+            cos_p = cosine_to(pf.features, prototype)
+            rows.append({"id": image_id, "class_name": voc.CLASS_NAMES[k], "n_pixels": len(cos_c),
+                         "centre_mean": float(cos_c.mean()), "prototype_mean": float(cos_p.mean()),
+                         "share_closer_to_prototype": float((cos_p > cos_c).mean())})
+    return pd.DataFrame(rows, columns=["id", "class_name", "n_pixels", "centre_mean", "prototype_mean",
+                                       "share_closer_to_prototype"])
+
+
+VISUAL_KINDS = ("small object", "large object", "several classes", "crowded scene")
+
+
+def pick_visual_examples(root: str | os.PathLike, ids: Sequence[str], per_kind: int = 1) -> pd.DataFrame:
+    """Images for Figs. 5 and 7 by a fixed rule over the GT masks, `per_kind` of each kind in VISUAL_KINDS:
+    the single-class image with the smallest object (area >= 2%), the one with the largest object, the
+    image with the most classes (ties: largest foreground), and the image with the most connected regions
+    of one class (ties: smaller ids first). An image is used once. Columns: kind, id, classes, area, regions."""
+    from scipy.ndimage import label as connected
+
+    rows = []
+    for image_id in ids:
+        mask = voc.load_mask(root, image_id)
+        present = [int(c) for c in np.unique(mask) if 0 < c < voc.IGNORE_INDEX]
+        if not present:
+            continue
+        area = float(np.isin(mask, present).mean())
+        regions = max(int(connected(mask == c)[1]) for c in present)
+        rows.append({"id": image_id, "classes": len(present), "area": area, "regions": regions,
+                     "names": ", ".join(voc.CLASS_NAMES[c] for c in present)})
+    cands = pd.DataFrame(rows)
+    if cands.empty:
+        raise ValueError("no image with a foreground class in the given ids")
+    single = cands[cands["classes"] == 1]
+    orders = {
+        "small object": single[single["area"] >= 0.02].sort_values(["area", "id"]),
+        "large object": single.sort_values(["area", "id"], ascending=[False, True]),
+        "several classes": cands.sort_values(["classes", "area", "id"], ascending=[False, False, True]),
+        "crowded scene": cands.sort_values(["regions", "id"], ascending=[False, True]),
+    }
+    chosen, used = [], set()
+    for kind in VISUAL_KINDS:
+        picked = [i for i in orders[kind]["id"] if i not in used][:per_kind]
+        used.update(picked)
+        chosen += [{"kind": kind, **cands.set_index("id").loc[i].to_dict(), "id": i} for i in picked]
+    return pd.DataFrame(chosen)[["kind", "id", "names", "classes", "area", "regions"]]

@@ -316,7 +316,8 @@ def comparison_grid(
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """Fig. 5/7: one row per image: the image, its GT, then per (title, maps_dir, key) panel the foreground
-    map (max over the stored foreground channels of `key`, 'is_cam' or 'cam') as a heatmap over the image.
+    map (max over the stored foreground channels of `key`, 'is_cam' or 'cam') as a heatmap over the image;
+    a key ending in ':background' shows the map's background channel instead (Fig. 7).
 
     label_panel: index into `panels` of a map whose label map is added as a last column (estimated
     background, or background threshold `threshold`).
@@ -337,10 +338,14 @@ def comparison_grid(
         row[1].imshow(colorize(voc.load_mask(root, image_id)), interpolation="nearest")
         loaded = []
         for j, (_, maps_dir, key) in enumerate(panels):
-            maps, keys = load_map(maps_dir, image_id, key)  # type: ignore[arg-type]
+            name, _, channel = key.partition(":")
+            maps, keys = load_map(maps_dir, image_id, name)
             loaded.append((maps, keys))
-            fg = maps[1:].max(axis=0) if len(maps) > 1 else np.zeros(maps.shape[1:], np.float32)
-            _overlay(row[2 + j], image, fg, alpha=alpha)
+            if channel == "background":
+                heat = maps[0]
+            else:
+                heat = maps[1:].max(axis=0) if len(maps) > 1 else np.zeros(maps.shape[1:], np.float32)
+            _overlay(row[2 + j], image, heat, alpha=alpha)
         if label_panel is not None:
             maps, keys = loaded[label_panel]
             mode = "estimated" if threshold is None else "threshold"
@@ -353,4 +358,64 @@ def comparison_grid(
         titles.append(f"labels: {panels[label_panel][0]} ({how})")
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def seed_curves(fig8: pd.DataFrame, paper: Mapping[str, float] | None = None,
+                path: str | os.PathLike | None = None) -> Figure:
+    """Fig. 8 from the tidy table (`sipe.results.tidy('fig8')`): per seed, mIoU of IS-CAM from CAM-threshold
+    seeds against t (thin lines; their mean bold), and the CAM-argmax and structure-aware seeds as
+    horizontal lines (mean over seeds, each seed as a tick at the right); the paper's values dotted."""
+    curve = fig8[fig8["row"].str.startswith("CAM threshold t = ")].copy()
+    if curve.empty:
+        raise ValueError("the fig8 table has no 'CAM threshold t = ...' rows")
+    curve["t"] = curve["row"].str.removeprefix("CAM threshold t = ").astype(float)
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    for seed, part in curve.groupby("seed"):
+        part = part.sort_values("t")
+        ax.plot(part["t"], part["value"], "-", color="tab:blue", lw=0.8, alpha=0.5)
+    mean = curve.groupby("t")["value"].mean()
+    ax.plot(mean.index, mean.to_numpy(), "o-", color="tab:blue", lw=2,
+            label=f"CAM threshold seeds (mean of {curve['seed'].nunique()} seed(s), thin: each seed)")
+    for row, colour, ls in (("CAM argmax", "tab:orange", "--"), ("Structure-aware seeds", "tab:green", "-")):
+        values = fig8[fig8["row"] == row]["value"]
+        if len(values):
+            ax.axhline(values.mean(), color=colour, ls=ls, label=f"{row} ({values.mean():.1f})")
+            ax.plot([1.0] * len(values), values, "_", color=colour, ms=12, mew=2, clip_on=False)
+    colours = {"CAM threshold (best over sweep)": "tab:blue", "CAM argmax": "tab:orange", "Structure-aware seeds": "tab:green"}
+    for name, value in (paper or {}).items():
+        ax.axhline(value, color=colours.get(name, "grey"), ls=":", lw=1.2, alpha=0.8, label=f"paper: {name} ({value:.1f})")
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("CAM threshold t for seeds")
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def per_seed_points(table: pd.DataFrame, quantity: str, path: str | os.PathLike | None = None) -> Figure:
+    """One point per seed for each row of a tidy table (one quantity), with the mean as a bar."""
+    part = table[table["quantity"] == quantity]
+    if part.empty:
+        raise ValueError(f"no rows with quantity {quantity!r}")
+    order = list(dict.fromkeys(part["row"]))
+    fig = Figure(figsize=(7, 0.5 + 0.45 * len(order)), layout="constrained")
+    ax = fig.subplots()
+    sns.barplot(data=part, y="row", x="value", order=order, errorbar=None, color="lightgrey", ax=ax)
+    sns.stripplot(data=part, y="row", x="value", order=order, hue="seed", palette="dark:tab:blue", size=6, ax=ax)
+    ax.set_xlabel(f"{quantity} (%)")
+    ax.set_ylabel("")
+    ax.legend(title="seed", fontsize=7)
+    return _save(fig, path)
+
+
+def stage_times(times: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
+    """Stacked horizontal bars: minutes per stage for each unit (columns unit, stage, seconds)."""
+    wide = times.pivot_table(index="unit", columns="stage", values="seconds", aggfunc="sum").fillna(0.0) / 60.0
+    fig = Figure(figsize=(8, 0.5 + 0.35 * len(wide)), layout="constrained")
+    ax = fig.subplots()
+    wide.plot.barh(stacked=True, ax=ax)
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)

@@ -35,6 +35,16 @@ def _rows_per_chunk(n: int, hw: int, chunk_rows: int | None, max_bytes: int | No
     return max(1, min(hw, budget // max(1, n * hw * itemsize)))
 
 
+def structure_maps(feature: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Structure maps ReLU(f_i . f_j) of the query pixels i in [start, stop) of the flattened grid:
+    feature (N,D,h,w) -> (N, stop - start, h*w), f L2-normalised per pixel (Eq. 3)."""
+    return _correlation_rows(l2_normalize(feature.flatten(2)), start, stop)
+
+
+def _correlation_rows(f: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+    return F.relu(torch.bmm(f[:, :, start:stop].transpose(1, 2), f), inplace=True)
+
+
 def structure_iou(
     cam: torch.Tensor,
     feature: torch.Tensor,
@@ -57,7 +67,7 @@ def structure_iou(
     iou = torch.empty(n, hw, c, dtype=f.dtype, device=f.device)
     for start in range(0, hw, rows):
         stop = min(hw, start + rows)
-        corr = F.relu(torch.bmm(f[:, :, start:stop].transpose(1, 2), f), inplace=True)
+        corr = _correlation_rows(f, start, stop)
         inter = torch.bmm(corr, cam_flat.transpose(1, 2))
         union = corr.sum(-1, keepdim=True) + cam_sum.unsqueeze(1) - inter
         iou[:, start:stop] = inter / union.clamp_min(1e-12)

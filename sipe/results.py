@@ -1,139 +1,502 @@
-"""The paper's reported numbers and paper-vs-ours tables.
+"""Our results: the units' files, the tables and figures assembled from them, the claims, paper vs ours.
 
-`sipe/resources/paper_results.csv` holds one number per line: table, row, setting, metric, value, note.
-"Ours" numbers are passed as nested dicts: {row: {metric: value}} for one table, and
-{table: {row: {metric: value}}} for `claims`.
+The stages (`sipe.pipeline`) write one set of files per unit (variant, seed) into a results folder.
+`load` reads the units of the configuration being published (others are reported as stale and left
+out); the table functions turn them into tidy frames (one row per quantity, variant, seed, split) that
+`write_table` saves as `<results_dir>/<name>.csv`; `summary` shows mean +/- std over seeds beside the
+paper's number, and `claims` checks the paper's claims with a verdict per claim.
+
+Settings are chosen on the selection split only: a "threshold" reading uses, per unit, the background
+threshold that is best on the selection split (`chosen_threshold`), never the best on the evaluated split.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from importlib import resources
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-PAPER_CSV = "paper_results.csv"
+from . import paper, provenance
+from .config import SELECTION_SPLIT, ExperimentConfig
+from .runtime import atomic_write_text
 
-RowValues = Mapping[str, Mapping[str, float]]
+TIDY_COLUMNS = ["row", "quantity", "variant", "seed", "split", "reading", "value"]
+CLAIM_COLUMNS = ["claim", "source", "paper_delta", "ours_mean", "ours_std", "n_seeds", "ci_low", "ci_high",
+                 "verdict", "evidence"]
+UNCHANGED_TOLERANCE = 1.0
+"""mIoU points within which a difference counts as 'basically unchanged' (Table 5, (1) -> (2))."""
+BOOTSTRAP_SAMPLES = 2000
+CLAIM_TABLES = ("table1", "table4", "table5", "fig8", "fig1", "bg_weight")
+FIG8_BEST = "CAM threshold (best over sweep)"
+FIG8_ARGMAX = "CAM argmax"
+PROFILE_WEIGHT = "profile's background weight"
+AUTHORS_WEIGHT = "authors' background weight (0.5)"
+
+
+@dataclass
+class StudyResults:
+    """The published units' rows (RESULT_COLUMNS of sipe.pipeline + unit, code_changed) and provenance."""
+
+    rows: pd.DataFrame
+    units: dict[str, dict[str, Any]]
+    results_dir: Path
+    eval_split: str
+    stale: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def select(self, variant: str, reading: str, background: str, split: str | None = None,
+               quantity: str = "miou", threshold: float | None = None) -> pd.DataFrame:
+        r = self.rows
+        m = (r["variant"] == variant) & (r["reading"] == reading) & (r["background"] == background) & \
+            (r["split"] == (split or self.eval_split)) & (r["quantity"] == quantity)
+        if threshold is not None:
+            m &= np.isclose(r["threshold"].astype(float), threshold)
+        return r[m]
+
+    def by_seed(self, variant: str, reading: str, background: str = "estimated", split: str | None = None,
+                threshold: float | None = None) -> pd.Series:
+        """mIoU per seed of one reading (index: seed)."""
+        sel = self.select(variant, reading, background, split, threshold=threshold)
+        return sel.set_index("seed")["value"].sort_index().astype(float)
+
+    def chosen_threshold(self, variant: str, key: str) -> pd.Series:
+        """Per seed, the background threshold of `key` that is best on the selection split."""
+        sel = self.select(variant, key, "threshold", SELECTION_SPLIT)
+        if sel.empty:
+            return pd.Series(dtype=float)
+        best = sel.loc[sel.groupby("seed")["value"].idxmax()]
+        return best.set_index("seed")["threshold"].astype(float).sort_index()
+
+    def at_chosen(self, variant: str, key: str, split: str | None = None) -> pd.Series:
+        """Per seed, the mIoU of `key` with the background threshold chosen on the selection split."""
+        chosen = self.chosen_threshold(variant, key)
+        out = {s: float(self.by_seed(variant, key, "threshold", split, threshold=t).get(s, np.nan))
+               for s, t in chosen.items()}
+        return pd.Series(out, dtype=float).sort_index()
+
+    def confusions(self, variant: str, seed: int, key: str) -> np.ndarray:
+        """Per-image confusions of a unit's reading `<split>/<map key>/<background>`: int (N,P,C,C)."""
+        path = self.results_dir / "confusions" / f"{variant}-s{seed}.npz"
+        with np.load(path) as data:
+            return data[key]
+
+    def code_changed(self, variants: Sequence[str]) -> list[str]:
+        """Units of `variants` whose stage code has changed since they were computed."""
+        return [u for u, p in self.units.items() if p["variant"] in variants and p["code_changed"]]
+
+
+def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | None = None) -> StudyResults:
+    """The results of `cfg`'s plan (or `units`) found in `results_dir`: a unit counts only when its
+    recorded configuration hash and data fingerprints equal those of `cfg` (else it is listed as stale)."""
+    from .pipeline import RESULT_COLUMNS, plan, unit_identity, unit_paths
+
+    results_dir = Path(results_dir)
+    frames, meta, stale, missing = [], {}, [], []
+    current = provenance.stage_code_hashes()
+    for unit in units if units is not None else plan(cfg):
+        paths = unit_paths(results_dir, unit)
+        if not (paths["csv"].exists() and paths["json"].exists()):
+            missing.append(unit.name)
+            continue
+        record = json.loads(paths["json"].read_text())
+        identity = unit_identity(cfg, unit)
+        if any(record.get(k) != v for k, v in identity.items()):
+            stale.append(unit.name)
+            continue
+        changed = [s for s, h in record.get("code", {}).items() if current.get(s) != h]
+        record["code_changed"] = changed
+        meta[unit.name] = record
+        frame = pd.read_csv(paths["csv"])
+        frame["unit"] = unit.name
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*RESULT_COLUMNS, "unit"])
+    return StudyResults(rows, meta, results_dir, cfg.infer.split, stale, missing)
+
+
+# --- tables ---------------------------------------------------------------------------------------------
+
+Getter = Callable[[StudyResults], pd.Series]
+ConfusionGetter = Callable[[StudyResults, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (row, quantity) of a table: which variant and reading produce it, how (`get`: mIoU per seed)
+    and, where a bootstrap interval can be drawn, the reading's per-image confusions (`conf`: (N,C,C))."""
+
+    row: str
+    quantity: str
+    variant: str
+    reading: str
+    get: Getter
+    conf: ConfusionGetter | None = None
+    split: str = ""
+
+
+def _est(variant: str, key: str = "is_cam", background: str = "estimated", split: str | None = None) -> dict:
+    def conf(r: StudyResults, seed: int) -> np.ndarray:
+        bg = "crf" if background.startswith("crf") else background
+        c = r.confusions(variant, seed, f"{split or r.eval_split}/{key}/{bg}")
+        return c[:, 1 if background == "crf_void_ignored" else 0]
+    return {"get": lambda r: r.by_seed(variant, key, background, split), "conf": conf}
+
+
+def _chosen(variant: str, key: str) -> dict:
+    def conf(r: StudyResults, seed: int) -> np.ndarray:
+        t = r.chosen_threshold(variant, key)[seed]
+        thresholds = sorted(r.select(variant, key, "threshold")["threshold"].astype(float).unique())
+        return r.confusions(variant, seed, f"{r.eval_split}/{key}/threshold")[:, int(np.argmin(np.abs(np.asarray(thresholds) - t)))]
+    return {"get": lambda r: r.at_chosen(variant, key), "conf": conf}
+
+
+def _fixed(variant: str, key: str, t: float) -> dict:
+    return {"get": lambda r: r.by_seed(variant, key, "threshold", threshold=t)}
+
+
+def table_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
+    """The cells of a paper table or figure, each with the reading that produces it (see module doc)."""
+    irn_t = cfg.study.irn_threshold
+    C = Cell
+    sel = "background threshold chosen on the selection split"
+    if name == "table1":
+        return [
+            Cell("SIPE", "loc_maps_miou", "sipe", "IS-CAM, estimated background", **_est("sipe")),
+            Cell("SIPE", "loc_maps_crf_miou", "sipe", "IS-CAM + denseCRF, void as background", **_est("sipe", background="crf_void_bg")),
+            Cell("SIPE", "loc_maps_crf_void_ignored_miou", "sipe", "IS-CAM + denseCRF, void ignored", **_est("sipe", background="crf_void_ignored")),
+            Cell("Baseline (CAM)", "loc_maps_miou", "cam", f"CAM, IRN protocol, {sel}", **_chosen("cam", "cam_irn")),
+            Cell("Baseline (CAM)", "loc_maps_crf_miou", "cam", "CAM, IRN protocol + denseCRF (0.30/0.05), void as background", **_est("cam", "cam_irn", "crf_void_bg")),
+            Cell("Baseline (CAM)", "loc_maps_crf_void_ignored_miou", "cam", "CAM, IRN protocol + denseCRF (0.30/0.05), void ignored", **_est("cam", "cam_irn", "crf_void_ignored")),
+            Cell(f"Baseline (CAM), IRN's t = {irn_t:g}", "loc_maps_miou", "cam", f"CAM, IRN protocol, t = {irn_t:g}", **_fixed("cam", "cam_irn", irn_t)),
+            Cell("Baseline (CAM), SIPE's background rule", "loc_maps_miou", "cam", "CAM, background 1 - max CAM", **_est("cam", "cam")),
+        ]
+    if name == "table4":
+        return [
+            Cell("CAM", "loc_maps_miou", "cam", f"CAM, IRN protocol, {sel}", **_chosen("cam", "cam_irn")),
+            Cell("CAM + IPE", "loc_maps_miou", "cam", "IS-CAM of the CAM baseline (hierarchical feature: untrained side convolutions)", **_est("cam")),
+            Cell("CAM + IPE (semantic feature)", "loc_maps_miou", "cam", "IS-CAM of the CAM baseline, prototypes on the trained semantic feature", **_est("cam", "labels@structure/semantic")),
+            Cell("CAM + IPE + GSC", "loc_maps_miou", "sipe", "IS-CAM of SIPE, estimated background", **_est("sipe")),
+        ]
+    if name == "table5":
+        options = {"Semantic w/o BPM": "semantic_nobpm", "Semantic w/ BPM": "semantic_bpm",
+                   "Hierarchical w/o BPM": "hierarchical_nobpm", "Hierarchical w/ BPM": "sipe"}
+        cells = []
+        for row, v in options.items():
+            cells += [Cell(row, "threshold_miou", v, f"IS-CAM, {sel}", **_chosen(v, "is_cam")),
+                      Cell(row, "estimated_miou", v, "IS-CAM, estimated background", **_est(v))]
+        return cells
+    if name == "fig8":
+        t_rows = [Cell(f"CAM threshold t = {t:g}", "loc_maps_miou", "sipe", f"IS-CAM from CAM-threshold seeds (t = {t:g})",
+                       **_est("sipe", f"labels@threshold:{t:g}")) for t in cfg.study.fig8_thresholds]
+        a_rows = [Cell(f"CAM argmax (alpha = {a:g})", "loc_maps_miou", "sipe",
+                       f"IS-CAM from CAM-argmax seeds, background (1 - max CAM)^{a:g}",
+                       **_est("sipe", f"labels@argmax:{a:g}")) for a in cfg.study.fig8_alphas]
+        return t_rows + a_rows + [Cell("Structure-aware seeds", "loc_maps_miou", "sipe",
+                                       "IS-CAM of SIPE, estimated background", **_est("sipe"))]
+    if name == "bg_weight":
+        cells = []
+        for v, row in (("sipe", PROFILE_WEIGHT), ("sipe_bg05", AUTHORS_WEIGHT)):
+            best = (lambda r, v=v: r.select(v, "is_cam", "threshold", SELECTION_SPLIT).groupby("seed")["value"].max())
+            cells += [Cell(row, "selection_estimated_miou", v, "IS-CAM, estimated background",
+                           **_est(v, split=SELECTION_SPLIT), split=SELECTION_SPLIT),
+                      Cell(row, "selection_best_threshold_miou", v, "IS-CAM, best threshold on the selection split",
+                           get=best, split=SELECTION_SPLIT),
+                      Cell(row, "estimated_miou", v, "IS-CAM, estimated background", **_est(v))]
+        return cells
+    raise KeyError(f"no table {name!r}; choose table1, table4, table5, fig8 or bg_weight")
+
+
+def tidy(name: str, r: StudyResults, cfg: ExperimentConfig) -> pd.DataFrame:
+    """One row per (table row, quantity, seed) of table `name`: TIDY_COLUMNS. Fig. 8 also gets the rows
+    the paper plots: the best CAM threshold of each seed's curve and the CAM argmax at the first alpha."""
+    records = []
+    for c in table_cells(name, cfg):
+        for seed, value in c.get(r).items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                records.append({"row": c.row, "quantity": c.quantity, "variant": c.variant, "seed": int(seed),
+                                "split": c.split or r.eval_split, "reading": c.reading, "value": float(value)})
+    table = pd.DataFrame(records, columns=TIDY_COLUMNS)
+    if name == "fig8" and not table.empty:
+        curve = table[table["row"].str.startswith("CAM threshold t = ")]
+        best = curve.loc[curve.groupby("seed")["value"].idxmax()].copy()
+        best["reading"] = "IS-CAM from CAM-threshold seeds, best t of the sweep on " + r.eval_split + " (the paper's reading)"
+        best["row"] = FIG8_BEST
+        argmax = table[table["row"] == f"CAM argmax (alpha = {cfg.study.fig8_alphas[0]:g})"].copy()
+        argmax["row"] = FIG8_ARGMAX
+        table = pd.concat([table, best, argmax], ignore_index=True)
+    return table
+
+
+def write_table(results_dir: str | Path, name: str, table: pd.DataFrame) -> Path:
+    """Save a tidy table as `<results_dir>/<name>.csv` (atomically)."""
+    return atomic_write_text(Path(results_dir) / f"{name}.csv", table.to_csv(index=False))
+
+
+def _paper_lookup(table: str) -> dict[tuple[str, str], float]:
+    try:
+        rows = paper.paper_rows(table)
+    except KeyError:
+        return {}
+    return {(r, m): float(v) for r, m, v in zip(rows["row"], rows["metric"], rows["value"])}
+
+
+def fmt_mean_std(values: Sequence[float]) -> str:
+    """'58.3 ± 1.2 (n=3)', '58.3 (n=1)', or '–' without values."""
+    v = [float(x) for x in values if not math.isnan(float(x))]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.1f} (n=1)"
+    return f"{np.mean(v):.1f} ± {np.std(v, ddof=1):.1f} (n={len(v)})"
+
+
+def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show_paper_only: bool = True) -> pd.DataFrame:
+    """Paper vs ours for reading: one row per table row; per quantity the paper's number and ours as
+    mean ± std over seeds (n). Rows without a measured number show '–' (show_paper_only: the paper's
+    rows we do not measure are listed too)."""
+    paper_values = _paper_lookup(paper_table or name)
+    rows = list(dict.fromkeys(table["row"]))
+    rows += list(dict.fromkeys(r for (r, _q) in paper_values if r not in rows and show_paper_only))
+    quantities = list(dict.fromkeys([*table["quantity"], *(q for (_r, q) in paper_values)]))
+    out = pd.DataFrame(index=pd.Index(rows, name=None))
+    for q in quantities:
+        if any((r, q) in paper_values for r in rows):
+            out[(q, "paper")] = [f"{paper_values[(r, q)]:.1f}" if (r, q) in paper_values else "–" for r in rows]
+        out[(q, "ours")] = [fmt_mean_std(table[(table["row"] == r) & (table["quantity"] == q)]["value"]) for r in rows]
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
+def readings(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
+    """Which variant and reading produce each cell of table `name` (for the chapter's notes)."""
+    return pd.DataFrame([{"row": c.row, "quantity": c.quantity, "variant": c.variant, "reading": c.reading}
+                         for c in table_cells(name, cfg)])
+
+
+def per_class(r: StudyResults, cells: Sequence[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Per-class IoU, mean over seeds: columns = labels of `cells` (label, variant, map key, background)."""
+    cols = {}
+    for label, variant, key, background in cells:
+        sel = r.select(variant, key, background, quantity="iou")
+        cols[label] = sel.groupby("class", sort=False)["value"].mean()
+    return pd.DataFrame(cols).round(1)
+
+
+# --- intervals and claims ------------------------------------------------------------------------------
+
+def miou_of_confusions(conf: np.ndarray) -> np.ndarray:
+    """mIoU (percent) over the classes present in the ground truth of each confusion (...,C,C)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    gt, pred = conf.sum(-1), conf.sum(-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(gt > 0, tp / (gt + pred - tp), np.nan)
+    return 100.0 * np.nanmean(iou, axis=-1)
+
+
+def bootstrap_delta(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """(delta, low, high): mIoU(a) - mIoU(b) over the same images, and its percentile bootstrap interval
+    over images. a, b: per-image confusions (N,C,C) of two readings of the same N images."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"confusions differ in shape: {a.shape} vs {b.shape}")
+    n = a.shape[0]
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)]).astype(np.float64)
+    flat_a, flat_b = a.reshape(n, -1).astype(np.float64), b.reshape(n, -1).astype(np.float64)
+    boot = miou_of_confusions((counts @ flat_a).reshape(samples, *a.shape[1:])) - \
+        miou_of_confusions((counts @ flat_b).reshape(samples, *b.shape[1:]))
+    lo, hi = np.percentile(boot, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(miou_of_confusions(a.sum(0)) - miou_of_confusions(b.sum(0))), float(lo), float(hi)
+
+
+def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] | None = None,
+            unchanged: bool = False) -> str:
+    """'holds' | 'mixed' | 'fails' | 'not yet run'.
+
+    Several seeds: holds when every seed's delta has the paper's sign and |mean| > std; fails when every
+    seed has the opposite sign and |mean| > std; else mixed. One seed: the 95% bootstrap interval over
+    images decides (entirely on the paper's side: holds; entirely opposite: fails; else mixed).
+    unchanged=True (a claim of no change): holds when |mean| <= UNCHANGED_TOLERANCE (and, with one seed,
+    the interval reaches inside the tolerance)."""
+    d = np.asarray([x for x in deltas if not math.isnan(x)], dtype=float)
+    if d.size == 0:
+        return "not yet run"
+    mean = float(d.mean())
+    if unchanged:
+        inside = abs(mean) <= UNCHANGED_TOLERANCE
+        if d.size == 1 and ci is not None:
+            inside = inside and ci[0] <= UNCHANGED_TOLERANCE and ci[1] >= -UNCHANGED_TOLERANCE
+        return "holds" if inside else "fails"
+    if d.size == 1:
+        if ci is None:
+            return "mixed"
+        lo, hi = (ci[0], ci[1]) if paper_sign > 0 else (-ci[1], -ci[0])
+        return "holds" if lo > 0 else "fails" if hi < 0 else "mixed"
+    std = float(d.std(ddof=1))
+    signs = np.sign(d) * np.sign(paper_sign)
+    if (signs > 0).all() and abs(mean) > std:
+        return "holds"
+    if (signs < 0).all() and abs(mean) > std:
+        return "fails"
+    return "mixed"
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim 'better improves over baseline': both are (row, metric) cells of `table`."""
+    """A claim 'better beats baseline' between two cells (table, row, quantity) of the tidy tables.
+
+    `confusion_keys` name the per-image confusions of the two readings (for one-seed bootstrap
+    intervals); unchanged=True claims a difference of about zero. paper_delta None: a qualitative claim."""
 
     claim: str
-    table: str
-    better: tuple[str, str]
-    baseline: tuple[str, str]
+    source: str
+    better: tuple[str, str, str]
+    baseline: tuple[str, str, str]
+    unchanged: bool = False
+    evidence: str = ""
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("Table 4: IPE improves over the CAM baseline", "table4",
-          ("CAM + IPE", "loc_maps_miou"), ("CAM", "loc_maps_miou")),
-    Claim("Table 4: GSC improves over CAM + IPE", "table4",
-          ("CAM + IPE + GSC", "loc_maps_miou"), ("CAM + IPE", "loc_maps_miou")),
-    Claim("Table 5: hierarchical w/ BPM, estimated background beats the best threshold", "table5",
-          ("Hierarchical w/ BPM", "estimated_miou"), ("Hierarchical w/ BPM", "threshold_miou")),
-    Claim("Fig. 8: structure-aware seeds beat the best CAM threshold", "fig8",
-          ("Structure-aware seeds", "loc_maps_miou"), ("CAM threshold (best over sweep)", "loc_maps_miou")),
-    Claim("Table 1: denseCRF improves SIPE's localization maps", "table1",
-          ("SIPE", "loc_maps_crf_miou"), ("SIPE", "loc_maps_miou")),
+    Claim("SIPE beats the CAM baseline (localization maps)", "Table 1",
+          ("table1", "SIPE", "loc_maps_miou"), ("table1", "Baseline (CAM)", "loc_maps_miou"), evidence="03_table1_localization"),
+    Claim("SIPE beats the CAM baseline with denseCRF", "Table 1",
+          ("table1", "SIPE", "loc_maps_crf_miou"), ("table1", "Baseline (CAM)", "loc_maps_crf_miou"), evidence="03_table1_localization"),
+    Claim("denseCRF improves SIPE's localization maps", "Table 1",
+          ("table1", "SIPE", "loc_maps_crf_miou"), ("table1", "SIPE", "loc_maps_miou"), evidence="03_table1_localization"),
+    Claim("IPE improves over the CAM baseline", "Table 4",
+          ("table4", "CAM + IPE", "loc_maps_miou"), ("table4", "CAM", "loc_maps_miou"), evidence="04_table4_components"),
+    Claim("GSC improves over CAM + IPE", "Table 4",
+          ("table4", "CAM + IPE + GSC", "loc_maps_miou"), ("table4", "CAM + IPE", "loc_maps_miou"), evidence="04_table4_components"),
+    *(Claim(f"Option (4) beats option ({i}), {col} background", "Table 5",
+            ("table5", "Hierarchical w/ BPM", q), ("table5", row, q), evidence="05_table5_bpm")
+      for col, q in (("threshold", "threshold_miou"), ("estimated", "estimated_miou"))
+      for i, row in ((1, "Semantic w/o BPM"), (2, "Semantic w/ BPM"), (3, "Hierarchical w/o BPM"))),
+    *(Claim(f"(1) -> (2) is basically unchanged, {col} background", "Table 5",
+            ("table5", "Semantic w/ BPM", q), ("table5", "Semantic w/o BPM", q), unchanged=True, evidence="05_table5_bpm")
+      for col, q in (("threshold", "threshold_miou"), ("estimated", "estimated_miou"))),
+    *(Claim(f"(1) -> (3) drops, {col} background", "Table 5",
+            ("table5", "Semantic w/o BPM", q), ("table5", "Hierarchical w/o BPM", q), evidence="05_table5_bpm")
+      for col, q in (("threshold", "threshold_miou"), ("estimated", "estimated_miou"))),
+    Claim("Estimated background beats the threshold for option (4)", "Table 5",
+          ("table5", "Hierarchical w/ BPM", "estimated_miou"), ("table5", "Hierarchical w/ BPM", "threshold_miou"), evidence="05_table5_bpm"),
+    *(Claim(f"The threshold beats the estimated background for option ({i})", "Table 5",
+            ("table5", row, "threshold_miou"), ("table5", row, "estimated_miou"), evidence="05_table5_bpm")
+      for i, row in ((1, "Semantic w/o BPM"), (2, "Semantic w/ BPM"), (3, "Hierarchical w/o BPM"))),
+    Claim("Structure-aware seeds beat the best CAM threshold", "Fig. 8",
+          ("fig8", "Structure-aware seeds", "loc_maps_miou"), ("fig8", FIG8_BEST, "loc_maps_miou"), evidence="06_fig8_seed_locating"),
+    Claim("CAM argmax beats the best CAM threshold", "Fig. 8",
+          ("fig8", FIG8_ARGMAX, "loc_maps_miou"), ("fig8", FIG8_BEST, "loc_maps_miou"), evidence="06_fig8_seed_locating"),
+    Claim("The image-specific prototype is closer to its image's pixels than the class centre", "Fig. 1",
+          ("fig1", "prototype", "mean_cosine"), ("fig1", "class centre", "mean_cosine"), evidence="07_fig1_tsne"),
+    Claim("Background weight: the profile's value beats the authors' 0.5 on the selection split", "ours (ablation)",
+          ("bg_weight", PROFILE_WEIGHT, "selection_estimated_miou"), ("bg_weight", AUTHORS_WEIGHT, "selection_estimated_miou"),
+          evidence="11_bg_weight_selection"),
 )
 
-
-def load_paper_results() -> pd.DataFrame:
-    """DataFrame of the paper's numbers: columns table, row, setting, metric, value (float), note (str)."""
-    with resources.files("sipe.resources").joinpath(PAPER_CSV).open("r", encoding="utf-8") as f:
-        df = pd.read_csv(f, dtype={"table": str, "row": str, "setting": str, "metric": str, "note": str})
-    df["value"] = df["value"].astype(float)
-    df["note"] = df["note"].fillna("")
-    return df
+def _paper_number(cell: tuple[str, str, str]) -> float:
+    table, row, q = cell
+    try:
+        return paper.paper_value(table, row, q)
+    except KeyError:
+        return float("nan")
 
 
-def _table_rows(table: str, results: pd.DataFrame) -> pd.DataFrame:
-    rows = results[results["table"] == table]
-    if rows.empty:
-        raise KeyError(f"no paper table {table!r}; valid tables: {sorted(results['table'].unique())}")
-    return rows
+def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[np.ndarray, np.ndarray] | None] | None = None,
+           claim_list: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+    """Check every claim on tidy tables {name: frame with row, quantity, seed, value}: CLAIM_COLUMNS.
 
-
-def _check_cell(rows: pd.DataFrame, table: str, row: str, metric: str) -> None:
-    if row not in set(rows["row"]):
-        raise KeyError(f"{table} has no row {row!r}; valid rows: {list(dict.fromkeys(rows['row']))}")
-    metrics = rows.loc[rows["row"] == row, "metric"].tolist()
-    if metric not in metrics:
-        raise KeyError(f"{table} row {row!r} has no metric {metric!r}; valid metrics: {metrics}")
-
-
-def paper_value(table: str, row: str, metric: str, results: pd.DataFrame | None = None) -> float:
-    """The paper's number for (table, row, metric); KeyError naming the valid rows/metrics."""
-    rows = _table_rows(table, load_paper_results() if results is None else results)
-    _check_cell(rows, table, row, metric)
-    return float(rows.loc[(rows["row"] == row) & (rows["metric"] == metric), "value"].iloc[0])
-
-
-def compare_table(
-    table: str, ours: RowValues, setting_note: str, results: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """Every paper cell of `table` beside ours: columns row, metric, paper, ours, delta (ours - paper), setting.
-
-    Cells we did not measure have ours = delta = nan; a row or metric of `ours` unknown to the paper
-    table raises KeyError.
-    """
-    rows = _table_rows(table, load_paper_results() if results is None else results)
-    for row, metrics in ours.items():
-        for metric in metrics:
-            _check_cell(rows, table, row, metric)
-    ours_col = [float(ours.get(r, {}).get(m, np.nan)) for r, m in zip(rows["row"], rows["metric"])]
-    out = pd.DataFrame({
-        "row": rows["row"].to_numpy(),
-        "metric": rows["metric"].to_numpy(),
-        "paper": rows["value"].to_numpy(dtype=float),
-        "ours": ours_col,
-    })
-    out["delta"] = out["ours"] - out["paper"]
-    out["setting"] = setting_note
-    return out
-
-
-def _lookup(ours: Mapping[str, RowValues], table: str, cell: tuple[str, str]) -> float | None:
-    value = ours.get(table, {}).get(cell[0], {}).get(cell[1])
-    return None if value is None or np.isnan(value) else float(value)
-
-
-def claims(
-    ours: Mapping[str, RowValues], claim_list: tuple[Claim, ...] = CLAIMS, results: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """Check each claim on our numbers {table: {row: {metric: value}}}.
-
-    Columns: claim, paper_delta (better - baseline in the paper), our_delta (nan when a number is
-    missing), holds (our_delta > 0, None when we have no number).
-    """
-    results = load_paper_results() if results is None else results
+    Deltas are paired by seed (the i-th seed of one variant with the i-th of the other). `confusions`
+    returns the two readings' per-image confusions for a one-seed claim (for its bootstrap interval)."""
     records = []
     for c in claim_list:
-        paper_delta = paper_value(c.table, *c.better, results) - paper_value(c.table, *c.baseline, results)
-        better, baseline = _lookup(ours, c.table, c.better), _lookup(ours, c.table, c.baseline)
-        our_delta = None if better is None or baseline is None else better - baseline
+        def values(cell: tuple[str, str, str]) -> list[float]:
+            t = tables.get(cell[0])
+            if t is None or t.empty:
+                return []
+            sel = t[(t["row"] == cell[1]) & (t["quantity"] == cell[2])].sort_values("seed")
+            return sel["value"].astype(float).tolist()
+
+        better, base = values(c.better), values(c.baseline)
+        n = min(len(better), len(base))
+        deltas = [better[i] - base[i] for i in range(n)]
+        paper_delta = _paper_number(c.better) - _paper_number(c.baseline)
+        sign = 1.0 if math.isnan(paper_delta) or paper_delta >= 0 or c.unchanged else -1.0
+        ci = None
+        if n == 1 and confusions is not None:
+            pair = confusions(c)
+            if pair is not None:
+                _, lo, hi = bootstrap_delta(*pair)
+                ci = (lo, hi)
         records.append({
-            "claim": c.claim,
-            "paper_delta": round(paper_delta, 6),
-            "our_delta": np.nan if our_delta is None else our_delta,
-            "holds": None if our_delta is None else bool(our_delta > 0),
+            "claim": c.claim, "source": c.source,
+            "paper_delta": round(paper_delta, 3) if not math.isnan(paper_delta) else np.nan,
+            "ours_mean": float(np.mean(deltas)) if deltas else np.nan,
+            "ours_std": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else np.nan,
+            "n_seeds": n, "ci_low": ci[0] if ci else np.nan, "ci_high": ci[1] if ci else np.nan,
+            "verdict": verdict(deltas, sign, ci, c.unchanged), "evidence": c.evidence,
         })
-    out = pd.DataFrame.from_records(records, columns=["claim", "paper_delta", "our_delta", "holds"])
-    out["holds"] = out["holds"].astype(object)
-    return out
+    return pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
 
 
-def styled(table: pd.DataFrame, precision: int = 1):
-    """A `compare_table` for reading: one row per paper row, (paper, ours, delta) per metric, numbers
-    rounded, '–' where we have no number, and the setting as the caption."""
-    rows = list(dict.fromkeys(table["row"]))
-    metrics = list(dict.fromkeys(table["metric"]))
-    wide = table.pivot(index="row", columns="metric", values=["paper", "ours", "delta"]).reindex(rows)
-    wide = wide.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([metrics, ["paper", "ours", "delta"]]))
-    wide.index.name = None
-    settings = list(dict.fromkeys(table["setting"]))
-    return wide.style.format(precision=precision, na_rep="–").set_caption("Ours: " + " | ".join(settings))
+def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """`claims` over the study's tidy tables, with bootstrap intervals for one-seed claims drawn from the
+    units' per-image confusions."""
+    cells = {}
+    for name in ("table1", "table4", "table5", "fig8", "bg_weight"):
+        cells.update({(name, c.row, c.quantity): c for c in table_cells(name, cfg)})
+
+    def first_seed(cell: tuple[str, str, str]) -> int | None:
+        t = tables.get(cell[0])
+        if t is None:
+            return None
+        sel = t[(t["row"] == cell[1]) & (t["quantity"] == cell[2])]
+        return int(sel["seed"].min()) if not sel.empty else None
+
+    def pair(c: Claim) -> tuple[np.ndarray, np.ndarray] | None:
+        a, b = cells.get(c.better), cells.get(c.baseline)
+        sa, sb = first_seed(c.better), first_seed(c.baseline)
+        if a is None or b is None or a.conf is None or b.conf is None or sa is None or sb is None:
+            return None
+        try:
+            return a.conf(r, sa), b.conf(r, sb)
+        except (KeyError, FileNotFoundError):
+            return None
+
+    return claims(tables, pair)
+
+
+def units_table(r: StudyResults, variants: Sequence[str] | None = None) -> pd.DataFrame:
+    """Provenance of the published units: revision, whether stage code changed since, config hash, data
+    fingerprints, checkpoint, device, wall time per stage (minutes)."""
+    rows = []
+    for name, p in r.units.items():
+        if variants is not None and p["variant"] not in variants:
+            continue
+        rows.append({
+            "unit": name, "git revision": str(p.get("git_revision", ""))[:12],
+            "stage code changed since": ", ".join(p.get("code_changed", [])) or "no",
+            "config hash": p.get("config_hash"), "training data": p.get("data_train"),
+            "evaluated data": p.get("data_eval"), "checkpoint": p.get("checkpoint_digest"), "device": p.get("device"),
+            "wall time (min)": round(sum(p.get("wall_seconds", {}).values()) / 60.0, 1), "finished": p.get("finished"),
+        })
+    return pd.DataFrame(rows)
+
+
+def code_note(r: StudyResults, variants: Sequence[str]) -> str:
+    """One line to print beside a table: the revisions its units come from, whether their stage code has
+    changed since, and which planned units are missing or stale (left out)."""
+    revs = sorted({str(p.get("git_revision", ""))[:12] for p in r.units.values() if p["variant"] in variants})
+    changed = r.code_changed(variants)
+    parts = [f"computed at revision {', '.join(revs) or '–'}"]
+    parts.append(f"stage code has changed since for {', '.join(changed)} (rerun `make stages` to refresh)"
+                 if changed else "stage code unchanged since")
+    absent = [u for u in r.missing + r.stale if u.rsplit("-s", 1)[0] in variants]
+    if absent:
+        parts.append(f"not yet computed for this configuration: {', '.join(absent)}")
+    return "; ".join(parts) + "."

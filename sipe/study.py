@@ -1,38 +1,39 @@
-"""The notebooks' entry point: one `Study` per profile that trains, maps and evaluates through caches.
+"""The notebooks' entry point: one `Study` per profile over the cached stages and the results files.
 
-A notebook calls `study = setup(profile, data_root, work_dir, seed, device)` and then asks for what it
-shows (`study.evaluate("sipe")`, `study.maps("cam")`, ...). Runs, maps and evaluations are cached under
-`work_dir`, so the notebooks of one reproduction share every expensive stage.
+A notebook calls `study = setup(profile, data_root, work_dir, seed, device)`, then `study.results()` (the
+published units, computed first where missing) and `study.table("table1")` (a tidy table, also written
+as `<results_dir>/table1.csv`). Relative paths are taken from the repository root, so a published
+notebook names no machine's absolute path.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
-from . import pipeline
+from . import pipeline, results
 from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
 from .maps import STRUCTURE
-from .runtime import atomic_write_bytes
+from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
+from .provenance import REPO_ROOT
 from .train import TrainResult
 
-FULL_VOC_SIZES = {"train": 1464, "val": 1449, "train_aug": 10582}
-PAPER_BACKBONE = "resnet50"
-PAPER_BG_SCALE = 0.5
+
+def _repo_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
 @dataclass
 class Study:
-    """One reproduction: a profile's config, a data root and a work folder holding every cached stage."""
+    """One reproduction: a profile's config, a data root, a work folder of cached stages, a results folder."""
 
     cfg: ExperimentConfig
     work_dir: Path
+    results_dir: Path
     progress: bool = False
 
     @property
@@ -42,60 +43,71 @@ class Study:
     def config(self, variant: str = "sipe") -> ExperimentConfig:
         return variant_config(self.cfg, variant)
 
-    def trained(self, variant: str = "sipe") -> TrainResult:
-        return pipeline.trained(self.cfg, self.work_dir, variant, progress=self.progress)
+    def units(self, variants: Sequence[str] | None = None) -> list[pipeline.Unit]:
+        """The profile's plan (run order), optionally only some variants."""
+        return [u for u in pipeline.plan(self.cfg) if variants is None or u.variant in variants]
 
-    def metrics(self, variant: str = "sipe") -> pd.DataFrame:
+    def unit_config(self, unit: pipeline.Unit) -> ExperimentConfig:
+        return pipeline.unit_config(self.cfg, unit)
+
+    def run(self, variants: Sequence[str] | None = None) -> list[Path]:
+        """Train, map and evaluate every unit of the plan (reusing finished ones); their results files."""
+        return pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, self.units(variants), self.progress)
+
+    def results(self, compute: bool = True) -> results.StudyResults:
+        """The published units' results; with `compute`, missing units are run first."""
+        if compute:
+            loaded = results.load(self.cfg, self.results_dir)
+            todo = [u for u in self.units() if u.name in loaded.missing or u.name in loaded.stale]
+            if todo:
+                pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, todo, self.progress)
+        return results.load(self.cfg, self.results_dir)
+
+    def table(self, name: str, r: results.StudyResults | None = None) -> pd.DataFrame:
+        """Tidy table `name` (table1, table4, table5, fig8, bg_weight), written to `<results_dir>/<name>.csv`."""
+        table = results.tidy(name, r if r is not None else self.results(), self.cfg)
+        results.write_table(self.results_dir, name, table)
+        return table
+
+    def claims(self, r: results.StudyResults | None = None) -> pd.DataFrame:
+        """The paper's claims checked on the tables the notebooks wrote (`<results_dir>/<table>.csv`),
+        written to `<results_dir>/claims.csv`."""
+        tables = {}
+        for name in results.CLAIM_TABLES:
+            path = self.results_dir / f"{name}.csv"
+            tables[name] = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=results.TIDY_COLUMNS)
+        table = results.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables)
+        results.write_table(self.results_dir, "claims", table)
+        return table
+
+    def trained(self, variant: str = "sipe", seed: int | None = None) -> TrainResult:
+        """The finished training run of a variant (seed: the plan's first seed by default)."""
+        cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
+        return pipeline.trained(cfg, self.work_dir, variant, progress=self.progress)
+
+    def maps(self, variant: str = "sipe", seed_methods: Sequence[str] | None = None, seed: int | None = None) -> Path:
+        """The maps folder of a unit on the evaluated split (the readings its unit carries by default)."""
+        cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
+        methods = tuple(seed_methods) if seed_methods is not None else pipeline.unit_seed_methods(self.cfg, variant)
+        return pipeline.maps(cfg, self.work_dir, variant, methods, progress=self.progress)
+
+    def metrics(self, variant: str = "sipe", seed: int | None = None) -> pd.DataFrame:
         """The per-step training log of a variant (trains it if needed)."""
-        return pd.read_csv(self.trained(variant).metrics)
-
-    def maps(self, variant: str = "sipe", seed_methods: Sequence[str] = (STRUCTURE,)) -> Path:
-        return pipeline.maps(self.cfg, self.work_dir, variant, seed_methods, progress=self.progress)
+        return pd.read_csv(self.trained(variant, seed).metrics)
 
     def eval_ids(self) -> list[str]:
         """The ids the maps are made and evaluated on (infer.split, limited by infer.max_images)."""
         return voc.read_split(self.root, self.cfg.infer.split)[: self.cfg.infer.max_images]
 
-    def _cached(self, maps_dir: Path, key: str, compute: Callable[[], Any]) -> Any:
-        path = self.work_dir / "evals" / maps_dir.name / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl"
-        if path.exists():
-            return pickle.loads(path.read_bytes())
-        value = compute()
-        atomic_write_bytes(path, pickle.dumps(value))
-        return value
+    def selection_ids(self) -> list[str]:
+        return voc.read_split(self.root, SELECTION_SPLIT)[: self.cfg.study.selection_images]
 
-    def evaluate(
-        self,
-        variant: str = "sipe",
-        which: str = "is_cam",
-        mode: str = "estimated",
-        seed_methods: Sequence[str] = (STRUCTURE,),
-    ):
-        """mIoU of a variant's maps: MIoUResult ('estimated' background) or SweepResult ('threshold')."""
-        from . import evaluation
-
-        maps_dir = self.maps(variant, seed_methods)
-        thresholds = self.cfg.eval.thresholds
-        key = json.dumps([which, mode, list(thresholds)])
-        return self._cached(maps_dir, key, lambda: evaluation.evaluate_maps(
-            maps_dir, self.root, self.eval_ids(), which=which, mode=mode, thresholds=thresholds,
-            split=self.cfg.infer.split, progress=self.progress))
-
-    def evaluate_crf(self, variant: str = "sipe", which: str = "is_cam", threshold: float | None = None):
-        """denseCRF mIoU of a variant's maps (CRFResult); `threshold` replaces the background by a constant."""
-        from .crf import evaluate_crf
-
-        maps_dir = self.maps(variant)
-        e = self.cfg.eval
-        key = json.dumps(["crf", which, threshold, e.crf_iterations, e.crf_gt_prob, e.crf_bg_scale])
-        return self._cached(maps_dir, key, lambda: evaluate_crf(
-            maps_dir, self.root, self.eval_ids(), which=which, bg_scale=e.crf_bg_scale, t=e.crf_iterations,
-            gt_prob=e.crf_gt_prob, threshold=threshold, split=self.cfg.infer.split, progress=self.progress))
-
-    def on_split(self, split: str, max_images: int | None = None) -> "Study":
-        """The same study with maps made and evaluated on another split (e.g. SELECTION_SPLIT)."""
-        cfg = self.cfg.override(**{"infer.split": split, "infer.max_images": max_images})
-        return Study(cfg, self.work_dir, self.progress)
+    def stage_times(self, r: results.StudyResults | None = None) -> pd.DataFrame:
+        """Wall time (s) of each stage of each published unit: columns unit, stage, seconds."""
+        r = r if r is not None else self.results()
+        rows = [{"unit": u, "stage": stage, "seconds": s} for u, p in r.units.items()
+                for stage, s in p.get("wall_seconds", {}).items()]
+        return pd.DataFrame(rows, columns=["unit", "stage", "seconds"])
 
     def setting(self, variant: str = "sipe") -> str:
         """Where our setting differs from the paper, in one line to print beside a number."""
@@ -104,16 +116,14 @@ class Study:
         full = FULL_VOC_SIZES.get(c.infer.split)
         parts = [f"profile {c.profile}", f"backbone {c.model.backbone}"
                  + ("" if c.model.backbone == PAPER_BACKBONE else " (paper: ResNet-50)")]
-        if c.infer.split == SELECTION_SPLIT:
-            parts.append(f"{n_eval} selection-split images (train_aug outside VOC train and val)")
-        else:
-            parts.append(f"{n_eval} VOC12 {c.infer.split} images" + (f" of {full:,}" if full else ""))
+        parts.append(f"{n_eval} VOC12 {c.infer.split} images" + (f" of {full:,}" if full else ""))
         n_train = len(voc.read_split(self.root, c.data.train_split)[: c.data.max_images])
         parts.append(f"{n_train} training images" + (f" of {FULL_VOC_SIZES[c.data.train_split]:,}"
                                                      if c.data.train_split in FULL_VOC_SIZES else ""))
         parts.append(f"crop {c.data.crop_size}, {c.train.epochs} epochs")
         if c.model.bg_scale != PAPER_BG_SCALE:
             parts.append(f"background weight {c.model.bg_scale:g} (paper: {PAPER_BG_SCALE:g})")
+        parts.append(f"thresholds chosen on {len(self.selection_ids())} selection-split images")
         return "; ".join(parts)
 
     def splits(self, names: Sequence[str] = ("train_aug", "train", "val")) -> pd.DataFrame:
@@ -137,10 +147,6 @@ class Study:
     def __str__(self) -> str:
         return "\n".join(self.setting().split("; "))
 
-    def record(self, name: str, ours: dict[str, dict[str, dict[str, float]]]) -> Path:
-        """Save a notebook's numbers ({table: {row: {metric: value}}}) for the claims page."""
-        return pipeline.record(self.work_dir, name, ours)
-
 
 def setup(
     profile: str = "smoke",
@@ -149,17 +155,23 @@ def setup(
     seed: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    results_dir: str = "",
     **overrides: Any,
 ) -> Study:
-    """A Study for a notebook's parameters; `seed` overrides train.seed, `overrides` are section.field=value."""
+    """A Study for a notebook's parameters. Relative paths are relative to the repository; `seed` >= 0
+    runs the study with that one training seed; `overrides` are section.field=value."""
     sets: dict[str, Any] = dict(overrides)
     if data_root:
-        sets["data.root"] = data_root
+        sets["data.root"] = str(_repo_path(data_root))
     if seed is not None and int(seed) >= 0:
-        sets["train.seed"] = int(seed)
+        sets["study.seeds"] = (int(seed),)
     if device:
         sets["device"] = device
     cfg = get_profile(profile, **sets)
-    wd = (Path(work_dir).expanduser() if work_dir else default_work_dir(profile)).resolve()
+    wd = _repo_path(work_dir) if work_dir else default_work_dir(profile).resolve()
     cfg.data.resolved_root()
-    return Study(cfg, wd, progress)
+    rd = _repo_path(results_dir) if results_dir else pipeline.results_dir_for(profile, wd)
+    return Study(cfg, wd, rd, progress)
+
+
+__all__ = ["STRUCTURE", "Study", "setup"]

@@ -1,7 +1,17 @@
+"""Tests for sipe.paper and sipe.results: the paper's numbers, tables from unit rows, intervals, verdicts, claims."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from sipe.results import CLAIMS, claims, compare_table, load_paper_results, paper_value
+from sipe import results
+from sipe.config import SELECTION_SPLIT, get_profile
+from sipe.evaluation import miou_result
+from sipe.paper import load_paper_results, paper_value
+from sipe.pipeline import RESULT_COLUMNS
 
 
 def test_load_paper_results_columns_and_values():
@@ -24,51 +34,122 @@ def test_paper_value_and_errors():
         paper_value("table9", "SIPE", "loc_maps_miou")
 
 
-def test_compare_table_deltas():
-    note = "subset profile, EfficientNet-Lite0, 437/1464 VOC train images"
-    out = compare_table("table1", {"SIPE": {"loc_maps_miou": 55.0, "loc_maps_crf_miou": 60.2}}, note)
-    assert list(out.columns) == ["row", "metric", "paper", "ours", "delta", "setting"]
-    sipe = out[out["row"] == "SIPE"].set_index("metric")
-    assert sipe.loc["loc_maps_miou", "delta"] == pytest.approx(55.0 - 58.6)
-    assert sipe.loc["loc_maps_crf_miou", "delta"] == pytest.approx(60.2 - 64.7)
-    others = out[out["row"] != "SIPE"]
-    assert len(others) == 14 and others["ours"].isna().all() and others["delta"].isna().all()
-    assert (out["setting"] == note).all()
-    with pytest.raises(KeyError, match="valid rows"):
-        compare_table("table1", {"SIPE (ours)": {"loc_maps_miou": 1.0}}, note)
+def _confusion(rng: np.random.Generator, c: int = 4, absent: int | None = None) -> np.ndarray:
+    conf = rng.integers(0, 50, size=(c, c))
+    if absent is not None:
+        conf[absent, :] = 0
+    return conf
 
 
-def test_claims_hold_in_the_papers_own_numbers():
-    out = claims({})
-    assert len(out) == len(CLAIMS)
-    assert (out["paper_delta"] > 0).all()
-    assert out["holds"].isna().all()
-    assert out["paper_delta"].tolist() == pytest.approx([3.1, 5.4, 1.0, 5.3, 6.1])
+def test_miou_of_confusions_equals_the_evaluation_module():
+    rng = np.random.default_rng(0)
+    confs = np.stack([_confusion(rng, absent=i % 4) for i in range(5)])
+    got = results.miou_of_confusions(confs)
+    want = [miou_result(c).miou for c in confs]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-def test_claims_on_made_up_numbers():
-    ours = {
-        "table4": {"CAM": {"loc_maps_miou": 40.0}, "CAM + IPE": {"loc_maps_miou": 42.5},
-                   "CAM + IPE + GSC": {"loc_maps_miou": 41.0}},
-        "table5": {"Hierarchical w/ BPM": {"threshold_miou": 45.0, "estimated_miou": np.nan}},
-        "table1": {"SIPE": {"loc_maps_miou": 50.0, "loc_maps_crf_miou": 53.0}},
-    }
-    out = claims(ours).set_index("claim")
-    ipe, gsc, bpm, seeds, crf = (out.iloc[i] for i in range(5))
-    assert ipe["holds"] == True and ipe["our_delta"] == pytest.approx(2.5)  # noqa: E712
-    assert gsc["holds"] == False and gsc["our_delta"] == pytest.approx(-1.5)  # noqa: E712
-    assert bpm["holds"] is None and np.isnan(bpm["our_delta"])
-    assert seeds["holds"] is None
-    assert crf["holds"] == True and crf["our_delta"] == pytest.approx(3.0)  # noqa: E712
+def test_bootstrap_interval_of_a_difference_over_images():
+    rng = np.random.default_rng(1)
+    a = np.stack([_confusion(rng) for _ in range(30)])
+    delta, lo, hi = results.bootstrap_delta(a, a, samples=200)
+    assert (delta, lo, hi) == (0.0, 0.0, 0.0)
+    better = a.copy()
+    idx = np.arange(4)
+    better[:, idx, idx] += 40
+    delta, lo, hi = results.bootstrap_delta(better, a, samples=500)
+    assert delta == pytest.approx(results.miou_of_confusions(better.sum(0)) - results.miou_of_confusions(a.sum(0)))
+    assert 0 < lo <= delta <= hi
+    with pytest.raises(ValueError, match="differ in shape"):
+        results.bootstrap_delta(a, a[:3])
 
 
-def test_styled_table_is_wide_rounded_and_captioned():
-    from sipe.results import compare_table, styled
+@pytest.mark.parametrize("deltas, sign, ci, unchanged, expected", [
+    ([2.0, 3.0, 2.5], 1, None, False, "holds"),
+    ([-2.0, -3.0, -2.5], 1, None, False, "fails"),
+    ([2.0, -1.0, 3.0], 1, None, False, "mixed"),
+    ([0.1, 0.2, 5.0], 1, None, False, "mixed"),        # same sign, but the mean does not exceed the std
+    ([-2.0, -3.0], -1, None, False, "holds"),          # the paper's difference is negative
+    ([1.5], 1, (0.4, 2.6), False, "holds"),
+    ([1.5], 1, (-0.4, 2.6), False, "mixed"),
+    ([-1.5], 1, (-2.6, -0.4), False, "fails"),
+    ([1.5], 1, None, False, "mixed"),
+    ([0.3, -0.2, 0.1], 1, None, True, "holds"),
+    ([2.5, 3.0], 1, None, True, "fails"),
+    ([0.5], 1, (2.0, 3.0), True, "fails"),            # one seed: the interval must reach the tolerance band
+    ([], 1, None, False, "not yet run"),
+])
+def test_verdict_rules(deltas, sign, ci, unchanged, expected):
+    assert results.verdict(deltas, sign, ci, unchanged) == expected
 
-    table = compare_table("table4", {"CAM": {"loc_maps_miou": 40.123}}, "profile x")
-    html = styled(table).to_html()
-    data = styled(table).data
-    assert list(data.index) == ["CAM", "CAM + IPE", "CAM + IPE + GSC"]
-    assert data.loc["CAM", ("loc_maps_miou", "ours")] == 40.123
-    assert data.loc["CAM", ("loc_maps_miou", "delta")] == pytest.approx(40.123 - 50.1)
-    assert "40.1" in html and "–" in html and "Ours: profile x" in html
+
+def _row(variant, seed, reading, background, split, value, threshold=None, quantity="miou"):
+    return {"quantity": quantity, "reading": reading, "background": background, "threshold": threshold, "class": "",
+            "variant": variant, "seed": seed, "split": split, "value": value, "n_images": 10}
+
+
+def _study_results(rows: list[dict]) -> results.StudyResults:
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    units = {f"{v}-s{s}": {"variant": v, "code_changed": []} for v, s in set(zip(frame["variant"], frame["seed"]))}
+    return results.StudyResults(frame, units, Path("."), "train")
+
+
+def test_threshold_readings_use_the_threshold_chosen_on_the_selection_split():
+    rows = []
+    for t, sel, train in ((0.2, 30.0, 40.0), (0.3, 35.0, 41.0), (0.5, 31.0, 47.0)):
+        rows += [_row("cam", 15, "cam_irn", "threshold", SELECTION_SPLIT, sel, t),
+                 _row("cam", 15, "cam_irn", "threshold", "train", train, t)]
+    r = _study_results(rows)
+    assert r.chosen_threshold("cam", "cam_irn").to_dict() == {15: 0.3}
+    assert r.at_chosen("cam", "cam_irn").to_dict() == {15: 41.0}     # not the best on train (47.0 at t = 0.5)
+
+
+def test_tables_summary_and_claims_from_unit_rows():
+    cfg = get_profile("smoke")
+    rows = []
+    for seed, (s_est, s_crf, c_irn, c_crf, c_ipe) in zip((0, 1), ((40.0, 44.0, 30.0, 33.0, 35.0), (42.0, 47.0, 31.0, 32.0, 36.0))):
+        rows += [_row("sipe", seed, "is_cam", "estimated", "train", s_est),
+                 _row("sipe", seed, "is_cam", "crf_void_bg", "train", s_crf),
+                 _row("cam", seed, "is_cam", "estimated", "train", c_ipe),
+                 _row("cam", seed, "cam_irn", "crf_void_bg", "train", c_crf)]
+        for t in cfg.eval.thresholds:
+            best = np.isclose(t, 0.3)
+            rows += [_row("cam", seed, "cam_irn", "threshold", SELECTION_SPLIT, 20.0 + 5 * best, t),
+                     _row("cam", seed, "cam_irn", "threshold", "train", c_irn if best else 10.0, t)]
+    r = _study_results(rows)
+    t1 = results.tidy("table1", r, cfg)
+    sipe = t1[(t1["row"] == "SIPE") & (t1["quantity"] == "loc_maps_miou")]
+    assert sipe["value"].tolist() == [40.0, 42.0] and set(sipe["seed"]) == {0, 1}
+    base = t1[(t1["row"] == "Baseline (CAM)") & (t1["quantity"] == "loc_maps_miou")]
+    assert base["value"].tolist() == [30.0, 31.0]
+    shown = results.summary("table1", t1)
+    assert shown.loc["SIPE", ("loc_maps_miou", "ours")] == "41.0 ± 1.4 (n=2)"
+    assert shown.loc["SIPE", ("loc_maps_miou", "paper")] == "58.6"
+    assert shown.loc["SEAM CVPR20", ("loc_maps_miou", "ours")] == "–"
+
+    t4 = results.tidy("table4", r, cfg)
+    out = results.claims({"table1": t1, "table4": t4}).set_index("claim")
+    beat = out.loc["SIPE beats the CAM baseline (localization maps)"]
+    assert beat["paper_delta"] == pytest.approx(58.6 - 50.1)
+    assert beat["ours_mean"] == pytest.approx(10.5) and beat["n_seeds"] == 2 and beat["verdict"] == "holds"
+    crf = out.loc["denseCRF improves SIPE's localization maps"]
+    assert crf["ours_mean"] == pytest.approx(4.5) and crf["verdict"] == "holds"
+    gsc = out.loc["GSC improves over CAM + IPE"]
+    assert gsc["ours_mean"] == pytest.approx(5.5) and gsc["verdict"] == "holds"
+    ipe = out.loc["IPE improves over the CAM baseline"]
+    assert ipe["ours_mean"] == pytest.approx(5.0)
+    assert out.loc["Structure-aware seeds beat the best CAM threshold", "verdict"] == "not yet run"
+    assert list(out.reset_index().columns) == results.CLAIM_COLUMNS
+
+
+def test_fig8_table_adds_the_papers_best_threshold_and_argmax_rows():
+    cfg = get_profile("smoke")
+    rows = [_row("sipe", 0, "is_cam", "estimated", "train", 50.0)]
+    rows += [_row("sipe", 0, f"labels@threshold:{t:g}", "estimated", "train", 30.0 + 10 * t) for t in cfg.study.fig8_thresholds]
+    rows += [_row("sipe", 0, "labels@argmax:1", "estimated", "train", 35.0)]
+    t8 = results.tidy("fig8", _study_results(rows), cfg)
+    value = t8.set_index("row")["value"]
+    assert value["CAM threshold (best over sweep)"] == pytest.approx(30.0 + 10 * max(cfg.study.fig8_thresholds))
+    assert value["CAM argmax"] == 35.0 and value["Structure-aware seeds"] == 50.0
+    out = results.claims({"fig8": t8}).set_index("claim")
+    assert out.loc["Structure-aware seeds beat the best CAM threshold", "ours_mean"] == pytest.approx(50.0 - 39.0)

@@ -109,6 +109,14 @@ class TrainDataset(_VOCDataset):
         }
 
 
+def scale_views(img: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float], flip: bool = True) -> torch.Tensor:
+    """Inference input of one scale: uint8 (H,W,3) -> float32 (2,3,h,w) image + horizontal flip (or (1,3,h,w)),
+    rescaled bicubically (IRN's pil_rescale) and normalised with the backbone's mean/std."""
+    x = T.hwc_to_chw(T.normalize(T.rescale(img, scale, "bicubic"), mean, std))
+    views = [x, np.ascontiguousarray(x[:, :, ::-1])] if flip else [x]
+    return torch.from_numpy(np.stack(views))
+
+
 class InferenceDataset(_VOCDataset):
     """Whole images at several scales, each with its horizontal flip.
 
@@ -137,12 +145,7 @@ class InferenceDataset(_VOCDataset):
 
     def scale_inputs(self, img: np.ndarray) -> list[torch.Tensor]:
         """uint8 (H,W,3) -> list over scales of float32 (2 or 1,3,h_s,w_s)."""
-        out = []
-        for scale in self.scales:
-            x = T.hwc_to_chw(T.normalize(T.rescale(img, scale, "bicubic"), self.mean, self.std))
-            views = [x, np.ascontiguousarray(x[:, :, ::-1])] if self.flip else [x]
-            out.append(torch.from_numpy(np.stack(views)))
-        return out
+        return [scale_views(img, scale, self.mean, self.std, self.flip) for scale in self.scales]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]

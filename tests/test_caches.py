@@ -1,0 +1,131 @@
+"""Honest caches: stage keys (data fingerprint, checkpoint digest, non-result settings), folder locks, and
+results that are published only for the configuration and data they came from."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sipe import pipeline, provenance, results
+from sipe.config import get_profile
+from sipe.data import voc
+from sipe.data.synthetic import make_synthetic_voc
+from sipe.locks import FolderBusyError, folder_lock
+from sipe.maps import StaleMapsError, make_maps, maps_dir_for
+from sipe.train import run_dir_for, train_key
+
+
+def tiny(root: Path, **extra):
+    return get_profile("smoke", **{"data.root": str(root), "data.max_images": 4, "train.batch_size": 2,
+                                   "train.max_steps": 1, "model.pretrained": False, "infer.max_images": 2,
+                                   "study.selection_images": 2, "study.seeds": (0,), "study.variants": ("sipe",),
+                                   "device": "cpu", **extra})
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    return make_synthetic_voc(tmp_path / "voc", n_images=9, size=(64, 80), seed=1)
+
+
+def test_data_fingerprint_follows_ids_file_sizes_and_labels_not_the_folder(root: Path, tmp_path: Path) -> None:
+    fp = voc.fingerprint(root, "train")
+    moved = Path(shutil.copytree(root, tmp_path / "elsewhere"))
+    assert voc.fingerprint(moved, "train") == fp
+    ids = voc.read_split(moved, "train")
+    assert voc.fingerprint(moved, "train", max_images=len(ids) - 1) != fp
+    with voc.image_path(moved, ids[0]).open("ab") as f:
+        f.write(b"\0")
+    assert voc.fingerprint(moved, "train") != fp
+    labels = voc.load_cls_labels(root)
+    labels[ids[1]] = 1.0 - labels[ids[1]]
+    np.save(voc.labels_path(root), labels, allow_pickle=True)
+    assert voc.fingerprint(root, "train") != fp
+
+
+def test_stage_keys_ignore_settings_that_cannot_change_a_result(root: Path) -> None:
+    base = tiny(root)
+    for change in ({"train.log_every": 7}, {"train.checkpoint_every_steps": 3}, {"model.seed_chunk_rows": 5},
+                   {"data.num_workers": 1}, {"study.seeds": (3, 4)}):
+        cfg = base.override(**change)
+        assert train_key(cfg) == train_key(base), change
+        assert cfg.stage_hash("eval") == base.stage_hash("eval"), change
+    for change in ({"train.lr": 0.02}, {"train.seed": 1}, {"model.bg_scale": 0.5}):
+        assert train_key(base.override(**change)) != train_key(base), change
+
+
+def test_run_folder_key_follows_the_training_data(root: Path, tmp_path: Path) -> None:
+    cfg = tiny(root)
+    before = run_dir_for(cfg, tmp_path, "sipe")
+    ids = voc.read_split(root, "train_aug")
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("".join(f"{i}\n" for i in reversed(ids)))
+    assert run_dir_for(cfg, tmp_path, "sipe") != before
+
+
+def test_maps_are_tied_to_their_checkpoint(root: Path, tmp_path: Path) -> None:
+    cfg = tiny(root)
+    run = pipeline.trained(cfg, tmp_path / "work", progress=False)
+    other = pipeline.trained(cfg.override(**{"train.seed": 5}), tmp_path / "work", progress=False)
+    digest = pipeline.checkpoint_digest(run.checkpoint)
+    assert maps_dir_for(cfg, tmp_path, "sipe", digest) != maps_dir_for(cfg, tmp_path, "sipe", pipeline.checkpoint_digest(other.checkpoint))
+    out = tmp_path / "maps"
+    made = make_maps(cfg, run.checkpoint, out, progress=False)
+    assert json.loads((out / "DONE").read_text())["checkpoint_digest"] == digest and made.n_computed == 2
+    with pytest.raises(StaleMapsError, match="another|not of"):
+        make_maps(cfg, other.checkpoint, out, progress=False)
+
+
+def _hold(folder: str, seconds: float, ready) -> None:
+    with folder_lock(folder):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_a_second_writer_waits_or_stops_with_a_clear_message(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "sipe-s0-abc"
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(folder), 3.0, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(FolderBusyError) as e:
+            with folder_lock(folder, wait=False):
+                pass
+        assert str(folder) in str(e.value) and f"pid {holder.pid}" in str(e.value)
+        start = time.monotonic()
+        with folder_lock(folder, quiet=True):
+            waited = time.monotonic() - start
+        assert waited > 0.5
+    finally:
+        holder.join(30)
+
+
+def test_unit_results_are_reused_and_published_only_for_their_configuration(root: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny(root)
+    work, out = tmp_path / "work", tmp_path / "results"
+    unit = pipeline.Unit("sipe", 0)
+    csv = pipeline.run_unit(cfg, work, unit, out, progress=False)
+    record = json.loads(csv.with_suffix(".json").read_text())
+    assert record["data_train"] == voc.fingerprint(root, "train_aug", 4)
+    assert record["checkpoint_digest"] and set(record["wall_seconds"]) >= {"train", "maps_eval", "maps_selection"}
+    mtime = csv.stat().st_mtime_ns
+    assert pipeline.run_unit(cfg, work, unit, out, progress=False) == csv and csv.stat().st_mtime_ns == mtime
+
+    loaded = results.load(cfg, out)
+    assert list(loaded.units) == ["sipe-s0"] and not loaded.stale
+    assert not loaded.code_changed(["sipe"])
+    assert results.load(cfg.override(**{"eval.crf_iterations": 3}), out).stale == ["sipe-s0"]
+    ids = voc.read_split(root, "train")
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids[::-1]))
+    assert results.load(cfg, out).stale == ["sipe-s0"]
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+
+    monkeypatch.setattr(provenance, "stage_code_hashes", lambda: {**record["code"], "maps": "changed"})
+    again = results.load(cfg, out)
+    assert again.code_changed(["sipe"]) == ["sipe-s0"]
+    assert "stage code has changed since for sipe-s0" in results.code_note(again, ["sipe"])
