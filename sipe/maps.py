@@ -119,34 +119,38 @@ def infer_image(
     mcfg: ModelConfig,
     seed_methods: Sequence[str] = (STRUCTURE,),
 ) -> dict[str, torch.Tensor]:
-    """Multi-scale + flip maps of one image: {'cam', 'cam_irn', 'is_cam', 'labels@...'}.
+    """Multi-scale + flip maps of one image over the kept channels (`kept_channels(label)`: background +
+    present classes): {'cam', 'cam_irn', 'is_cam'} each (M,H,W), and 'labels@<method>' (H,W).
 
     images: per scale a (2,3,h,w) image + flip pair (or (1,3,h,w)); label: (K,) 0/1. Each scale's maps
-    are upsampled to `size`, summed over scales and max-normalised: (C,H,W) float; 'labels@<method>' are
-    (H,W) label maps over background + present classes (estimated background), 'cam_irn' is IRN's
-    protocol (`irn_cam`). Only present-class channels are meaningful in 'cam_irn'.
+    are computed on all C channels, then only the kept ones are upsampled to `size`, summed over scales and
+    max-normalised per channel; 'labels@<method>' are the estimated-background label maps (class indices)
+    of those IS-CAMs, and 'cam_irn' is IRN's protocol (`irn_cam`) with channel 0 = 1 - max.
     """
     device = next(model.parameters()).device
     lm = ipe.label_mask(label.to(device))
+    keys = torch.as_tensor(kept_channels(label), device=device)
     sums: dict[str, torch.Tensor] = {}
+
+    def add(key: str, value: torch.Tensor) -> None:
+        sums[key] = sums[key] + value if key in sums else value
+
     for x in images:
         s = infer_scale(model, x, lm, mcfg)
         outs = {"cam": s.cam}
         for method in seed_methods:
             outs[seed_method_key(method)] = _reading(method, s, lm, mcfg)
         for key, value in outs.items():
-            up = F.interpolate(value, size, mode="bilinear", align_corners=False)[0]
-            sums[key] = sums[key] + up if key in sums else up
-        raw = irn_cam(s.view_logits, size)
-        sums["cam_irn"] = sums["cam_irn"] + raw if "cam_irn" in sums else raw
+            add(key, F.interpolate(value[:, keys], size, mode="bilinear", align_corners=False)[0])
+        add("cam_irn", irn_cam(s.view_logits[:, keys[1:] - 1], size))
     maps = {k: ipe.max_normalize(v) for k, v in sums.items()}
-    fg = maps["cam_irn"] * label.to(device)[:, None, None]
-    maps["cam_irn"] = torch.cat([1.0 - fg.amax(0, keepdim=True), fg])
-    keys = torch.as_tensor(kept_channels(label), device=device)
+    fg = maps["cam_irn"]
+    background = 1.0 - fg.amax(0, keepdim=True) if len(fg) else torch.ones(1, *size, device=device)
+    maps["cam_irn"] = torch.cat([background, fg])
     for method in seed_methods:
         key = seed_method_key(method)
         if key != "is_cam":
-            maps[key] = keys[maps[key][keys].argmax(0)].to(torch.uint8)
+            maps[key] = keys[maps[key].argmax(0)].to(torch.uint8)
     return maps
 
 
@@ -209,7 +213,7 @@ def make_maps(
         for item in tqdm(loader, total=len(todo), disable=not progress, desc="maps", unit="img"):
             maps = infer_image(model, item["images"], item["label"], tuple(item["size"]), mcfg, seed_methods)
             keys = kept_channels(item["label"])
-            arrays = {k: (v if v.dim() == 2 else v[keys]).cpu().numpy() for k, v in maps.items()}
+            arrays = {k: v.cpu().numpy() for k, v in maps.items()}
             arrays = {k: v if v.dtype == np.uint8 else v.astype(np.float16) for k, v in arrays.items()}
             if not cfg.infer.save_cam:
                 arrays.pop("cam")
