@@ -1,8 +1,9 @@
-# make reproduce   set up .venv, run every notebook (PROFILE=subset by default), build the book
+# make reproduce   set up .venv, run the study's stages (train -> maps -> evaluations, one unit at a time, each
+#                  written to results/<profile>/ as it finishes), every notebook (PROFILE=subset by default), the book
 # make test        set up .venv (+ headless Chromium when root), run the test suite
 # make smoke       the seconds-long smoke profile end to end (notebooks + book)
 # make book        build the book from the executed notebooks in book/executed/
-# make stages      train, then map, each variant of PROFILE in turn through the CLI (resumable; for a background run
+# make stages      only the stages of every unit (variant, seed) of PROFILE in turn (resumable; for a background run
 #                  with a log: nohup make stages PROFILE=subset > work/subset-stages.log 2>&1 &)
 
 SHELL := /bin/bash
@@ -37,6 +38,7 @@ test: env browser-deps
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 reproduce: env
+	$(BIN)/python -m sipe stages --profile $(PROFILE)
 	$(BIN)/python -m sipe.reproduce --profile $(PROFILE)
 	$(MAKE) book
 

@@ -401,11 +401,17 @@ def per_seed_points(table: pd.DataFrame, quantity: str, path: str | os.PathLike 
     order = list(dict.fromkeys(part["row"]))
     fig = Figure(figsize=(7, 0.5 + 0.45 * len(order)), layout="constrained")
     ax = fig.subplots()
-    sns.barplot(data=part, y="row", x="value", order=order, errorbar=None, color="lightgrey", ax=ax)
-    sns.stripplot(data=part, y="row", x="value", order=order, hue="seed", palette="dark:tab:blue", size=6, ax=ax)
+    means = part.groupby("row")["value"].mean().reindex(order)
+    ax.barh(range(len(order)), means.to_numpy(), color="lightgrey", label="mean over seeds")
+    seeds = sorted(part["seed"].unique())
+    colours = dict(zip(seeds, sns.color_palette(n_colors=len(seeds))))
+    for seed in seeds:
+        sel = part[part["seed"] == seed]
+        ax.plot(sel["value"], [order.index(r) for r in sel["row"]], "o", color=colours[seed], label=f"seed {seed}")
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
     ax.set_xlabel(f"{quantity} (%)")
-    ax.set_ylabel("")
-    ax.legend(title="seed", fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 

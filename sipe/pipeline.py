@@ -266,5 +266,5 @@ def run_plan(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Pat
         start = time.perf_counter()
         print(f"[{i}/{len(todo)}] {unit.name} ...", flush=True)
         out.append(run_unit(cfg, work_dir, unit, results_dir, progress))
-        print(f"[{i}/{len(todo)}] {unit.name} done in {time.perf_counter() - start:.0f}s -> {out[-1]}", flush=True)
+        print(f"[{i}/{len(todo)}] {unit.name} done in {time.perf_counter() - start:.0f}s", flush=True)
     return out

@@ -35,7 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_ROOT_ENV, PROFILES, default_work_dir
+from .config import DATA_ROOT_ENV, PROFILES, ConfigError, default_work_dir
+from .data.voc import DataError
 from .provenance import REPO_ROOT, git_revision
 
 KERNEL_NAME = "python3"
@@ -261,11 +262,16 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
     from .runtime import atomic_write_text
     from .study import setup
 
-    study = setup(parameters["profile"], parameters["data_root"], parameters["work_dir"], parameters["seed"],
-                  parameters["device"])
-    table = study.claims()
-    shown_dir = os.path.relpath(study.results_dir, REPO_ROOT) if study.results_dir.is_relative_to(REPO_ROOT) else study.results_dir.name
-    page = claims_markdown(table, parameters["profile"], shown_dir)
+    try:
+        study = setup(parameters["profile"], parameters["data_root"], parameters["work_dir"], parameters["seed"],
+                      parameters["device"], compute=False)
+        table = study.claims()
+        shown_dir = os.path.relpath(study.results_dir, REPO_ROOT) if study.results_dir.is_relative_to(REPO_ROOT) \
+            else study.results_dir.name
+        page = claims_markdown(table, parameters["profile"], shown_dir)
+    except (DataError, ConfigError) as e:
+        print(f"warning: the claims were not computed: {e}", file=sys.stderr)
+        page = f"The claims were not computed: {e}\n"
     atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
     return results
 
@@ -311,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
     p.add_argument("--notebooks-dir", default=None, help="folder of source notebooks (default: notebooks/ in the repo)")
     p.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name")
+    p.add_argument("--no-compute", action="store_true", help="publish what has finished: notebooks read the "
+                   "finished units' results and train nothing (compute=False)")
     return p
 
 
@@ -333,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parameters = {"profile": args.profile, "data_root": shown_path(data_root),
                   "work_dir": "" if work_dir == default_work_dir(args.profile).resolve() else shown_path(work_dir),
-                  "seed": args.seed, "device": args.device}
+                  "seed": args.seed, "device": args.device, "compute": not args.no_compute}
     print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {notebooks_dir} -> {out_dir} "
           f"(work dir {work_dir})", flush=True)
     start = time.perf_counter()

@@ -35,6 +35,7 @@ class Study:
     work_dir: Path
     results_dir: Path
     progress: bool = False
+    compute: bool = True
 
     @property
     def root(self) -> Path:
@@ -51,12 +52,15 @@ class Study:
         return pipeline.unit_config(self.cfg, unit)
 
     def run(self, variants: Sequence[str] | None = None) -> list[Path]:
-        """Train, map and evaluate every unit of the plan (reusing finished ones); their results files."""
+        """Train, map and evaluate every unit of the plan (reusing finished ones); their results files.
+        With compute=False (publishing what has finished) nothing is run."""
+        if not self.compute:
+            return []
         return pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, self.units(variants), self.progress)
 
-    def results(self, compute: bool = True) -> results.StudyResults:
-        """The published units' results; with `compute`, missing units are run first."""
-        if compute:
+    def results(self, compute: bool | None = None) -> results.StudyResults:
+        """The published units' results; with `compute` (default: the study's), missing units are run first."""
+        if self.compute if compute is None else compute:
             loaded = results.load(self.cfg, self.results_dir)
             todo = [u for u in self.units() if u.name in loaded.missing or u.name in loaded.stale]
             if todo:
@@ -83,13 +87,26 @@ class Study:
     def trained(self, variant: str = "sipe", seed: int | None = None) -> TrainResult:
         """The finished training run of a variant (seed: the plan's first seed by default)."""
         cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
+        if not self.compute:
+            self._require(pipeline.run_dir_for(variant_config(cfg, variant), self.work_dir, variant) / "final.pt", variant, cfg)
         return pipeline.trained(cfg, self.work_dir, variant, progress=self.progress)
 
     def maps(self, variant: str = "sipe", seed_methods: Sequence[str] | None = None, seed: int | None = None) -> Path:
         """The maps folder of a unit on the evaluated split (the readings its unit carries by default)."""
         cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
         methods = tuple(seed_methods) if seed_methods is not None else pipeline.unit_seed_methods(self.cfg, variant)
+        if not self.compute:
+            run = self.trained(variant, cfg.train.seed)
+            vcfg = variant_config(cfg, variant)
+            self._require(pipeline.maps_dir_for(vcfg, self.work_dir, variant, pipeline.checkpoint_digest(run.checkpoint),
+                                                methods) / "DONE", variant, cfg)
         return pipeline.maps(cfg, self.work_dir, variant, methods, progress=self.progress)
+
+    def _require(self, path: Path, variant: str, cfg: ExperimentConfig) -> None:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{variant}-s{cfg.train.seed} is not computed yet in {self.work_dir} ({path.name} missing) and this "
+                "study reads finished units only (compute=False); run `make stages` first")
 
     def metrics(self, variant: str = "sipe", seed: int | None = None) -> pd.DataFrame:
         """The per-step training log of a variant (trains it if needed)."""
@@ -156,10 +173,12 @@ def setup(
     device: str = "auto",
     progress: bool = False,
     results_dir: str = "",
+    compute: bool = True,
     **overrides: Any,
 ) -> Study:
     """A Study for a notebook's parameters. Relative paths are relative to the repository; `seed` >= 0
-    runs the study with that one training seed; `overrides` are section.field=value."""
+    runs the study with that one training seed; compute=False reads only finished units (never trains);
+    `overrides` are section.field=value."""
     sets: dict[str, Any] = dict(overrides)
     if data_root:
         sets["data.root"] = str(_repo_path(data_root))
@@ -171,7 +190,7 @@ def setup(
     wd = _repo_path(work_dir) if work_dir else default_work_dir(profile).resolve()
     cfg.data.resolved_root()
     rd = _repo_path(results_dir) if results_dir else pipeline.results_dir_for(profile, wd)
-    return Study(cfg, wd, rd, progress)
+    return Study(cfg, wd, rd, progress, bool(compute))
 
 
 __all__ = ["STRUCTURE", "Study", "setup"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sipe import losses
+from sipe import ipe, losses
 from sipe.config import ModelConfig
 from sipe.data.datasets import InferenceDataset
 from sipe.data.synthetic import make_synthetic_voc
@@ -23,11 +23,6 @@ from sipe.models import BACKBONES, build_model
 GOLDEN = Path(__file__).parent / "data" / "golden_maps.npz"
 METHODS = ("structure", "argmax", "threshold:0.3")
 SPLITS = {"train_aug": [0, 1, 2, 3], "train": [0, 1], "val": [2, 3]}
-
-
-def _training_label_mask(valid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    v = valid.unsqueeze(1)
-    return torch.cat([v, v * labels[:, :, None, None]], dim=1)
 
 
 def compute(root: Path) -> dict[str, np.ndarray]:
@@ -53,7 +48,7 @@ def compute(root: Path) -> dict[str, np.ndarray]:
     valid = torch.ones(2, 64, 64)
     valid[1, :, 48:] = 0
     with torch.no_grad():
-        res = model(img, _training_label_mask(valid, labels), with_ipe=True)
+        res = model(img, ipe.label_mask(labels, valid), with_ipe=True)
     for key in ("score", "cam", "seeds", "prototypes", "is_cam"):
         out[f"train/{key}"] = res[key].numpy()
     out["train/loss_gsc"] = losses.gsc_loss(res["cam"], res["is_cam"]).numpy()

@@ -14,9 +14,9 @@ from sipe import ipe
 from sipe.config import ExperimentConfig, ModelConfig, get_profile
 from sipe.data.datasets import InferenceDataset
 from sipe.data.voc import load_cls_labels, load_image
-from sipe.maps import MapsResult, fuse_flip, infer_image, kept_channels, make_maps, seed_method_key
+from sipe.maps import MapsResult, fuse_flip, infer_image, irn_cam, kept_channels, make_maps, seed_method_key
 from sipe.models import BACKBONES, SIPENet, build_model
-from sipe.train import train, training_label_mask
+from sipe.train import train
 
 METHODS = ("structure", "threshold:0.3", "argmax")
 F16_TOL = 1e-3
@@ -70,11 +70,26 @@ def test_infer_image_fuses_flip_before_locating_seeds(model: SIPENet, item: dict
     cam = ipe.cam_with_background(logits)
     label_mask = torch.cat([torch.ones(1), item["label"]])[None, :, None, None]
     seeds = ipe.locate_seeds(cam, hier, label_mask, bg_scale=mcfg.bg_scale)
+    keys = torch.as_tensor(kept_channels(item["label"]))
+    irn = F.relu(a.logits) + F.relu(b.logits).flip(-1)
     expected = {"cam": cam, "is_cam": ipe.is_cam(hier, ipe.prototypes(seeds, hier))}
-    assert maps.keys() == expected.keys()
+    assert maps.keys() == {*expected, "cam_irn"}
     for key, value in expected.items():
-        up = F.interpolate(value, item["size"], mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(value[:, keys], item["size"], mode="bilinear", align_corners=False)[0]
         torch.testing.assert_close(maps[key], ipe.max_normalize(up), atol=1e-5, rtol=1e-4)
+    fg = ipe.max_normalize(F.interpolate(irn[:, keys[1:] - 1], item["size"], mode="bilinear", align_corners=False)[0])
+    torch.testing.assert_close(maps["cam_irn"][1:], fg, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(maps["cam_irn"][0], 1 - fg.amax(0), atol=1e-5, rtol=1e-4)
+
+
+def test_irn_cam_against_a_hand_computed_two_scale_example() -> None:
+    """ReLU on each view, the flipped view flipped back and added, each scale upsampled, summed, normalised once."""
+    scale1 = torch.tensor([[[[-1.0, 2.0]]], [[[3.0, -4.0]]]])   # (2 views, K=1, 1, 2): relu -> [0, 2] + flip([3, 0])
+    scale2 = torch.tensor([[[[1.0]]], [[[-2.0]]]])              # (2 views, K=1, 1, 1): relu -> 1 + 0, upsampled to [1, 1]
+    a, b = irn_cam(scale1, (1, 2)), irn_cam(scale2, (1, 2))
+    torch.testing.assert_close(a, torch.tensor([[[0.0, 5.0]]]))
+    torch.testing.assert_close(b, torch.tensor([[[1.0, 1.0]]]))
+    torch.testing.assert_close(ipe.max_normalize(a + b), torch.tensor([[[1.0, 6.0]]]) / (6.0 + 1e-5))
 
 
 def test_fused_maps_are_flip_equivariant(model: SIPENet, item: dict) -> None:
@@ -90,10 +105,9 @@ def test_threshold_above_every_cam_value_gives_only_a_background_prototype(model
     maps = infer_image(model, item["images"], item["label"], item["size"], model.cfg,
                        seed_methods=("threshold:1.5",))
     key = seed_method_key("threshold:1.5")
-    assert key == "is_cam@threshold:1.5"
-    assert torch.count_nonzero(maps[key][1:]) == 0
-    assert float(maps[key][0].max()) == pytest.approx(1.0, abs=1e-4)
-    assert float(maps[key][0].min()) >= 0.0
+    assert key == "labels@threshold:1.5"
+    assert maps[key].dtype == torch.uint8 and maps[key].shape == tuple(item["size"])
+    assert torch.count_nonzero(maps[key]) == 0
 
 
 def test_unknown_seed_method_is_rejected(model: SIPENet, item: dict) -> None:
@@ -118,17 +132,24 @@ def test_map_files(maps_run: MapsResult, synthetic_root: Path) -> None:
         image_id = path.stem
         with np.load(path) as z:
             data = {k: z[k] for k in z.files}
-        assert set(data) == {"keys", "cam", *(seed_method_key(m) for m in METHODS)}
+        assert set(data) == {"keys", "cam", "cam_irn", *(seed_method_key(m) for m in METHODS)}
         expected_keys = [0, *(np.flatnonzero(labels[image_id]) + 1)]
         assert data["keys"].dtype == np.int64 and data["keys"].tolist() == expected_keys
         shape = (len(expected_keys), *load_image(synthetic_root, image_id).shape[:2])
         for key, maps in data.items():
             if key == "keys":
                 continue
+            if key.startswith("labels@"):
+                assert maps.dtype == np.uint8 and maps.shape == shape[1:], key
+                assert set(np.unique(maps)) <= set(expected_keys), key
+                continue
             assert maps.dtype == np.float16 and maps.shape == shape, key
             values = maps.astype(np.float32)
             assert values.min() >= 0.0 and values.max() <= 1.0, key
-            peaks = values.reshape(len(expected_keys), -1).max(axis=1)
+            if key == "cam_irn":
+                np.testing.assert_allclose(values[0], 1 - values[1:].max(axis=0), atol=F16_TOL)
+                values = values[1:]
+            peaks = values.reshape(len(values), -1).max(axis=1)
             assert np.all((peaks == 0) | (np.abs(peaks - 1) < F16_TOL)), (key, peaks)
         assert abs(float(data["cam"][0].max()) - 1) < F16_TOL
 
@@ -166,7 +187,7 @@ def test_training_pass_without_bpm_has_background_one_minus_max_foreground() -> 
     labels[0, 4] = 1
     labels[1, [0, 11]] = 1
     with torch.no_grad():
-        out = net(torch.randn(2, 3, 64, 64), training_label_mask(torch.ones(2, 64, 64), labels))
+        out = net(torch.randn(2, 3, 64, 64), ipe.label_mask(labels, torch.ones(2, 64, 64)))
     fg = out["is_cam"][:, 1:]
     torch.testing.assert_close(out["is_cam"][:, 0], (1 - fg.amax(dim=1)).clamp_min(0))
     absent = torch.cat([torch.zeros(2, 1), 1 - labels], dim=1).bool()

@@ -11,13 +11,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from sipe import losses
+from sipe import ipe, losses
 from sipe.config import ModelConfig, get_profile
 from sipe.data.voc import CLASS_NAMES, load_cls_labels, load_image, load_mask, read_split
 from sipe.models import BACKBONES, SIPENet, WeightsError, build_backbone, build_model
 from sipe.models.backbones import RESNET50_FILE, _load_by_order, efficientnet_lite0_weights_file, stage_channels
 from sipe.models.sipe_net import SIDE_CHANNELS
-from sipe.train import build_optimizer, training_label_mask
+from sipe.train import build_optimizer
 
 FROZEN = {"resnet50": ("stem", "layer1", "layer2"), "efficientnet_lite0": ("stem", "frozen_blocks")}
 TRAINABLE = {"resnet50": ("layer3", "layer4"), "efficientnet_lite0": ("blocks34", "blocks56", "head")}
@@ -48,7 +48,7 @@ def sipe_loss(model: SIPENet, x: torch.Tensor) -> torch.Tensor:
     labels = torch.zeros(x.shape[0], 20)
     labels[0, 3] = 1
     labels[-1, [2, 7]] = 1
-    mask = training_label_mask(torch.ones(x.shape[0], *x.shape[2:]), labels)
+    mask = ipe.label_mask(labels, torch.ones(x.shape[0], *x.shape[2:]))
     out = model(x, mask)
     return losses.classification_loss(out["score"], labels) + losses.gsc_loss(out["cam"], out["is_cam"])
 

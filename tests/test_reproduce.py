@@ -12,7 +12,7 @@ import pytest
 from sipe.config import get_profile
 from sipe.provenance import git_revision, provenance, provenance_table
 from sipe.reproduce import (
-    NOTEBOOKS, Notebook, RunnerError, check_kernel, claims_markdown, collect_results, run, select,
+    NOTEBOOKS, Notebook, RunnerError, check_kernel, claims_markdown, run, select, shown_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,8 @@ def test_successful_run_injects_parameters_and_records_provenance(tiny):
     assert len(injected) == 1
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "ran smoke seed=7 device=cpu" in printed
-    assert (tiny["work"] / "first.txt").read_text() == str(tiny["data"].resolve())
+    assert (tiny["work"] / "first.txt").read_text() == shown_path(tiny["data"])
+    assert not shown_path(tiny["data"]).startswith("/")
     assert not list(tiny["out"].glob("*.partial.ipynb"))
     record = json.loads((tiny["out"] / "provenance.json").read_text())["notebooks"]
     assert [(e["name"], e["status"], e["profile"], e["seed"]) for e in record] == [("first", "ok", "smoke", 7)]
@@ -136,26 +137,24 @@ def test_check_kernel(tmp_path, monkeypatch):
         check_kernel("missing")
 
 
-def test_collect_results_merges_numeric_leaves(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "a.json").write_text(json.dumps({"table4": {"CAM": {"loc_maps_miou": 40.0}}}))
-    (results / "b.json").write_text(json.dumps(
-        {"table4": {"CAM + IPE": {"loc_maps_miou": 45, "note": "text", "bad": float("nan")}}, "meta": "x"}))
-    (results / "c.json").write_text("not json")
-    ours, files = collect_results(tmp_path)
-    assert ours == {"table4": {"CAM": {"loc_maps_miou": 40.0}, "CAM + IPE": {"loc_maps_miou": 45.0}}}
-    assert [f.name for f in files] == ["a.json", "b.json", "c.json"]
+def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
+    import numpy as np
+    import pandas as pd
 
+    from sipe.results import CLAIM_COLUMNS
 
-def test_claims_markdown_marks_missing_numbers():
-    page = claims_markdown({"table4": {"CAM": {"loc_maps_miou": 40.0}, "CAM + IPE": {"loc_maps_miou": 45.0}}},
-                           "subset")
+    table = pd.DataFrame([
+        ["SIPE beats the CAM baseline (localization maps)", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"],
+        ["Option (4) beats option (1), estimated background", "Table 5", 4.0, 1.5, np.nan, 1, 0.4, 2.6, "holds", "05"],
+        ["Structure-aware seeds beat the best CAM threshold", "Fig. 8", 5.3, np.nan, np.nan, 0, np.nan, np.nan, "not yet run", "06"],
+    ], columns=CLAIM_COLUMNS)
+    page = claims_markdown(table, "subset", "results/subset")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in page.splitlines() if line.startswith("| Table") or line.startswith("| Fig")}
-    assert rows["Table 4: IPE improves over the CAM baseline"][1:] == ["+5.0", "yes"]
-    assert rows["Table 4: GSC improves over CAM + IPE"][1:] == ["not yet run", "not yet run"]
-    assert "`subset`" in page
+            for line in page.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["SIPE beats the CAM baseline (localization maps)"][1:5] == ["+8.5", "+5.0 ± 1.0 (n=3)", "–", "holds"]
+    assert rows["Option (4) beats option (1), estimated background"][2:5] == ["+1.5 (n=1)", "[+0.4, +2.6]", "holds"]
+    assert rows["Structure-aware seeds beat the best CAM threshold"][2:5] == ["–", "–", "not yet run"]
+    assert "`subset`" in page and "results/subset" in page
 
 
 def test_git_revision(tmp_path):

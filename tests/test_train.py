@@ -10,7 +10,8 @@ import torch
 
 from sipe.config import ExperimentConfig, get_profile, load_config, variant_config
 from sipe.models import build_model
-from sipe.train import ConfigMismatchError, TrainResult, load_trained, plan_steps, train
+from sipe.checkpoint import load_trained
+from sipe.train import ConfigMismatchError, TrainResult, plan_steps, train
 
 N_IMAGES, BATCH, EPOCHS = 6, 2, 2
 PER_EPOCH = N_IMAGES // BATCH
