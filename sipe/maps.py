@@ -195,18 +195,18 @@ def make_maps(
             if made_from not in (None, digest):
                 raise StaleMapsError(f"{out_dir} holds maps of checkpoint {made_from}, not of {checkpoint} "
                                      f"({digest}); delete the folder or write the maps elsewhere")
-        if (out_dir / "DONE").exists():
-            done = read_json(out_dir / "DONE")
-            return MapsResult(out_dir, done["n_images"], 0, float("nan"), 0.0)
-        atomic_write_json(meta, {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "checkpoint_digest": digest,
-                                 "seed_methods": list(seed_methods)})
-        device = resolve_device(cfg.device)
-        model, _ = load_trained(checkpoint, device)
         mcfg = cfg.model
         spec = BACKBONES[mcfg.backbone]
         ds = InferenceDataset(cfg.data.resolved_root(), cfg.infer.split, cfg.infer.scales, spec.mean, spec.std,
                               flip=cfg.infer.flip, max_images=cfg.infer.max_images)
         todo = [i for i, name in enumerate(ds.ids) if not (out_dir / f"{name}.npz").exists()]
+        if not todo and (out_dir / "DONE").exists():
+            return MapsResult(out_dir, len(ds), 0, float("nan"), 0.0)
+        (out_dir / "DONE").unlink(missing_ok=True)
+        atomic_write_json(meta, {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "checkpoint_digest": digest,
+                                 "seed_methods": list(seed_methods)})
+        device = resolve_device(cfg.device)
+        model, _ = load_trained(checkpoint, device)
         loader = DataLoader(torch.utils.data.Subset(ds, todo), batch_size=1, collate_fn=_first,
                             num_workers=cfg.data.num_workers)
         t0 = time.perf_counter()

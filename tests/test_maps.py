@@ -146,11 +146,13 @@ def test_map_files(maps_run: MapsResult, synthetic_root: Path) -> None:
             assert maps.dtype == np.float16 and maps.shape == shape, key
             values = maps.astype(np.float32)
             assert values.min() >= 0.0 and values.max() <= 1.0, key
+            tol = F16_TOL
             if key == "cam_irn":
                 np.testing.assert_allclose(values[0], 1 - values[1:].max(axis=0), atol=F16_TOL)
                 values = values[1:]
+                tol = 0.01  # normalised once by max + 1e-5: an untrained model's small raw sums peak below 1
             peaks = values.reshape(len(values), -1).max(axis=1)
-            assert np.all((peaks == 0) | (np.abs(peaks - 1) < F16_TOL)), (key, peaks)
+            assert np.all((peaks == 0) | (np.abs(peaks - 1) < tol)), (key, peaks)
         assert abs(float(data["cam"][0].max()) - 1) < F16_TOL
 
 

@@ -40,7 +40,7 @@ def tiny(tmp_path: Path) -> dict[str, Path]:
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     write_notebook(nbs / "first.ipynb", "print(f'ran {profile} seed={seed} device={device}')",
-                   "import pathlib\npathlib.Path(work_dir, 'first.txt').write_text(data_root)")
+                   "import pathlib\nfrom sipe.provenance import REPO_ROOT\npathlib.Path(REPO_ROOT, work_dir, 'first.txt').write_text(data_root)")
     write_notebook(nbs / "boom.ipynb", "x = 1", "raise ValueError('planted failure')", "y = 2")
     data, work = tmp_path / "data", tmp_path / "work"
     data.mkdir()
