@@ -27,6 +27,28 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?%?$")
 
 
+WORKFLOW = REPO / ".github" / "workflows" / "book.yml"
+OURS = re.compile(r"^[+-]?\d+\.\d( ± \d+\.\d)? \(n=\d+\)$")
+
+
+def workflow_build_command() -> str:
+    """The `run` command of the GitHub Pages workflow's build step (the book is built exactly as it is online)."""
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["build"]["steps"]
+    (step,) = [s for s in steps if s.get("id") == "build"]
+    return step["run"]
+
+
+def test_workflow_builds_from_committed_outputs_and_deploys_pages():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    steps = flow["jobs"]["build"]["steps"]
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert "jupyter-book build" in workflow_build_command()
+    assert "sipe.reproduce" not in runs and "make " not in runs, "the workflow must not execute or train anything"
+    assert any(s.get("uses", "").startswith("actions/upload-pages-artifact") for s in steps)
+    assert any(s.get("uses", "").startswith("actions/deploy-pages") for s in flow["jobs"]["deploy"]["steps"])
+    assert (REPO / "requirements-book.txt").read_text().count("jupyter-book==") == 1
+
+
 def toc_files() -> list[str]:
     """Every document of _toc.yml in reading order (root first)."""
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
@@ -71,9 +93,10 @@ def html(tmp_path_factory) -> Path:
          "--notebooks-dir", str(NOTEBOOKS_DIR), "--device", "cpu"],
         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, f"runner failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
-    build = subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(root)],
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    build = subprocess.run(["bash", "-c", workflow_build_command()], cwd=root, env=env,
                            capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, f"jupyter-book build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    assert build.returncode == 0, f"the workflow's book build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
     return root / "_build" / "html"
 
 
@@ -105,6 +128,27 @@ def test_result_tables_hold_numbers(html):
         for table in tables:
             cells = [td.get_text(" ", strip=True) for td in table.find_all("td")]
             assert any(is_number(c) for c in cells), f"{nb.name}: a table without numbers: {cells[:10]}"
+
+
+def test_every_ours_column_holds_numbers_of_ours(html):
+    """Paper-vs-ours tables: each 'ours' column has at least one measured number (mean ± std (n)), so no
+    chapter shows only the paper's numbers under our name."""
+    checked = 0
+    for nb in NOTEBOOKS:
+        for table in result_tables(page(html, f"book/executed/{nb.name}")):
+            header_rows = table.select("thead tr")
+            if not header_rows:
+                continue
+            last = [th.get_text(strip=True) for th in header_rows[-1].find_all("th")]
+            columns = [i for i, h in enumerate(last) if h == "ours"]
+            if not columns:
+                continue
+            body = [[c.get_text(" ", strip=True) for c in tr.find_all(["th", "td"])] for tr in table.select("tbody tr")]
+            for i in columns:
+                values = [row[i] for row in body if len(row) > i]
+                assert any(OURS.match(v) for v in values), f"{nb.name}: an 'ours' column without our numbers: {values}"
+                checked += 1
+    assert checked >= 5
 
 
 FIGURE_PAGES = ("00_data_overview", "01_training", "06_fig8_seed_locating", "07_fig1_tsne", "08_fig3_structure",
