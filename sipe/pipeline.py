@@ -149,14 +149,16 @@ def _rows(readings: Sequence[Reading], confs: Sequence[np.ndarray], unit: Unit, 
 
 def _crf_rows(cfg: ExperimentConfig, maps_dir: Path, unit: Unit, ids: list[str], progress: bool,
               store: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """denseCRF readings: IS-CAM with its estimated background (SIPE's rule, background x bg_scale in the
-    second run) and the CAM under IRN's protocol (constant backgrounds 0.30 / 0.05)."""
+    """The denseCRF reading of a unit's headline map: for a model trained with GSC its IS-CAM with the
+    estimated background (background x bg_scale in the second run), for the CAM baseline the CAM under
+    IRN's protocol (constant backgrounds 0.30 / 0.05)."""
     from .crf import evaluate_crf
 
     e = cfg.eval
     root = cfg.data.resolved_root()
     rows = []
-    for key, kwargs in (("is_cam", {"bg_scale": e.crf_bg_scale}), ("cam_irn", {"backgrounds": IRN_CRF_BACKGROUNDS})):
+    reading = ("is_cam", {"bg_scale": e.crf_bg_scale}) if cfg.model.gsc else ("cam_irn", {"backgrounds": IRN_CRF_BACKGROUNDS})
+    for key, kwargs in (reading,):
         res = evaluate_crf(maps_dir, root, ids, which=key, t=e.crf_iterations, gt_prob=e.crf_gt_prob,
                            split=cfg.infer.split, workers=2, progress=progress, per_image=True, **kwargs)
         store[f"{cfg.infer.split}/{key}/crf"] = res.per_image_confusion.astype(np.int32)
