@@ -16,8 +16,10 @@ Files in the output folder (default `book/executed/`):
 - `claims.md`: the claims table (`sipe.results.claims`) over the numbers the notebooks recorded in
   `<work_dir>/results/*.json`, or a 'not yet run' table.
 
-When a notebook fails, the notebooks that depend on it are skipped, the others still run, and the exit
-status is 1 with the failing notebook and cell named.
+Before any notebook runs, the data root is checked cheaply (`check_data_root`: split lists, label file,
+labels in {0, 1}; no image is decoded). A run that cannot start (data root, notebooks, kernel) stops with
+one line `error: ...` and exit status 2. When a notebook fails, the notebooks that depend on it are
+skipped, the others still run, and the exit status is 1 with the failing notebook and cell named.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DATA_ROOT_ENV, PROFILES, default_work_dir
+from .errors import SipeError, cli_entry
 from .provenance import REPO_ROOT, git_revision
 
 KERNEL_NAME = "python3"
@@ -44,7 +47,7 @@ CLAIMS_FILE = "claims.md"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class RunnerError(RuntimeError):
+class RunnerError(SipeError, RuntimeError):
     """The run cannot start (missing notebook, data root, kernel); the message says how to fix it."""
 
 
@@ -106,6 +109,27 @@ def select(names: Sequence[str] | None, notebooks_dir: Path) -> list[Notebook]:
             f"{', '.join(known)} (pass --notebooks-dir to run notebooks from another folder)"
         )
     return chosen
+
+
+def check_data_root(data_root: str | os.PathLike, profile: str) -> Path:
+    """The resolved data root after a cheap check for `profile` (see `sipe.data.voc.check_root`): the image
+    and mask folders, the split lists the profile trains and evaluates on, the label file with labels in
+    {0, 1} and a label for every id of those splits. RunnerError naming the file and the fix otherwise."""
+    from .config import get_profile
+    from .data import voc
+
+    if not str(data_root):
+        raise RunnerError(f"no data root: pass --data-root or set {DATA_ROOT_ENV} (e.g. ../shared/data/voc2012_subset); "
+                          "see data_prep/README.md for building the full VOC 2012 + SBD layout")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise RunnerError(f"data root {root} is not a folder; pass --data-root or set {DATA_ROOT_ENV}")
+    cfg = get_profile(profile)
+    try:
+        voc.check_root(root, (cfg.data.train_split, cfg.data.eval_split, cfg.infer.split))
+    except voc.DataError as e:
+        raise RunnerError(f"data root {root} cannot be used: {e}") from e
+    return root.resolve()
 
 
 def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
@@ -320,24 +344,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     notebooks_dir = Path(args.notebooks_dir or REPO_ROOT / "notebooks").resolve()
     out_dir = Path(args.out or REPO_ROOT / "book" / "executed").resolve()
     work_dir = (Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)).resolve()
-    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV, "")
-    try:
-        if not data_root:
-            raise RunnerError(f"no data root: pass --data-root or set {DATA_ROOT_ENV} (e.g. ../shared/data/voc2012_subset); "
-                              "see data_prep/ for building the full VOC 2012 + SBD layout")
-        if not Path(data_root).is_dir():
-            raise RunnerError(f"data root {data_root} is not a folder; pass --data-root or set {DATA_ROOT_ENV}")
-        notebooks = select(args.only, notebooks_dir)
-        check_kernel(args.kernel)
-    except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    parameters = {"profile": args.profile, "data_root": str(Path(data_root).resolve()),
+    data_root = check_data_root(args.data_root or os.environ.get(DATA_ROOT_ENV, ""), args.profile)
+    notebooks = select(args.only, notebooks_dir)
+    check_kernel(args.kernel)
+    parameters = {"profile": args.profile, "data_root": str(data_root),
                   "work_dir": str(work_dir), "seed": args.seed, "device": args.device}
     print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {notebooks_dir} -> {out_dir} "
           f"(work dir {work_dir})", flush=True)

@@ -21,13 +21,14 @@ from . import losses
 from .config import ExperimentConfig, load_config
 from .data.datasets import TrainDataset
 from .models import BACKBONES, SIPENet, build_model
+from .errors import SipeError
 from .runtime import atomic_torch_save, atomic_write_json, resolve_device, seed_everything
 
 METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_gsc", "lr_backbone", "lr_new", "images_per_s",
                  "seed_fg_share", "seconds")
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(SipeError, RuntimeError):
     """A run folder holds a run of a different configuration."""
 
 
