@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -72,3 +75,26 @@ def test_styled_table_is_wide_rounded_and_captioned():
     assert data.loc["CAM", ("loc_maps_miou", "ours")] == 40.123
     assert data.loc["CAM", ("loc_maps_miou", "delta")] == pytest.approx(40.123 - 50.1)
     assert "40.1" in html and "–" in html and "Ours: profile x" in html
+
+
+PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "SIPE-CVPR2022.txt"
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason=f"the paper's text is not at {PAPER_TEXT}")
+def test_paper_numbers_are_transcribed_from_the_paper():
+    """Every number of Tables 1, 2, 3 and 5 in paper_results.csv stands in the paper's table row of the same
+    method (the row's first word), so a mistyped number fails here rather than in a claims table."""
+    lines = PAPER_TEXT.read_text(encoding="utf-8").splitlines()
+    rows: dict[str, list[str]] = {}
+    for line in lines:
+        if "|" in line:
+            first = re.split(r"[\s\[|(]", line.strip(), maxsplit=1)[0]
+            rows.setdefault(first, []).append(line)
+    df = load_paper_results()
+    checked = 0
+    for r in df[df["table"].isin(["table1", "table2", "table3", "table5"])].itertuples():
+        method = re.split(r"[\s(]", r.row, maxsplit=1)[0]
+        numbers = {n for line in rows.get(method, []) for n in re.findall(r"(?<![\d.])\d+\.\d(?![\d.])", line)}
+        assert f"{r.value:.1f}" in numbers, f"{r.table} {r.row} {r.metric} = {r.value} is not in the paper's {method!r} rows"
+        checked += 1
+    assert checked == 40
