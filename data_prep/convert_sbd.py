@@ -4,6 +4,8 @@
 
 Masks: the official VOC SegmentationClass PNG (with its 255 borders) where it exists, otherwise the SBD
 `cls/<id>.mat` (GTcls.Segmentation). train_aug = SBD train + SBD val + VOC train, minus VOC val.
+Every file is written atomically (a temporary file renamed into place), so an interrupted run leaves no
+half-written mask; running it again rewrites them all.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from sipe.data.voc import MASK_DIR, NUM_CLASSES, SPLIT_DIR, VALID_MASK_VALUES, DataError, save_mask
+from sipe.errors import cli_entry
+from sipe.runtime import atomic_write_text
 
 VOC_MASK_DIR = "SegmentationClass"
 
@@ -96,20 +100,17 @@ def convert(voc_root: str | os.PathLike, sbd_root: str | os.PathLike, progress: 
     for image_id in tqdm(ids, desc="masks", disable=not progress, file=sys.stderr):
         n_voc += (voc_root / VOC_MASK_DIR / f"{image_id}.png").is_file()
         save_mask(voc_root / MASK_DIR / f"{image_id}.png", mask_for(image_id, voc_root, sbd_root))
-    (voc_root / SPLIT_DIR / "train_aug.txt").write_text("".join(f"{i}\n" for i in train_aug))
+    atomic_write_text(voc_root / SPLIT_DIR / "train_aug.txt", "".join(f"{i}\n" for i in train_aug))
     return ConvertResult(train_aug=train_aug, n_from_voc=n_voc, n_from_sbd=len(ids) - n_voc)
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voc-root", required=True, type=Path, help="VOCdevkit/VOC2012")
     parser.add_argument("--sbd-root", required=True, type=Path, help="benchmark_RELEASE/dataset")
     args = parser.parse_args(argv)
-    try:
-        result = convert(args.voc_root, args.sbd_root, progress=True)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = convert(args.voc_root, args.sbd_root, progress=True)
     print(
         f"wrote {result.n_from_voc + result.n_from_sbd} masks to {args.voc_root / MASK_DIR} "
         f"({result.n_from_voc} from VOC, {result.n_from_sbd} from SBD) and "

@@ -4,12 +4,17 @@
 
 Downloads resume from `<file>.part`. Without internet it stops (exit code 2) and says which files to
 fetch by hand, from where, and where to put them; re-running then verifies and extracts them.
+
+Nothing is left half-written: an archive is extracted into a temporary folder `DATA/.extracting-<file>/`
+and moved into place at the end, and the marker `DATA/.<key>.extracted` is written last. A folder without
+its marker (an interrupted extraction, or one made by an older version of this script) is extracted again.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 import tarfile
 import urllib.error
@@ -19,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from sipe.errors import SipeError, cli_entry
+from sipe.runtime import atomic_write_json
 
 CHUNK = 1 << 20
 
@@ -57,7 +65,7 @@ SBD = Archive(
 ARCHIVES = {a.key: a for a in (VOC2012, SBD)}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(SipeError, RuntimeError):
     """A download could not be completed or verified."""
 
 
@@ -127,10 +135,60 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, timeout:
     return dest
 
 
-def extract(archive: str | os.PathLike, out_dir: str | os.PathLike) -> None:
-    """Unpack a tar/tgz into out_dir (members may not leave it)."""
+def _move_into(src: Path, dest: Path) -> None:
+    """Move `src` to `dest`: one rename when `dest` is absent, else merged entry by entry (files replaced)."""
+    if src.is_dir() and dest.is_dir():
+        for child in sorted(src.iterdir()):
+            _move_into(child, dest / child.name)
+        return
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    os.replace(src, dest)
+
+
+def extract(archive: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
+    """Unpack a tar/tgz into out_dir through the temporary folder `out_dir/.extracting-<archive name>/`.
+
+    Members may not leave it (tarfile's "data" filter). Once everything is unpacked, each top-level entry is
+    renamed into out_dir (merged file by file into an existing folder, e.g. the rest of an earlier,
+    interrupted extraction; files already there and not in the archive are kept). An interruption leaves
+    only the temporary folder, which the next call deletes. Returns the top-level names.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".extracting-{Path(archive).name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
     with tarfile.open(archive) as tar:
-        tar.extractall(out_dir, filter="data")
+        tar.extractall(tmp, filter="data")
+    tops = sorted(p.name for p in tmp.iterdir())
+    for name in tops:
+        _move_into(tmp / name, out_dir / name)
+    shutil.rmtree(tmp)
+    return tops
+
+
+def marker_path(archive: Archive, out_dir: Path) -> Path:
+    """`out_dir/.<key>.extracted`: written after `archive` was extracted completely."""
+    return Path(out_dir) / f".{archive.key}.extracted"
+
+
+def extract_once(archive: Archive, path: Path, out_dir: Path) -> bool:
+    """Extract `path` (the file of `archive`) into out_dir unless its marker says it was; True if extracted now.
+
+    A target folder without the marker is an extraction that did not finish: it is extracted again."""
+    marker, target = marker_path(archive, out_dir), Path(out_dir) / archive.extracts_to
+    if marker.is_file() and target.is_dir():
+        print(f"already extracted: {target}")
+        return False
+    if target.exists():
+        print(f"{target} exists without {marker.name}: an earlier extraction did not finish; extracting again")
+    marker.unlink(missing_ok=True)
+    print(f"extracting {path} ...")
+    extract(path, out_dir)
+    atomic_write_json(marker, {"archive": archive.filename, "md5": archive.md5, "extracts_to": archive.extracts_to})
+    return True
 
 
 def manual_instructions(archives: Sequence[Archive], out_dir: Path) -> str:
@@ -159,6 +217,7 @@ def fetch(archive: Archive, out_dir: Path, timeout: float = 60.0) -> Path:
     raise error
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder for the archives and their contents")
@@ -182,11 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ok: {path} (md5 {archive.md5})")
         if args.no_extract:
             continue
-        if (out / archive.extracts_to).is_dir():
-            print(f"already extracted: {out / archive.extracts_to}")
-        else:
-            print(f"extracting {path} ...")
-            extract(path, out)
+        extract_once(archive, path, out)
     if failed:
         print(f"\nCould not download or verify: {', '.join(a.filename for a in failed)} (no internet access?)."
               f"\n{manual_instructions(failed, out)}", file=sys.stderr)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from sipe.data.voc import CLASS_NAMES, LABELS_FILE, NUM_CLASSES, DataError, read_split
+from sipe.errors import cli_entry
+from sipe.runtime import atomic_save_npy
 
 CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES[1:])}
 
@@ -45,10 +47,11 @@ def make_cls_labels(annotation_dir: str | os.PathLike, ids: Iterable[str]) -> di
 
 
 def save_cls_labels(labels: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write the dict as a pickled .npy (load with np.load(path, allow_pickle=True).item())."""
-    np.save(path, labels, allow_pickle=True)
+    """Write the dict as a pickled .npy at exactly `path`, atomically (load with np.load(path, allow_pickle=True).item())."""
+    atomic_save_npy(path, labels, allow_pickle=True)
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voc-root", required=True, type=Path, help="VOCdevkit/VOC2012 (holds Annotations/)")
@@ -56,12 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="lists in ImageSets/Segmentation whose ids get a label")
     parser.add_argument("--out", type=Path, default=None, help=f"output file (default <voc-root>/{LABELS_FILE})")
     args = parser.parse_args(argv)
-    try:
-        ids = sorted({i for split in args.splits for i in read_split(args.voc_root, split)})
-        labels = make_cls_labels(args.voc_root / "Annotations", ids)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    ids = sorted({i for split in args.splits for i in read_split(args.voc_root, split)})
+    labels = make_cls_labels(args.voc_root / "Annotations", ids)
     out = args.out or args.voc_root / LABELS_FILE
     save_cls_labels(labels, out)
     print(f"wrote labels of {len(labels)} images to {out}")

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sipe.data.synthetic import make_synthetic_voc
+from sipe.errors import SipeError, cli_entry
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created if missing)")
@@ -27,8 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = make_synthetic_voc(args.out, args.n_images, (args.height, args.width), args.seed,
                                   classes=args.classes)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise SipeError(f"{e} (see --help for --n-images, --height, --width, --classes)") from e
     print(f"wrote {args.n_images} synthetic images to {root}")
     return 0
 

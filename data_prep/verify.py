@@ -3,7 +3,8 @@ and (when the root has one) every file matches MANIFEST.sha256.
 
     python -m data_prep.verify --root $SIPE_DATA_ROOT [--splits train_aug train val] [--max-images N]
 
-Exit code 0 when everything is fine, 1 otherwise (each problem is listed).
+Exit code 0 when everything is fine, 1 when problems were found (each is listed), 2 when the check cannot
+start (no data root, no split lists).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from sipe.config import DATA_ROOT_ENV
 from sipe.data.voc import SPLIT_DIR, DataError, scan_dataset
+from sipe.errors import cli_entry
 
 MANIFEST = "MANIFEST.sha256"
 
@@ -50,6 +52,7 @@ def check_manifest(root: str | os.PathLike, manifest: str | os.PathLike | None =
     return problems
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=os.environ.get(DATA_ROOT_ENV) or None,
@@ -63,13 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.root is None:
         parser.error(f"give --root or set {DATA_ROOT_ENV}")
     root = Path(args.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist; check --root or ${DATA_ROOT_ENV} (data_prep/README.md)")
     splits = args.splits or sorted(p.stem for p in (root / SPLIT_DIR).glob("*.txt"))
+    if not splits:
+        raise DataError(f"no split lists in {root / SPLIT_DIR}; write them with python -m data_prep.convert_sbd "
+                        "(see data_prep/README.md)")
     problems: list[str] = []
     try:
-        if not root.is_dir():
-            raise DataError(f"data root {root} does not exist; check --root or ${DATA_ROOT_ENV} (data_prep/README.md)")
-        if not splits:
-            raise DataError(f"no split lists in {root / SPLIT_DIR}; see data_prep/README.md")
         for split in splits:
             report = scan_dataset(root, split, check_masks=not args.no_masks, max_images=args.max_images)
             print(f"{split}: {report.n_checked} ids, {len(report.problems)} problem(s)")

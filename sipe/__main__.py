@@ -8,6 +8,7 @@ Examples:
   python -m sipe eval  --profile subset --variant sipe --crf
   python -m sipe scan  --data-root /data/VOC2012 --split train_aug
 Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
+A setting, data or device the user can fix stops the command with one line `error: ...` and exit status 2.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from .config import (PROFILES, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig, default_work_dir,
                      get_profile, variant_config)
+from .errors import cli_entry
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
@@ -39,6 +41,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return get_profile(args.profile, **overrides)
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,59 +62,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    try:
-        cfg = config_from_args(args)
-        work = Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)
-        progress = not args.no_progress
-        if args.command == "show-config":
-            print(json.dumps(variant_config(cfg, args.variant).to_dict(), indent=2))
-            return 0
-        if args.command == "scan":
-            from .data.voc import scan_dataset
-
-            report = scan_dataset(cfg.data.resolved_root(), args.split or cfg.data.train_split)
-            print(report)
-            return 0 if report.ok else 1
-        from . import pipeline
-
-        if args.command == "stages":
-            units = pipeline.plan(cfg)
-            if args.units:
-                by_name = {u.name: u for u in units}
-                unknown = [n for n in args.units if n not in by_name]
-                if unknown:
-                    raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
-                units = [by_name[n] for n in args.units]
-            pipeline.run_plan(cfg, work, args.results_dir or None, units, progress=progress)
-            return 0
-        if args.command == "train":
-            result = pipeline.trained(cfg, work, args.variant, progress=progress)
-            print(f"{'reused' if result.reused else 'trained'}: {result.checkpoint}")
-            return 0
-        maps_dir = pipeline.maps(cfg, work, args.variant, progress=progress)
-        if args.command == "maps":
-            print(f"maps: {maps_dir}")
-            return 0
-        from . import evaluation
-
-        vcfg = variant_config(cfg, args.variant)
-        root = vcfg.data.resolved_root()
-        ids = evaluation.map_ids(maps_dir)
-        est = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="estimated", progress=progress)
-        print(f"estimated background: mIoU {est.miou:.2f} ({est.note})")
-        sweep = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="threshold",
-                                         thresholds=vcfg.eval.thresholds, progress=progress)
-        print(f"threshold background: best mIoU {sweep.best.miou:.2f} at t={sweep.best_threshold}")
-        if args.crf:
-            from .crf import evaluate_crf
-
-            crf = evaluate_crf(maps_dir, root, ids, which=args.which, progress=progress)
-            print(f"+denseCRF: mIoU {crf.void_as_background.miou:.2f} (void counted as background)")
+    cfg = config_from_args(args)
+    work = Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)
+    progress = not args.no_progress
+    if args.command == "show-config":
+        print(json.dumps(variant_config(cfg, args.variant).to_dict(), indent=2))
         return 0
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "scan":
+        from .data.voc import scan_dataset
 
+        report = scan_dataset(cfg.data.resolved_root(), args.split or cfg.data.train_split)
+        print(report.summary())
+        return 0 if report.ok else 1
+    from . import pipeline
+    from .runtime import resolve_device
+
+    resolve_device(cfg.device)  # 'cuda' without a GPU fails here, before any file is written
+    if args.command == "stages":
+        units = pipeline.plan(cfg)
+        if args.units:
+            by_name = {u.name: u for u in units}
+            unknown = [n for n in args.units if n not in by_name]
+            if unknown:
+                raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
+            units = [by_name[n] for n in args.units]
+        pipeline.run_plan(cfg, work, args.results_dir or None, units, progress=progress)
+        return 0
+    if args.command == "train":
+        result = pipeline.trained(cfg, work, args.variant, progress=progress)
+        print(f"{'reused' if result.reused else 'trained'}: {result.checkpoint}")
+        return 0
+    maps_dir = pipeline.maps(cfg, work, args.variant, progress=progress)
+    if args.command == "maps":
+        print(f"maps: {maps_dir}")
+        return 0
+    from . import evaluation
+
+    vcfg = variant_config(cfg, args.variant)
+    root = vcfg.data.resolved_root()
+    ids = evaluation.map_ids(maps_dir)
+    est = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="estimated", progress=progress)
+    print(f"estimated background: mIoU {est.miou:.2f} ({est.note})")
+    sweep = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="threshold",
+                                     thresholds=vcfg.eval.thresholds, progress=progress)
+    print(f"threshold background: best mIoU {sweep.best.miou:.2f} at t={sweep.best_threshold}")
+    if args.crf:
+        from .crf import evaluate_crf
+
+        e = vcfg.eval
+        crf = evaluate_crf(maps_dir, root, ids, which=args.which, bg_scale=e.crf_bg_scale, t=e.crf_iterations,
+                           gt_prob=e.crf_gt_prob, progress=progress)
+        print(f"+denseCRF: mIoU {crf.void_as_background.miou:.2f} ({crf.void_as_background.note})")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

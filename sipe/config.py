@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import SipeError
+
 FeatureName = Literal["semantic", "hierarchical"]
 PROFILES = ("smoke", "subset", "paper")
 DATA_ROOT_ENV = "SIPE_DATA_ROOT"
@@ -29,7 +31,7 @@ def default_work_dir(profile: str) -> Path:
     return (Path(base).expanduser() if base else REPO_ROOT / "work") / profile
 
 
-class ConfigError(ValueError):
+class ConfigError(SipeError, ValueError):
     """A configuration value is invalid; the message names the field and the accepted values."""
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from sipe.data import voc
+from sipe.errors import SipeError
 
 VOID = 255
 MAP_KINDS = ("is_cam", "cam", "cam_irn")
@@ -31,7 +32,7 @@ Labeler = Callable[[str], np.ndarray]
 PresentClasses = Literal["gt"] | Sequence[str] | None
 
 
-class MapFileError(Exception):
+class MapFileError(SipeError):
     """A map file is missing or unreadable; the message names the file and how to fix it."""
 
 

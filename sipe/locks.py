@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import SipeError
+
 LOCK_FILE = ".lock"
 
 
-class FolderBusyError(RuntimeError):
+class FolderBusyError(SipeError, RuntimeError):
     """Another process is writing the folder; the message names it and the holder."""
 
 

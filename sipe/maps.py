@@ -28,6 +28,7 @@ from tqdm import tqdm
 from . import ipe
 from .config import ExperimentConfig, ModelConfig
 from .data.datasets import InferenceDataset
+from .errors import SipeError
 from .locks import folder_lock
 from .models import BACKBONES, Features, SIPENet
 from .runtime import atomic_savez, atomic_write_json, file_digest, read_json, resolve_device
@@ -172,7 +173,7 @@ class MapsResult:
     seconds: float = 0.0
 
 
-class StaleMapsError(RuntimeError):
+class StaleMapsError(SipeError, RuntimeError):
     """A maps folder was made from another checkpoint than the one asked for."""
 
 

@@ -17,8 +17,10 @@ Files in the output folder (default `book/executed/` for subset and paper, `<wor
 - `claims.md`: the claims table (`sipe.results.study_claims`) over the tables the notebooks wrote into the
   results folder (also saved there as `claims.csv`), and the run record.
 
-When a notebook fails, the notebooks that depend on it are skipped, the others still run, and the exit
-status is 1 with the failing notebook and cell named.
+Before any notebook runs, the data root is checked cheaply (`check_data_root`: split lists, label file,
+labels in {0, 1}; no image is decoded). A run that cannot start (data root, notebooks, kernel) stops with
+one line `error: ...` and exit status 2. When a notebook fails, the notebooks that depend on it are
+skipped, the others still run, and the exit status is 1 with the failing notebook and cell named.
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_ROOT_ENV, PROFILES, ConfigError, default_work_dir
-from .data.voc import DataError
+from .config import DATA_ROOT_ENV, PROFILES, default_work_dir
+from .errors import SipeError, cli_entry
 from .provenance import REPO_ROOT, git_revision
 
 KERNEL_NAME = "python3"
@@ -46,7 +48,7 @@ CLAIMS_FILE = "claims.md"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class RunnerError(RuntimeError):
+class RunnerError(SipeError, RuntimeError):
     """The run cannot start (missing notebook, data root, kernel); the message says how to fix it."""
 
 
@@ -108,6 +110,27 @@ def select(names: Sequence[str] | None, notebooks_dir: Path) -> list[Notebook]:
             f"{', '.join(known)} (pass --notebooks-dir to run notebooks from another folder)"
         )
     return chosen
+
+
+def check_data_root(data_root: str | os.PathLike, profile: str) -> Path:
+    """The resolved data root after a cheap check for `profile` (see `sipe.data.voc.check_root`): the image
+    and mask folders, the split lists the profile trains and evaluates on, the label file with labels in
+    {0, 1} and a label for every id of those splits. RunnerError naming the file and the fix otherwise."""
+    from .config import get_profile
+    from .data import voc
+
+    if not str(data_root):
+        raise RunnerError(f"no data root: pass --data-root or set {DATA_ROOT_ENV} (e.g. ../shared/data/voc2012_subset); "
+                          "see data_prep/README.md for building the full VOC 2012 + SBD layout")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise RunnerError(f"data root {root} is not a folder; pass --data-root or set {DATA_ROOT_ENV}")
+    cfg = get_profile(profile)
+    try:
+        voc.check_root(root, (cfg.data.train_split, cfg.data.eval_split, cfg.infer.split))
+    except voc.DataError as e:
+        raise RunnerError(f"data root {root} cannot be used: {e}") from e
+    return root.resolve()
 
 
 def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
@@ -269,7 +292,7 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
         shown_dir = os.path.relpath(study.results_dir, REPO_ROOT) if study.results_dir.is_relative_to(REPO_ROOT) \
             else study.results_dir.name
         page = claims_markdown(table, parameters["profile"], shown_dir)
-    except (DataError, ConfigError) as e:
+    except SipeError as e:
         print(f"warning: the claims were not computed: {e}", file=sys.stderr)
         page = f"The claims were not computed: {e}\n"
     atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
@@ -322,23 +345,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     notebooks_dir = Path(args.notebooks_dir or REPO_ROOT / "notebooks").resolve()
     work_dir = (Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)).resolve()
     out_dir = Path(args.out).resolve() if args.out else default_out_dir(args.profile, work_dir)
-    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV, "")
-    try:
-        if not data_root:
-            raise RunnerError(f"no data root: pass --data-root or set {DATA_ROOT_ENV} (e.g. ../shared/data/voc2012_subset); "
-                              "see data_prep/ for building the full VOC 2012 + SBD layout")
-        if not Path(data_root).is_dir():
-            raise RunnerError(f"data root {data_root} is not a folder; pass --data-root or set {DATA_ROOT_ENV}")
-        notebooks = select(args.only, notebooks_dir)
-        check_kernel(args.kernel)
-    except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    data_root = check_data_root(args.data_root or os.environ.get(DATA_ROOT_ENV, ""), args.profile)
+    notebooks = select(args.only, notebooks_dir)
+    check_kernel(args.kernel)
     parameters = {"profile": args.profile, "data_root": shown_path(data_root),
                   "work_dir": "" if work_dir == default_work_dir(args.profile).resolve() else shown_path(work_dir),
                   "seed": args.seed, "device": args.device, "compute": not args.no_compute}

@@ -1,4 +1,8 @@
-"""Devices, seeds and atomic file writes shared by every stage."""
+"""Devices, seeds and atomic file writes shared by every stage.
+
+torch is imported only by the functions that need it, so the data scripts can write files atomically
+without loading it.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,24 +12,33 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+from .errors import CudaUnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error that says so."""
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU raises CudaUnavailableError."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} was requested but no CUDA device is available; use device='auto' or 'cpu'")
+        raise CudaUnavailableError(f"device={name!r} was requested but torch sees no CUDA device; "
+                                   "set device (--device, or -p device in a notebook) to 'auto' or 'cpu'")
     return dev
 
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -54,6 +67,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through `atomic_write_bytes`."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -62,6 +78,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npy(path: str | os.PathLike, value: Any, allow_pickle: bool = False) -> Path:
+    """np.save of `value` (an array, or with allow_pickle a pickled object such as a dict) through
+    `atomic_write_bytes`; writes exactly `path` (no '.npy' is appended)."""
+    buf = io.BytesIO()
+    np.save(buf, value, allow_pickle=allow_pickle)
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -16,10 +16,15 @@ import pandas as pd
 from . import pipeline, results
 from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
+from .errors import SipeError
 from .maps import STRUCTURE
 from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
 from .provenance import REPO_ROOT
 from .train import TrainResult
+
+
+class UnitNotComputedError(SipeError, FileNotFoundError):
+    """A study that reads finished units only (compute=False) was asked for one that is not computed."""
 
 
 def _repo_path(path: str) -> Path:
@@ -104,7 +109,7 @@ class Study:
 
     def _require(self, path: Path, variant: str, cfg: ExperimentConfig) -> None:
         if not path.exists():
-            raise FileNotFoundError(
+            raise UnitNotComputedError(
                 f"{variant}-s{cfg.train.seed} is not computed yet in {self.work_dir} ({path.name} missing) and this "
                 "study reads finished units only (compute=False); run `make stages` first")
 

@@ -22,6 +22,7 @@ from . import ipe, losses
 from .config import ExperimentConfig, load_config
 from .data.datasets import TrainDataset
 from .models import BACKBONES, SIPENet, build_model
+from .errors import SipeError
 from .locks import folder_lock
 from .runtime import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device, seed_everything
 
@@ -29,7 +30,7 @@ METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_gsc", "lr_backbone",
                  "seed_fg_share", "seconds")
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(SipeError, RuntimeError):
     """A run folder holds a run of a different configuration."""
 
 

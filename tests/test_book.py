@@ -1,5 +1,5 @@
 """The smoke path end to end: every notebook through the runner, the Jupyter Book build, and the pages as a
-headless browser renders them."""
+headless browser renders them. The tests that need the built book are marked slow (minutes)."""
 from __future__ import annotations
 
 import os
@@ -104,6 +104,7 @@ def page(html: Path, doc: str) -> BeautifulSoup:
     return BeautifulSoup((html / f"{doc}.html").read_text(encoding="utf-8"), "html.parser")
 
 
+@pytest.mark.slow
 def test_every_chapter_is_built_and_linked(html):
     nav = page(html, "book/intro").select("nav.bd-docs-nav a[href]")
     linked = {os.path.normpath(os.path.join("book", a["href"].split("#")[0])) for a in nav}
@@ -120,6 +121,7 @@ def result_tables(soup: BeautifulSoup) -> list:
             if [th.get_text(strip=True) for th in t.select("thead th") if th.get_text(strip=True)] != provenance_header]
 
 
+@pytest.mark.slow
 def test_result_tables_hold_numbers(html):
     for nb in NOTEBOOKS:
         tables = result_tables(page(html, f"book/executed/{nb.name}"))
@@ -155,6 +157,7 @@ FIGURE_PAGES = ("00_data_overview", "01_training", "06_fig8_seed_locating", "07_
                 "09_fig5_fig7_visual")
 
 
+@pytest.mark.slow
 def test_figure_pages_show_rendered_images(html):
     for name in FIGURE_PAGES:
         soup = page(html, f"book/executed/{name}")
@@ -163,6 +166,7 @@ def test_figure_pages_show_rendered_images(html):
         assert "<Figure size" not in soup.get_text(), f"{name}: a figure printed as text instead of drawn"
 
 
+@pytest.mark.slow
 def test_claims_page_lists_claims_and_run_record(html):
     from sipe.results import CLAIMS
 
@@ -181,6 +185,7 @@ def chromium(tmp: Path, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (`make test` installs it as root)")
 def test_browser_renders_book(html, tmp_path):
     for name, doc in (("index", "index"), ("table1", TABLE1_PAGE)):

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -15,8 +18,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-from data_prep import convert_sbd, download_voc, make_cls_labels, make_synthetic, verify
+from data_prep import check_root, convert_sbd, download_voc, make_cls_labels, make_synthetic, verify
+from sipe import runtime
+from sipe.data import voc
 from sipe.data.voc import DataError, load_cls_labels, load_mask, read_split, save_mask, scan_dataset
+from sipe.errors import SipeError
+
+REPO = Path(__file__).resolve().parents[1]
 
 MD5_ABC = "900150983cd24fb0d6963f7d28e17f72"
 
@@ -85,8 +93,9 @@ def test_convert_sbd_names_missing_sources(voc_sbd, capsys):
     with pytest.raises(DataError) as e:
         convert_sbd.convert(voc, sbd)
     assert str(sbd / "cls" / "s2.mat") in str(e.value) and str(voc / "SegmentationClass" / "s2.png") in str(e.value)
-    assert convert_sbd.main(["--voc-root", str(voc), "--sbd-root", str(sbd)]) == 1
-    assert "s2.mat" in capsys.readouterr().err
+    assert convert_sbd.main(["--voc-root", str(voc), "--sbd-root", str(sbd)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("error: no mask for 's2'") and "s2.mat" in last
 
 
 def test_convert_sbd_main(voc_sbd, capsys):
@@ -167,11 +176,12 @@ def test_md5_verification(tmp_path):
     assert str(path) in str(e.value) and MD5_ABC in str(e.value)
 
 
-def test_archives_carry_the_published_checksums():
-    assert download_voc.VOC2012.md5 == "6cd6e144f989b92b3379bac3b3de84fd"
-    assert download_voc.SBD.md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
-    assert download_voc.VOC2012.filename == "VOCtrainval_11-May-2012.tar"
-    assert download_voc.SBD.filename == "benchmark.tgz"
+def test_archive_checksums_and_names_agree_with_the_instructions():
+    """The md5s and file names users check by hand (data_prep/README.md) are the ones the script verifies."""
+    readme = (REPO / "data_prep" / "README.md").read_text()
+    for archive in (download_voc.VOC2012, download_voc.SBD):
+        assert f"`{archive.filename}` (md5 `{archive.md5}`)" in readme, archive.key
+        assert archive.url.endswith(archive.filename) and all(m.endswith(archive.filename) for m in archive.mirrors)
 
 
 class FakeResponse(io.BytesIO):
@@ -282,5 +292,157 @@ def test_verify_uses_env_root(synthetic_root, monkeypatch, capsys):
     monkeypatch.setenv("SIPE_DATA_ROOT", str(synthetic_root))
     assert verify.main(["--splits", "val"]) == 0
     monkeypatch.setenv("SIPE_DATA_ROOT", str(synthetic_root / "missing"))
-    assert verify.main([]) == 1
-    assert "missing" in capsys.readouterr().err
+    assert verify.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data root {synthetic_root / 'missing'} does not exist") and err.count("\n") == 1
+
+
+# --- nothing rewritten in place ----------------------------------------------------------------------
+
+def voc_archive(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A tar of VOCdevkit/VOC2012/<name> = bytes, in out/ under the VOC file name; VOC2012's md5 patched to it."""
+    src = tmp_path / "src"
+    for name, data in files.items():
+        path = src / "VOCdevkit" / "VOC2012" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    archive = tmp_path / "out" / download_voc.VOC2012.filename
+    archive.parent.mkdir(exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        tar.add(src / "VOCdevkit", arcname="VOCdevkit")
+    return archive
+
+
+ARCHIVE_FILES = {f"JPEGImages/{i}.jpg": bytes([i]) * 1000 for i in range(6)} | {"ImageSets/Segmentation/train.txt": b"0\n1\n"}
+
+
+@pytest.fixture
+def offline_voc(tmp_path, monkeypatch, no_network):
+    archive = voc_archive(tmp_path, ARCHIVE_FILES)
+    monkeypatch.setitem(download_voc.ARCHIVES, "voc2012", replace(download_voc.VOC2012, md5=download_voc.file_md5(archive)))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("no download expected"))
+    return archive
+
+
+def extracted_files(out: Path) -> dict[str, bytes]:
+    root = out / "VOCdevkit" / "VOC2012"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_extraction_leaves_nothing_in_place_and_is_redone(offline_voc, monkeypatch, capsys):
+    out = offline_voc.parent
+    real_extractall = tarfile.TarFile.extractall
+
+    def interrupted(self, path=".", members=None, **kwargs):
+        real_extractall(self, path, members=self.getmembers()[:4], **kwargs)  # a few files, then the power goes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download_voc.main(["--out", str(out), "--only", "voc2012"])
+    assert not (out / "VOCdevkit").exists(), "a half-extracted archive reached its final place"
+    assert not download_voc.marker_path(download_voc.VOC2012, out).exists()
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", real_extractall)
+    assert download_voc.main(["--out", str(out), "--only", "voc2012"]) == 0
+    assert extracted_files(out) == ARCHIVE_FILES
+    assert download_voc.marker_path(download_voc.VOC2012, out).is_file()
+    assert sorted(p.name for p in out.iterdir()) == [".voc2012.extracted", "VOCdevkit", download_voc.VOC2012.filename]
+
+    def no_second_extraction(*args, **kwargs):
+        raise AssertionError("extracted again although the marker says it is complete")
+
+    monkeypatch.setattr(download_voc, "extract", no_second_extraction)
+    capsys.readouterr()
+    assert download_voc.main(["--out", str(out), "--only", "voc2012"]) == 0
+    assert "already extracted" in capsys.readouterr().out
+
+
+def test_half_extracted_folder_without_marker_is_extracted_again(offline_voc, capsys):
+    """A folder left by an extraction that stopped (truncated file, missing files, no marker) is completed;
+    files that are not in the archive (e.g. SegmentationClassAug made by convert_sbd) are kept."""
+    out = offline_voc.parent
+    voc2012 = out / "VOCdevkit" / "VOC2012"
+    (voc2012 / "JPEGImages").mkdir(parents=True)
+    (voc2012 / "JPEGImages" / "0.jpg").write_bytes(b"\0" * 10)  # truncated
+    (voc2012 / "SegmentationClassAug").mkdir()
+    (voc2012 / "SegmentationClassAug" / "0.png").write_bytes(b"derived")
+    assert download_voc.main(["--out", str(out), "--only", "voc2012"]) == 0
+    assert "did not finish; extracting again" in capsys.readouterr().out
+    assert extracted_files(out) == ARCHIVE_FILES | {"SegmentationClassAug/0.png": b"derived"}
+    assert download_voc.marker_path(download_voc.VOC2012, out).is_file()
+    assert not list(out.glob(".extracting-*"))
+
+
+def fail_rename(monkeypatch) -> None:
+    """Make the final rename of every atomic write fail, as if the process died just before it."""
+    def boom(src, dst):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(runtime.os, "replace", boom)
+
+
+def test_data_prep_outputs_are_written_atomically(voc_sbd, tmp_path, monkeypatch):
+    """Masks, split lists and labels reach their path whole or not at all: a crash before the rename
+    leaves the previous file untouched and no temporary file behind."""
+    voc_root, sbd, _ = voc_sbd
+    convert_sbd.convert(voc_root, sbd)
+    make_cls_labels.save_cls_labels({"s1": np.eye(20, dtype=np.float32)[2]}, voc_root / voc.LABELS_FILE)
+    before = {p: p.read_bytes() for p in voc_root.rglob("*") if p.is_file()}
+    fail_rename(monkeypatch)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_mask(voc_root / "SegmentationClassAug" / "s1.png", np.zeros((2, 3), dtype=np.uint8))
+    (voc_root / "ImageSets" / "Segmentation" / "train_aug.txt").unlink()
+    del before[voc_root / "ImageSets" / "Segmentation" / "train_aug.txt"]
+    with pytest.raises(OSError, match="simulated crash"):
+        convert_sbd.convert(voc_root, sbd)
+    with pytest.raises(OSError, match="simulated crash"):
+        make_cls_labels.save_cls_labels({"a": np.zeros(20, np.float32)}, voc_root / voc.LABELS_FILE)
+    after = {p: p.read_bytes() for p in voc_root.rglob("*") if p.is_file()}
+    assert after == before
+    assert np.flatnonzero(load_cls_labels(voc_root)["s1"]).tolist() == [2]
+    with pytest.raises(OSError, match="simulated crash"):
+        make_synthetic.main(["--out", str(tmp_path / "syn"), "--n-images", "2", "--height", "32", "--width", "32"])
+    assert not [p for p in (tmp_path / "syn").rglob("*") if p.is_file()]
+
+
+# --- check_root.py: the layout check that runs before the install ------------------------------------
+
+def test_check_root_names_agree_with_the_package():
+    assert (check_root.IMAGE_DIR, check_root.MASK_DIR, check_root.SPLIT_DIR, check_root.LABELS_FILE) == (
+        voc.IMAGE_DIR, voc.MASK_DIR, voc.SPLIT_DIR, voc.LABELS_FILE)
+
+
+def run_check_root(*args: str) -> subprocess.CompletedProcess:
+    """The script with an isolated interpreter without site-packages: proves it needs only the standard library."""
+    return subprocess.run([sys.executable, "-I", "-S", str(REPO / "data_prep" / "check_root.py"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_root_accepts_a_good_root_with_the_standard_library_only(synthetic_root):
+    proc = run_check_root(str(synthetic_root), "--splits", "train_aug", "train", "val")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"data root {synthetic_root}: layout ok (train_aug 12 ids, train 6 ids, val 6 ids)"
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("rm ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/train.txt not found"),
+    ("empty ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/train.txt is empty"),
+    ("rm cls_labels_voc.npy", "cls_labels_voc.npy not found"),
+    ("empty cls_labels_voc.npy", "cls_labels_voc.npy is not a .npy file"),
+    ("rm JPEGImages/synth_0003.jpg", "JPEGImages/synth_0003.jpg"),
+    ("rmdir SegmentationClassAug", "SegmentationClassAug not found"),
+])
+def test_check_root_names_the_broken_file(synthetic_root, tmp_path, damage, named):
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "voc"))
+    action, rel = damage.split()
+    {"rm": os.remove, "empty": lambda p: Path(p).write_bytes(b""), "rmdir": shutil.rmtree}[action](root / rel)
+    proc = run_check_root(str(root))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert named in proc.stderr
+    assert run_check_root(str(tmp_path / "absent")).stderr.startswith(f"error: data root {tmp_path / 'absent'} is not a folder")
+
+
+def test_download_errors_are_sipe_errors():
+    assert issubclass(download_voc.DownloadError, SipeError) and issubclass(download_voc.ChecksumError, SipeError)

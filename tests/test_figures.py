@@ -119,7 +119,12 @@ def test_tsne_figure(analysis):
     centre = analysis.classifier_weight[c - 1]
     expected = np.mean(pf.features @ centre / np.linalg.norm(pf.features, axis=1) / np.linalg.norm(centre))
     assert cos["centre_mean"] == pytest.approx(expected, rel=1e-4)
-    assert 0.0 <= cos["share_closer_to_prototype"] <= 1.0
+    seeds = analysis.seeds[c] > 0  # the prototype, computed here by hand: mean semantic feature over the seeds
+    proto = analysis.semantic[:, seeds].mean(axis=1) if seeds.any() else pf.features.mean(axis=0)
+    unit = pf.features / np.linalg.norm(pf.features, axis=1, keepdims=True)
+    to_proto, to_centre = unit @ (proto / np.linalg.norm(proto)), unit @ (centre / np.linalg.norm(centre))
+    assert cos["prototype_mean"] == pytest.approx(to_proto.mean(), rel=1e-4)
+    assert cos["share_closer_to_prototype"] == pytest.approx((to_proto > to_centre).mean())
     fig, small = F.tsne_figure(analysis, c, seed=0, max_points=3)
     assert (small["kind"] == "pixel").sum() == 3 and len(small) == 5
     _, again = F.tsne_figure(analysis, c, seed=0, max_points=3)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from sipe.config import get_profile
 from sipe.provenance import git_revision, provenance, provenance_table
 from sipe.reproduce import (
-    NOTEBOOKS, Notebook, RunnerError, check_kernel, claims_markdown, run, select, shown_path,
+    NOTEBOOKS, Notebook, RunnerError, check_data_root, check_kernel, claims_markdown, run, select, shown_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,16 +38,15 @@ def runner(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture()
-def tiny(tmp_path: Path) -> dict[str, Path]:
+def tiny(tmp_path: Path, synthetic_root: Path) -> dict[str, Path]:
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     write_notebook(nbs / "first.ipynb", "print(f'ran {profile} seed={seed} device={device}')",
                    "import pathlib\nfrom sipe.provenance import REPO_ROOT\npathlib.Path(REPO_ROOT, work_dir, 'first.txt').write_text(data_root)")
     write_notebook(nbs / "boom.ipynb", "x = 1", "raise ValueError('planted failure')", "y = 2")
-    data, work = tmp_path / "data", tmp_path / "work"
-    data.mkdir()
+    work = tmp_path / "work"
     work.mkdir()
-    return {"nbs": nbs, "out": tmp_path / "out", "data": data, "work": work}
+    return {"nbs": nbs, "out": tmp_path / "out", "data": synthetic_root, "work": work}
 
 
 def common_args(t: dict[str, Path]) -> list[str]:
@@ -109,11 +110,55 @@ def test_select_orders_known_notebooks_and_reports_missing(tmp_path):
         select(None, tmp_path)
 
 
-def test_missing_data_root_is_a_clear_error(tiny):
-    proc = runner("--profile", "smoke", "--data-root", str(tiny["data"] / "nope"), "--notebooks-dir",
+def test_missing_data_root_is_a_clear_error(tiny, tmp_path):
+    proc = runner("--profile", "smoke", "--data-root", str(tmp_path / "nope"), "--notebooks-dir",
                   str(tiny["nbs"]), "--out", str(tiny["out"]), "--only", "first")
     assert proc.returncode == 2
-    assert "is not a folder" in proc.stderr and "SIPE_DATA_ROOT" in proc.stderr
+    assert proc.stderr == f"error: data root {tmp_path / 'nope'} is not a folder; pass --data-root or set SIPE_DATA_ROOT\n"
+    assert not tiny["out"].exists()
+
+
+def broken_copy(root: Path, tmp_path: Path, damage: str) -> Path:
+    copy = Path(shutil.copytree(root, tmp_path / "voc"))
+    if damage == "no train split":
+        (copy / "ImageSets" / "Segmentation" / "train.txt").unlink()
+    elif damage == "labels not 0/1":
+        labels = np.load(copy / "cls_labels_voc.npy", allow_pickle=True).item()
+        labels["synth_0004"] = labels["synth_0004"] * 2
+        np.save(copy / "cls_labels_voc.npy", labels, allow_pickle=True)
+    elif damage == "unlabelled id":
+        labels = np.load(copy / "cls_labels_voc.npy", allow_pickle=True).item()
+        del labels["synth_0002"]
+        np.save(copy / "cls_labels_voc.npy", labels, allow_pickle=True)
+    elif damage == "unreadable labels":
+        (copy / "cls_labels_voc.npy").write_bytes(b"not numpy")
+    return copy
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("no train split", "ImageSets/Segmentation/train.txt not found"),
+    ("labels not 0/1", "labels must be 0 or 1, but 1 id(s) hold other values (e.g. 'synth_0004'"),
+    ("unlabelled id", "1 id(s) of split 'train_aug' (e.g. 'synth_0002') have no label in"),
+    ("unreadable labels", "cannot read label file"),
+])
+def test_data_root_is_checked_before_any_notebook(tiny, tmp_path, damage, expected):
+    root = broken_copy(tiny["data"], tmp_path, damage)
+    with pytest.raises(RunnerError) as e:
+        check_data_root(root, "smoke")
+    assert str(e.value).startswith(f"data root {root} cannot be used: ") and expected in str(e.value)
+    assert "python -m data_prep." in str(e.value)  # the fix
+    assert check_data_root(tiny["data"], "smoke") == tiny["data"].resolve()
+
+
+def test_runner_stops_on_a_broken_data_root_with_one_line(tiny, tmp_path):
+    root = broken_copy(tiny["data"], tmp_path, "labels not 0/1")
+    args = common_args(tiny)
+    args[args.index("--data-root") + 1] = str(root)
+    proc = runner(*args, "--only", "first")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: data root {root} cannot be used: label file {root / 'cls_labels_voc.npy'}")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not tiny["out"].exists()
 
 
 def test_notebook_list_dependencies_point_backwards():

@@ -1,6 +1,7 @@
 """Tests for sipe.paper and sipe.results: the paper's numbers, tables from unit rows, intervals, verdicts, claims."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,26 @@ def test_fig8_table_adds_the_papers_best_threshold_and_argmax_rows():
     assert value["CAM argmax"] == 35.0 and value["Structure-aware seeds"] == 50.0
     out = results.claims({"fig8": t8}).set_index("claim")
     assert out.loc["Structure-aware seeds beat the best CAM threshold", "ours_mean"] == pytest.approx(50.0 - 39.0)
+
+
+PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "SIPE-CVPR2022.txt"
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason=f"the paper's text is not at {PAPER_TEXT}")
+def test_paper_numbers_are_transcribed_from_the_paper():
+    """Every number of Tables 1, 2, 3 and 5 in paper_results.csv stands in the paper's table row of the same
+    method (the row's first word), so a mistyped number fails here rather than in a claims table."""
+    lines = PAPER_TEXT.read_text(encoding="utf-8").splitlines()
+    rows: dict[str, list[str]] = {}
+    for line in lines:
+        if "|" in line:
+            first = re.split(r"[\s\[|(]", line.strip(), maxsplit=1)[0]
+            rows.setdefault(first, []).append(line)
+    df = load_paper_results()
+    checked = 0
+    for r in df[df["table"].isin(["table1", "table2", "table3", "table5"])].itertuples():
+        method = re.split(r"[\s(]", r.row, maxsplit=1)[0]
+        numbers = {n for line in rows.get(method, []) for n in re.findall(r"(?<![\d.])\d+\.\d(?![\d.])", line)}
+        assert f"{r.value:.1f}" in numbers, f"{r.table} {r.row} {r.metric} = {r.value} is not in the paper's {method!r} rows"
+        checked += 1
+    assert checked == 40

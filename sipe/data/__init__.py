@@ -14,6 +14,7 @@ from .voc import (
     DataError,
     Problem,
     ScanReport,
+    check_root,
     image_path,
     label_of,
     load_cls_labels,
@@ -28,7 +29,7 @@ from .voc import (
 _LAZY = {"TrainDataset", "InferenceDataset", "collate_train", "collate_single"}
 
 __all__ = [
-    "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "DataError", "Problem", "ScanReport", "image_path",
+    "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "DataError", "Problem", "ScanReport", "check_root", "image_path",
     "label_of", "load_cls_labels", "load_image", "load_mask", "mask_path", "read_split", "save_mask", "scan_dataset",
     "make_synthetic_voc", *sorted(_LAZY),
 ]

@@ -7,6 +7,7 @@ in the mask. Everything is deterministic given the seed.
 from __future__ import annotations
 
 import colorsys
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..runtime import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .voc import IGNORE_INDEX, IMAGE_DIR, LABELS_FILE, MASK_DIR, NUM_CLASSES, SPLIT_DIR, save_mask
 
 
@@ -111,7 +113,8 @@ def make_synthetic_voc(
     indices to draw from (default all 20). Default splits, as in VOC: train = the first third, val = the
     second third, train_aug = every image outside val (so train_aug - train - val, the selection split, is
     the last third). Writes JPEGImages/*.jpg (quality 95), SegmentationClassAug/*.png,
-    ImageSets/Segmentation/<split>.txt and cls_labels_voc.npy (classes present in each mask).
+    ImageSets/Segmentation/<split>.txt and cls_labels_voc.npy (classes present in each mask), each file
+    written atomically.
     """
     if n_images < 2:
         raise ValueError(f"n_images must be at least 2 (train and val), got {n_images}")
@@ -135,7 +138,9 @@ def make_synthetic_voc(
     labels: dict[str, np.ndarray] = {}
     for image_id, chosen in zip(ids, _class_schedule(rng, n_images, classes), strict=True):
         img, mask = synthetic_sample(rng, (h, w), chosen, palette)
-        Image.fromarray(img).save(root / IMAGE_DIR / f"{image_id}.jpg", quality=95)
+        jpeg = io.BytesIO()
+        Image.fromarray(img).save(jpeg, format="JPEG", quality=95)
+        atomic_write_bytes(root / IMAGE_DIR / f"{image_id}.jpg", jpeg.getvalue())
         save_mask(root / MASK_DIR / f"{image_id}.png", mask)
         label = np.zeros(NUM_CLASSES, dtype=np.float32)
         present = [v for v in np.unique(mask).tolist() if 1 <= v <= NUM_CLASSES]
@@ -143,6 +148,6 @@ def make_synthetic_voc(
         labels[image_id] = label
     for name, selection in splits.items():
         chosen_ids = ids[selection] if isinstance(selection, slice) else [ids[i] for i in selection]
-        (root / SPLIT_DIR / f"{name}.txt").write_text("".join(f"{i}\n" for i in chosen_ids))
-    np.save(root / LABELS_FILE, labels, allow_pickle=True)
+        atomic_write_text(root / SPLIT_DIR / f"{name}.txt", "".join(f"{i}\n" for i in chosen_ids))
+    atomic_save_npy(root / LABELS_FILE, labels, allow_pickle=True)
     return root

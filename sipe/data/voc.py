@@ -9,12 +9,18 @@ Layout under a data root:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ..errors import SipeError
+from ..runtime import atomic_write_bytes
 
 CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -36,7 +42,7 @@ FIX_MASKS = "rebuild SegmentationClassAug with python -m data_prep.convert_sbd"
 FIX_LABELS = "rebuild the labels with python -m data_prep.make_cls_labels"
 
 
-class DataError(Exception):
+class DataError(SipeError):
     """The dataset on disk is missing or broken; the message names the file and how to fix it."""
 
 
@@ -119,7 +125,7 @@ def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"label file {path} not found; {FIX_LABELS}")
     try:
         raw = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise DataError(f"cannot read label file {path} ({e}); {FIX_LABELS}") from e
     if not isinstance(raw, dict):
         raise DataError(f"label file {path} holds a {type(raw).__name__}, expected a dict {{id: [20]}}; {FIX_LABELS}")
@@ -131,7 +137,35 @@ def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"label of {key!r} in {path} has shape {arr.shape}, expected ({NUM_CLASSES},); {FIX_LABELS}"
             )
         labels[str(key)] = arr
+    if labels:
+        values = np.stack(list(labels.values()))
+        bad = [key for key, ok in zip(labels, np.isin(values, (0.0, 1.0)).all(axis=1)) if not ok]
+        if bad:
+            raise DataError(
+                f"label file {path}: labels must be 0 or 1, but {len(bad)} id(s) hold other values "
+                f"(e.g. {bad[0]!r}: {labels[bad[0]].tolist()}); {FIX_LABELS}"
+            )
     return labels
+
+
+def check_root(root: str | os.PathLike, splits: Sequence[str]) -> dict[str, list[str]]:
+    """A cheap check of a data root (no image is decoded): the image and mask folders exist, every split list
+    in `splits` is present and non-empty, the label file is readable with labels in {0, 1}, and every id of
+    the splits has a label. Returns {split: ids}; raises DataError naming the file and the fix."""
+    path = _root(root)
+    for folder, fix in ((IMAGE_DIR, FIX_IMAGES), (MASK_DIR, FIX_MASKS)):
+        if not (path / folder).is_dir():
+            raise DataError(f"folder {path / folder} not found; {fix}")
+    ids = {split: read_split(path, split) for split in dict.fromkeys(splits)}
+    labels = load_cls_labels(path)
+    for split, split_ids in ids.items():
+        unlabelled = [i for i in split_ids if i not in labels]
+        if unlabelled:
+            raise DataError(
+                f"{len(unlabelled)} id(s) of split {split!r} (e.g. {unlabelled[0]!r}) have no label in "
+                f"{labels_path(path)}; {FIX_LABELS} for that split"
+            )
+    return ids
 
 
 def label_of(labels: dict[str, np.ndarray], image_id: str, path: str | os.PathLike = LABELS_FILE) -> np.ndarray:
@@ -187,13 +221,14 @@ def voc_palette() -> list[int]:
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
-    """Write uint8 (H,W) class indices as a VOC-palette index PNG."""
+    """Write uint8 (H,W) class indices as a VOC-palette index PNG (atomically: no half-written file)."""
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be uint8 (H,W), got {mask.dtype} {mask.shape}")
     img = Image.fromarray(mask)
     img.putpalette(voc_palette())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,15 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..errors import SipeError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SipeError, RuntimeError):
     """Pretrained weights are not available; the message says what to fetch and where to put it."""
+
+
+FIX_WEIGHTS_FILE = ("give model.weights the ImageNet state dict of this backbone, or set model.weights='' to use "
+                    "the backbone's default source")
 
 
 @dataclass(frozen=True)
@@ -135,11 +140,12 @@ def _load_by_order(model: nn.Module, source: dict[str, torch.Tensor], origin: st
     t_keys = [k for k in target if not k.endswith("num_batches_tracked")]
     s_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     if len(t_keys) != len(s_items):
-        raise WeightsError(f"{origin}: {len(s_items)} tensors, the model expects {len(t_keys)}")
+        raise WeightsError(f"weights file {origin}: {len(s_items)} tensors, the model expects {len(t_keys)}; {FIX_WEIGHTS_FILE}")
     new_state = {}
     for tk, (sk, sv) in zip(t_keys, s_items):
         if tuple(target[tk].shape) != tuple(sv.shape):
-            raise WeightsError(f"{origin}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(target[tk].shape)}")
+            raise WeightsError(f"weights file {origin}: tensor {sk} {tuple(sv.shape)} does not fit {tk} "
+                               f"{tuple(target[tk].shape)}; {FIX_WEIGHTS_FILE}")
         new_state[tk] = sv
     model.load_state_dict(new_state, strict=False)
 
@@ -160,7 +166,7 @@ class EfficientNetLite0Backbone(Backbone):
         if cfg.pretrained:
             path = Path(cfg.weights).expanduser() if cfg.weights else efficientnet_lite0_weights_file()
             if not path.is_file():
-                raise WeightsError(f"EfficientNet-Lite0 weights file {path} does not exist")
+                raise WeightsError(f"model.weights: EfficientNet-Lite0 weights file {path} does not exist; {FIX_WEIGHTS_FILE}")
             _load_by_order(net, torch.load(path, map_location="cpu", weights_only=True), str(path))
         layer = "conv_head" if cfg.semantic_layer == "default" else cfg.semantic_layer
         if layer not in ("conv_head", "blocks6"):
