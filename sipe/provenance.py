@@ -40,12 +40,13 @@ def git_revision(repo: str | Path = REPO_ROOT) -> str:
 
 
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "train": ("sipe/config.py", "sipe/train.py", "sipe/losses.py", "sipe/ipe.py", "sipe/runtime.py",
-              "sipe/checkpoint.py", "sipe/models/*.py", "sipe/data/*.py"),
+    "train": ("sipe/train.py", "sipe/losses.py", "sipe/ipe.py", "sipe/models/*.py", "sipe/data/datasets.py",
+              "sipe/data/transforms.py"),
     "maps": ("sipe/maps.py",),
     "eval": ("sipe/evaluation.py", "sipe/crf.py", "sipe/pipeline.py"),
 }
-"""The source files each stage's output depends on; a later stage also depends on the earlier ones'."""
+"""The source files that compute each stage's numbers (settings are covered by the config hash, data by
+its fingerprint); a later stage also depends on the earlier ones'."""
 
 
 def stage_code_hash(stage: str, repo: Path = REPO_ROOT) -> str:
