@@ -1,5 +1,9 @@
 """Seed locating: time and peak memory of the direct (C x hw x hw) formulation vs sipe.ipe.locate_seeds.
 
+Methods: direct = the authors' broadcast product; matmul = locate_seeds unchunked (one (hw x hw) correlation,
+then a matrix product with the CAM: what the matrix product buys); ours = locate_seeds with its default
+memory budget (what chunking adds); budget = locate_seeds with --budget-mb.
+
 Usage: python benchmarks/bench_seeds.py [--sizes 16 24 32 48 64 80 96] [--dim 768|2048] [--budget-mb 8]
 
 Each (method, size) runs in a fresh child process on N=1, C=21 float32 inputs, after a warm-up call
@@ -24,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("direct", "ours", "ours-budget")
+METHODS = ("direct", "matmul", "ours", "ours-budget")
 
 
 def _ipe():
@@ -102,6 +106,8 @@ def run_child(method: str, size: int, channels: int, dim: int, repeats: int, bud
     def call(cam, feature):
         if method == "direct":
             return direct_seeds(cam, feature)
+        if method == "matmul":
+            return ipe.locate_seeds(cam, feature, chunk_rows=size * size)
         if method == "ours":
             return ipe.locate_seeds(cam, feature)
         return ipe.locate_seeds(cam, feature, max_bytes=budget)
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
           "extrapolated from the previous size by (hw)^2")
     print("# bound = budget + (D + 4C)*hw*4 B (the chunk plus linear-size arrays)")
     print()
-    head = (f"{'grid':>5} {'hw':>5} {'C*hw^2':>8} | {'torch MiB: direct':>17} {'ours':>6} {'budget':>6} {'bound':>6} | "
+    head = (f"{'grid':>5} {'hw':>5} {'C*hw^2':>8} | {'torch MiB: direct':>17} {'matmul':>6} {'ours':>6} {'budget':>6} {'bound':>6} | "
             f"{'RSS MiB: direct':>15} {'ours':>6} {'budget':>6} | {'direct/ours: torch':>18} {'RSS':>6}")
     print(head)
     print("-" * len(head))
@@ -216,10 +222,11 @@ def main(argv: list[str] | None = None) -> None:
         r_t = f"{m}{d['torch_bytes'] / o['torch_bytes']:.1f}x" if d else "n/a"
         r_r = f"{m}{d['rss_bytes'] / max(o['rss_bytes'], 1):.1f}x" if d else "n/a"
         print(f"{row['size']:>2}x{row['size']:<2} {row['hw']:>5} {_mib(row['theory']):>8.1f} | {d_t:>17} "
-              f"{_mib(o['torch_bytes']):>6.1f} {_mib(b['torch_bytes']):>6.1f} {_mib(bound):>6.1f}{ok:>5} | {d_r:>15} "
+              f"{_mib(row['matmul']['torch_bytes']):>6.1f} {_mib(o['torch_bytes']):>6.1f} {_mib(b['torch_bytes']):>6.1f} {_mib(bound):>6.1f}{ok:>5} | {d_r:>15} "
               f"{_mib(o['rss_bytes']):>6.1f} {_mib(b['rss_bytes']):>6.1f} | {r_t:>18} {r_r:>6}")
     print()
-    head = f"{'grid':>5} | {'direct s':>9} {'ours s':>8} {'budget s':>8} | {'direct/ours':>11} {'direct/budget':>13}"
+    head = (f"{'grid':>5} | {'direct s':>9} {'matmul s':>8} {'ours s':>8} {'budget s':>8} | {'direct/matmul':>13} "
+            f"{'direct/ours':>11} {'direct/budget':>13}")
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -228,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         d_s = f"{m}{d['time_s']:.3f}" if d else "n/a"
         r_o = f"{m}{d['time_s'] / o['time_s']:.2f}x" if d else "n/a"
         r_b = f"{m}{d['time_s'] / b['time_s']:.2f}x" if d else "n/a"
-        print(f"{row['size']:>2}x{row['size']:<2} | {d_s:>9} {o['time_s']:>8.3f} {b['time_s']:>8.3f} | {r_o:>11} {r_b:>13}")
+        mm = row["matmul"]
+        r_m = f"{m}{d['time_s'] / mm['time_s']:.2f}x" if d else "n/a"
+        print(f"{row['size']:>2}x{row['size']:<2} | {d_s:>9} {mm['time_s']:>8.3f} {o['time_s']:>8.3f} {b['time_s']:>8.3f} | "
+              f"{r_m:>13} {r_o:>11} {r_b:>13}")
     print(f"# time = best of {args.repeats} calls; ratio > 1: ours faster")
 
 

@@ -123,7 +123,11 @@ class InferConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation of localization maps; CRF parameters follow IRN's IR-label step."""
+    """Evaluation of localization maps; CRF parameters follow IRN's IR-label step.
+
+    crf: evaluate the units of `study.crf_variants` with denseCRF too; present_classes_only: mIoU over the
+    classes present in the evaluated ground truth (else over every class with ground truth or predictions).
+    """
 
     thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
     crf: bool = True

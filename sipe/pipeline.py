@@ -130,14 +130,21 @@ def _readings(cfg: ExperimentConfig, seed_methods: Sequence[str], split_kind: st
     return base
 
 
-def _rows(readings: Sequence[Reading], confs: Sequence[np.ndarray], unit: Unit, split: str,
+def _present(cfg: ExperimentConfig) -> str | None:
+    """eval.present_classes_only: mean over the classes present in the ground truth, else over every class
+    with ground truth or predictions."""
+    return "gt" if cfg.eval.present_classes_only else None
+
+
+def _rows(readings: Sequence[Reading], confs: Sequence[np.ndarray], unit: Unit, cfg: ExperimentConfig,
           per_class: Sequence[str] = ("is_cam",)) -> list[dict[str, Any]]:
     rows = []
+    split = cfg.infer.split
     for r, c in zip(readings, confs):
         total = c.sum(0)
         thresholds = (None,) if r.thresholds is None else r.thresholds
         for t, conf in zip(thresholds, total):
-            res = miou_result(conf, split=split, n_images=c.shape[0])
+            res = miou_result(conf, present_classes=_present(cfg), split=split, n_images=c.shape[0])
             common = {"reading": r.key, "background": r.background, "threshold": t, "variant": unit.variant,
                       "seed": unit.seed, "split": split, "n_images": c.shape[0]}
             rows.append({**common, "quantity": "miou", "class": "", "value": res.miou})
@@ -160,7 +167,8 @@ def _crf_rows(cfg: ExperimentConfig, maps_dir: Path, unit: Unit, ids: list[str],
     reading = ("is_cam", {"bg_scale": e.crf_bg_scale}) if cfg.model.gsc else ("cam_irn", {"backgrounds": IRN_CRF_BACKGROUNDS})
     for key, kwargs in (reading,):
         res = evaluate_crf(maps_dir, root, ids, which=key, t=e.crf_iterations, gt_prob=e.crf_gt_prob,
-                           split=cfg.infer.split, workers=2, progress=progress, per_image=True, **kwargs)
+                           present_classes=_present(cfg), split=cfg.infer.split, workers=2, progress=progress,
+                           per_image=True, **kwargs)
         store[f"{cfg.infer.split}/{key}/crf"] = res.per_image_confusion.astype(np.int32)
         for background, r in (("crf_void_bg", res.void_as_background), ("crf_void_ignored", res.void_ignored)):
             common = {"reading": key, "background": background, "threshold": None, "variant": unit.variant,
@@ -229,11 +237,11 @@ def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_di
             readings = _readings(scfg, methods, kind)
             t2 = time.perf_counter()
             confs = evaluate_readings(out, scfg.data.resolved_root(), ids, readings, workers=2, progress=progress)
-            rows += _rows(readings, confs, unit, scfg.infer.split)
+            rows += _rows(readings, confs, unit, scfg)
             for r, c in zip(readings, confs):
                 store[f"{scfg.infer.split}/{r.key}/{r.background}"] = c.astype(np.int32)
             store[f"{scfg.infer.split}/ids"] = np.asarray(ids)
-            if kind == "eval" and unit.variant in cfg.study.crf_variants:
+            if kind == "eval" and cfg.eval.crf and unit.variant in cfg.study.crf_variants:
                 rows += _crf_rows(scfg, out, unit, ids, progress, store)
             wall[f"eval_{kind}"] = time.perf_counter() - t2
         metrics = pd.read_csv(run.metrics)
