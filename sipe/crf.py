@@ -103,11 +103,44 @@ def crf_labels(
     return combine_confident(fg_conf, bg_conf, strict)
 
 
+IRN_CONF_FG_THRES, IRN_CONF_BG_THRES = 0.30, 0.05
+"""IRN's constant backgrounds of the foreground- and background-confident CRF runs (cam_to_ir_label)."""
+
+
+def crf_labels_thresholds(
+    img: np.ndarray,
+    maps: np.ndarray,
+    keys: np.ndarray,
+    fg_threshold: float = IRN_CONF_FG_THRES,
+    bg_threshold: float = IRN_CONF_BG_THRES,
+    t: int = 10,
+    gt_prob: float = 0.7,
+    strict: bool = False,
+) -> np.ndarray:
+    """uint8 (H,W) class indices with 255 void, IRN's IR-label step for a CAM (`step/cam_to_ir_label.py`).
+
+    maps (M,H,W) with keys (M,), keys[0] = 0: channel 0 is ignored; the foreground channels are padded with a
+    constant background `fg_threshold` (foreground-confident run) and `bg_threshold` (background-confident run),
+    each argmax is refined by `crf_inference_label`, and the two are combined by `combine_confident`.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    keys = np.asarray(keys)
+    if maps.ndim != 3 or keys.shape != (maps.shape[0],) or keys[0] != 0:
+        raise ValueError(f"need maps (M,H,W) and keys (M,) with keys[0] = 0, got {maps.shape} and {keys.shape}")
+    runs = []
+    for thres in (fg_threshold, bg_threshold):
+        padded = np.concatenate([np.full((1, *maps.shape[1:]), thres, np.float32), maps[1:]])
+        runs.append(keys[crf_inference_label(img, padded.argmax(axis=0), maps.shape[0], t, gt_prob)])
+    return combine_confident(runs[0], runs[1], strict)
+
+
 @dataclass(frozen=True)
 class CRFLabeler:
     """Labeler `(id) -> uint8 (2,H,W)`: CRF labels with void set to background, and with void kept (255).
 
     threshold: replace the maps' background channel by this constant (the IRN protocol for CAM).
+    conf_thresholds: (fg, bg) constant backgrounds of the two runs (IRN's (0.30, 0.05), `crf_labels_thresholds`);
+        when set, `threshold` and `bg_scale` are not used.
     """
 
     maps_dir: str
@@ -118,6 +151,7 @@ class CRFLabeler:
     gt_prob: float = 0.7
     strict: bool = False
     threshold: float | None = None
+    conf_thresholds: tuple[float, float] | None = None
 
     def __call__(self, image_id: str) -> np.ndarray:
         maps, keys = load_map(self.maps_dir, image_id, self.which)
@@ -129,7 +163,11 @@ class CRFLabeler:
                 f"image {voc.image_path(self.root, image_id)} is {img.shape[0]}x{img.shape[1]} but its maps are "
                 f"{maps.shape[1]}x{maps.shape[2]} (HxW); the maps must be made at full image resolution"
             )
-        labels = crf_labels(img, maps, keys, self.bg_scale, self.t, self.gt_prob, self.strict)
+        if self.conf_thresholds is not None:
+            fg, bg = self.conf_thresholds
+            labels = crf_labels_thresholds(img, maps, keys, fg, bg, self.t, self.gt_prob, self.strict)
+        else:
+            labels = crf_labels(img, maps, keys, self.bg_scale, self.t, self.gt_prob, self.strict)
         return np.stack([np.where(labels == VOID, 0, labels).astype(np.uint8), labels])
 
 
@@ -143,6 +181,7 @@ def evaluate_crf(
     gt_prob: float = 0.7,
     strict: bool = False,
     threshold: float | None = None,
+    conf_thresholds: tuple[float, float] | None = None,
     num_classes: int = 21,
     class_names: Sequence[str] | None = None,
     present_classes: PresentClasses = "gt",
@@ -150,13 +189,18 @@ def evaluate_crf(
     workers: int = 1,
     progress: bool = True,
 ) -> CRFResult:
-    """mIoU of the CRF labels of `<maps_dir>/<id>.npz` (void as background, and void ignored)."""
-    labeler = CRFLabeler(str(maps_dir), str(root), which, bg_scale, t, gt_prob, strict, threshold)
+    """mIoU of the CRF labels of `<maps_dir>/<id>.npz` (void as background, and void ignored).
+
+    conf_thresholds=(0.30, 0.05): IRN's confident-region CRF for a CAM (`crf_labels_thresholds`).
+    """
+    labeler = CRFLabeler(str(maps_dir), str(root), which, bg_scale, t, gt_prob, strict, threshold, conf_thresholds)
     confs = accumulate_confusion(
         ids, labeler, root, num_classes, workers=workers, progress=progress, desc=f"denseCRF ({which})"
     )
     bg = "" if threshold is None else f", constant background {threshold:g}"
-    setting = f"denseCRF ({t} iterations, gt_prob {gt_prob}, background x {bg_scale}{bg}{', strict' if strict else ''})"
+    runs = f"background x {bg_scale}{bg}" if conf_thresholds is None else \
+        f"constant backgrounds {conf_thresholds[0]:g} / {conf_thresholds[1]:g}"
+    setting = f"denseCRF ({t} iterations, gt_prob {gt_prob}, {runs}{', strict' if strict else ''})"
     as_bg, ignored = (miou_result(c, class_names, present_classes, split, len(ids)) for c in confs)
     total = confs[0].sum()
     void_fraction = float((total - confs[1].sum()) / total) if total else float("nan")

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -59,8 +59,8 @@ def training_label_mask(valid_mask: torch.Tensor, labels: torch.Tensor) -> torch
     return torch.cat([valid, valid * labels[:, :, None, None].to(valid.dtype)], dim=1)
 
 
-def build_optimizer(model: SIPENet, cfg: ExperimentConfig, max_steps: int):
-    """SGD with the two learning-rate groups and torch's polynomial decay over `max_steps` steps."""
+def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, max_steps: int):
+    """SGD with the two learning-rate groups of `model.param_groups()` and polynomial decay over `max_steps` steps."""
     t = cfg.train
     backbone, new = model.param_groups()
     opt = torch.optim.SGD(
@@ -119,14 +119,14 @@ def _load_checkpoint(path: Path, model, opt, sched) -> dict:
     return state
 
 
-def _truncate_metrics(path: Path, upto_step: int) -> None:
+def _truncate_metrics(path: Path, upto_step: int, fields: Sequence[str] = METRIC_FIELDS) -> None:
     """Drop metric rows of steps after the checkpoint (they will be trained again)."""
     if not path.exists():
         return
     with path.open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
 
@@ -155,23 +155,53 @@ def train(
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     dataset = make_train_dataset(cfg)
-    per_epoch, max_steps = plan_steps(len(dataset), cfg)
+    plan_steps(len(dataset), cfg)
     model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    step = fit(cfg, model, dataset, train_step, ckpt_path, metrics_path, progress=progress, on_step=on_step)
+    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step}, final)
+    return TrainResult(run_dir, final, metrics_path, reused=False)
+
+
+StepFn = Callable[[torch.nn.Module, dict, ExperimentConfig, torch.device], dict[str, torch.Tensor]]
+
+
+def fit(
+    cfg: ExperimentConfig,
+    model: torch.nn.Module,
+    dataset: TrainDataset,
+    step_fn: StepFn,
+    ckpt_path: Path,
+    metrics_path: Path,
+    fields: Sequence[str] = METRIC_FIELDS,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    desc: str | None = None,
+) -> int:
+    """The training loop shared by every model trained here; returns the number of steps trained.
+
+    `model` (on its device, with `param_groups()`) is trained on `dataset` (with `set_epoch`) by SGD +
+    poly decay (`build_optimizer`) in the epoch order of `_EpochSampler`; `step_fn(model, batch, cfg,
+    device)` returns the losses ('loss' is minimised; every key is logged). Resumes from `ckpt_path`
+    when it exists and writes it atomically at every epoch end, at the last step and every
+    `train.checkpoint_every_steps`; one row of `fields` per step goes to `metrics_path`.
+    """
+    device = next(model.parameters()).device
+    per_epoch, max_steps = plan_steps(len(dataset), cfg)
     model.train()
     opt, sched = build_optimizer(model, cfg, max_steps)
 
     step = 0
     if ckpt_path.exists():
         step = _load_checkpoint(ckpt_path, model, opt, sched)["step"]
-    _truncate_metrics(metrics_path, step)
+    _truncate_metrics(metrics_path, step, fields)
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
     t_cfg = cfg.train
     every = t_cfg.checkpoint_every_steps
 
     with metrics_path.open("a", newline="") as mf, tqdm(
-        total=max_steps, initial=step, disable=not progress, desc=f"train {cfg.profile}", unit="step"
+        total=max_steps, initial=step, disable=not progress, desc=desc or f"train {cfg.profile}", unit="step"
     ) as bar:
-        writer = csv.DictWriter(mf, fieldnames=METRIC_FIELDS)
+        writer = csv.DictWriter(mf, fieldnames=fields)
         if new_file:
             writer.writeheader()
         while step < max_steps:
@@ -182,7 +212,7 @@ def train(
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
             for batch in loader:
                 t0 = time.perf_counter()
-                out = train_step(model, batch, cfg, device)
+                out = step_fn(model, batch, cfg, device)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=t_cfg.clip_grad_norm)
@@ -196,9 +226,9 @@ def train(
                     "images_per_s": t_cfg.batch_size / dt, "seconds": dt,
                     **{k: float(v.detach()) for k, v in out.items()},
                 }
-                if not all(math.isfinite(row[k]) for k in ("loss", "loss_cls")):
+                if not all(math.isfinite(row[k]) for k in out if k.startswith("loss")):
                     raise FloatingPointError(f"non-finite loss at step {step}: {row}; lower train.lr")
-                writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+                writer.writerow({k: row.get(k, "") for k in fields})
                 bar.update(1)
                 if step % max(1, t_cfg.log_every) == 0 or step == max_steps:
                     mf.flush()
@@ -212,8 +242,7 @@ def train(
                     on_step(step, row)
                 if step >= max_steps:
                     break
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step}, final)
-    return TrainResult(run_dir, final, metrics_path, reused=False)
+    return step
 
 
 def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[SIPENet, ExperimentConfig]:
