@@ -21,6 +21,10 @@ from sipe.evaluation import (
 )
 
 
+IRN_BACKGROUNDS = (0.30, 0.05)
+"""IRN's constant backgrounds of the foreground- and background-confident CRF runs for a CAM."""
+
+
 @dataclass(frozen=True)
 class CRFResult:
     """mIoU of CRF labels with void counted as background (the paper's convention) and with void ignored.

@@ -6,7 +6,7 @@ made from: its name holds the checkpoint's digest, and `DONE` records it.
 
 Map keys in a file (each (M,H,W) over `keys` = background + present classes, max-normalised):
 - `cam`: SIPE's CAM (flip views fused on the logits, background 1 - max, per-scale normalisation);
-- `cam_irn`: the CAM under IRN's protocol (`irn_cam`); its channel 0 is 1 - max over the kept classes;
+- `cam_irn`: the CAM under IRN's protocol (`sipe.cams.irn_cam`); its channel 0 is 1 - max over the kept classes;
 - `is_cam`: IS-CAM with structure-aware seeds (the variant's own prototype feature and BPM setting);
 - `labels@<reading>`: uint8 (H,W) label map (estimated background) of IS-CAM made another way, for
   Fig. 8 and Table 4: seeds `argmax[:<alpha>]` or `threshold:<t>`, or `structure/<feature>` for
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import ipe
+from .cams import irn_cam
 from .config import ExperimentConfig, ModelConfig
 from .data.datasets import InferenceDataset
 from .errors import SipeError
@@ -102,15 +103,6 @@ def _reading(method: str, s: ScaleOutput, label_mask: torch.Tensor, mcfg: ModelC
     return ipe.image_specific_cam(seeds, s.features.get(mcfg.prototype_feature), mcfg.background_prototype).is_cam
 
 
-def irn_cam(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """IRN's CAM of one scale, unnormalised: (2 or 1,K,h,w) logits of an image (+ flip) -> (K,H,W).
-
-    ReLU on each view, the flipped view flipped back and added, upsampled (bilinear) to `size`; summed
-    over scales and max-normalised once by the caller (`infer_image`)."""
-    cam = fuse_flip(F.relu(logits))
-    return F.interpolate(cam, size, mode="bilinear", align_corners=False)[0]
-
-
 @torch.no_grad()
 def infer_image(
     model: SIPENet,
@@ -126,12 +118,13 @@ def infer_image(
     images: per scale a (2,3,h,w) image + flip pair (or (1,3,h,w)); label: (K,) 0/1. Each scale's maps
     are computed on all C channels, then only the kept ones are upsampled to `size`, summed over scales and
     max-normalised per channel; 'labels@<method>' are the estimated-background label maps (class indices)
-    of those IS-CAMs, and 'cam_irn' is IRN's protocol (`irn_cam`) with channel 0 = 1 - max.
+    of those IS-CAMs, and 'cam_irn' is IRN's protocol (`sipe.cams.irn_cam`) with channel 0 = 1 - max.
     """
     device = next(model.parameters()).device
     lm = ipe.label_mask(label.to(device))
     keys = torch.as_tensor(kept_channels(label), device=device)
     sums: dict[str, torch.Tensor] = {}
+    irn_views: list[torch.Tensor] = []
 
     def add(key: str, value: torch.Tensor) -> None:
         sums[key] = sums[key] + value if key in sums else value
@@ -143,9 +136,9 @@ def infer_image(
             outs[seed_method_key(method)] = _reading(method, s, lm, mcfg)
         for key, value in outs.items():
             add(key, F.interpolate(value[:, keys], size, mode="bilinear", align_corners=False)[0])
-        add("cam_irn", irn_cam(s.view_logits[:, keys[1:] - 1], size))
+        irn_views.append(s.view_logits[:, keys[1:] - 1])
     maps = {k: ipe.max_normalize(v) for k, v in sums.items()}
-    fg = maps["cam_irn"]
+    fg = irn_cam(irn_views, size)
     background = 1.0 - fg.amax(0, keepdim=True) if len(fg) else torch.ones(1, *size, device=device)
     maps["cam_irn"] = torch.cat([background, fg])
     for method in seed_methods:
@@ -247,5 +240,5 @@ def checkpoint_digest(path: str | Path) -> str:
 
 
 __all__ = ["STRUCTURE", "MapsResult", "ScaleOutput", "StaleMapsError", "checkpoint_digest", "fuse_flip", "infer_image",
-           "infer_scale", "irn_cam", "kept_channels", "make_maps", "maps_dir_for", "maps_key", "parse_reading",
+           "infer_scale", "kept_channels", "make_maps", "maps_dir_for", "maps_key", "parse_reading",
            "seed_method_key"]

@@ -37,7 +37,6 @@ PUBLISHED_PROFILES = ("subset", "paper")
 RESULTS_ENV = "SIPE_RESULTS_DIR"
 RESULT_COLUMNS = ("quantity", "reading", "background", "threshold", "class", "variant", "seed", "split",
                   "value", "n_images")
-IRN_CRF_BACKGROUNDS = (0.30, 0.05)
 
 
 def results_dir_for(profile: str, work_dir: str | Path) -> Path:
@@ -159,12 +158,12 @@ def _crf_rows(cfg: ExperimentConfig, maps_dir: Path, unit: Unit, ids: list[str],
     """The denseCRF reading of a unit's headline map: for a model trained with GSC its IS-CAM with the
     estimated background (background x bg_scale in the second run), for the CAM baseline the CAM under
     IRN's protocol (constant backgrounds 0.30 / 0.05)."""
-    from .crf import evaluate_crf
+    from .crf import IRN_BACKGROUNDS, evaluate_crf
 
     e = cfg.eval
     root = cfg.data.resolved_root()
     rows = []
-    reading = ("is_cam", {"bg_scale": e.crf_bg_scale}) if cfg.model.gsc else ("cam_irn", {"backgrounds": IRN_CRF_BACKGROUNDS})
+    reading = ("is_cam", {"bg_scale": e.crf_bg_scale}) if cfg.model.gsc else ("cam_irn", {"backgrounds": IRN_BACKGROUNDS})
     for key, kwargs in (reading,):
         res = evaluate_crf(maps_dir, root, ids, which=key, t=e.crf_iterations, gt_prob=e.crf_gt_prob,
                            present_classes=_present(cfg), split=cfg.infer.split, workers=2, progress=progress,

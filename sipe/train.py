@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -56,8 +56,8 @@ class _EpochSampler(Sampler[int]):
         return self.n - self.skip
 
 
-def build_optimizer(model: SIPENet, cfg: ExperimentConfig, max_steps: int):
-    """SGD with the two learning-rate groups and torch's polynomial decay over `max_steps` steps."""
+def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, max_steps: int):
+    """SGD with the two learning-rate groups of `model.param_groups()` and polynomial decay over `max_steps` steps."""
     t = cfg.train
     backbone, new = model.param_groups()
     opt = torch.optim.SGD(
@@ -116,14 +116,14 @@ def _load_checkpoint(path: Path, model, opt, sched) -> dict:
     return state
 
 
-def _truncate_metrics(path: Path, upto_step: int) -> None:
+def _truncate_metrics(path: Path, upto_step: int, fields: Sequence[str] = METRIC_FIELDS) -> None:
     """Drop metric rows of steps after the checkpoint (they will be trained again)."""
     if not path.exists():
         return
     with path.open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
@@ -160,8 +160,46 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     dataset = make_train_dataset(cfg)
-    per_epoch, max_steps = plan_steps(len(dataset), cfg)
+    plan_steps(len(dataset), cfg)
     model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    fitted = fit(cfg, model, dataset, train_step, ckpt_path, metrics_path, progress=progress, on_step=on_step)
+    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": fitted.steps,
+                       "wall_seconds": fitted.wall_seconds}, final)
+    return TrainResult(run_dir, final, metrics_path, reused=False)
+
+
+class FitResult(NamedTuple):
+    """Steps trained in all (resumed sessions included) and the training wall time they took (s)."""
+
+    steps: int
+    wall_seconds: float
+
+
+StepFn = Callable[[torch.nn.Module, dict, ExperimentConfig, torch.device], dict[str, torch.Tensor]]
+
+
+def fit(
+    cfg: ExperimentConfig,
+    model: torch.nn.Module,
+    dataset: TrainDataset,
+    step_fn: StepFn,
+    ckpt_path: Path,
+    metrics_path: Path,
+    fields: Sequence[str] = METRIC_FIELDS,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    desc: str | None = None,
+) -> FitResult:
+    """The training loop shared by every model trained here; returns the steps trained and their wall time.
+
+    `model` (on its device, with `param_groups()`) is trained on `dataset` (with `set_epoch`) by SGD +
+    poly decay (`build_optimizer`) in the epoch order of `_EpochSampler`; `step_fn(model, batch, cfg,
+    device)` returns the losses ('loss' is minimised; every key is logged). Resumes from `ckpt_path`
+    when it exists and writes it atomically at every epoch end, at the last step and every
+    `train.checkpoint_every_steps`; one row of `fields` per step goes to `metrics_path`.
+    """
+    device = next(model.parameters()).device
+    per_epoch, max_steps = plan_steps(len(dataset), cfg)
     model.train()
     opt, sched = build_optimizer(model, cfg, max_steps)
 
@@ -169,15 +207,15 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
     if ckpt_path.exists():
         state = _load_checkpoint(ckpt_path, model, opt, sched)
         step, wall_before = state["step"], float(state.get("wall_seconds", 0.0))
-    _truncate_metrics(metrics_path, step)
+    _truncate_metrics(metrics_path, step, fields)
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
     t_cfg = cfg.train
     every = t_cfg.checkpoint_every_steps
 
     with metrics_path.open("a", newline="") as mf, tqdm(
-        total=max_steps, initial=step, disable=not progress, desc=f"train {cfg.profile}", unit="step"
+        total=max_steps, initial=step, disable=not progress, desc=desc or f"train {cfg.profile}", unit="step"
     ) as bar:
-        writer = csv.DictWriter(mf, fieldnames=METRIC_FIELDS)
+        writer = csv.DictWriter(mf, fieldnames=fields)
         if new_file:
             writer.writeheader()
         while step < max_steps:
@@ -188,7 +226,7 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
             for batch in loader:
                 t0 = time.perf_counter()
-                out = train_step(model, batch, cfg, device)
+                out = step_fn(model, batch, cfg, device)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=t_cfg.clip_grad_norm)
@@ -202,9 +240,9 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
                     "images_per_s": t_cfg.batch_size / dt, "seconds": dt,
                     **{k: float(v.detach()) for k, v in out.items()},
                 }
-                if not all(math.isfinite(row[k]) for k in ("loss", "loss_cls")):
+                if not all(math.isfinite(row[k]) for k in out if k.startswith("loss")):
                     raise FloatingPointError(f"non-finite loss at step {step}: {row}; lower train.lr")
-                writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+                writer.writerow({k: row.get(k, "") for k in fields})
                 bar.update(1)
                 if step % max(1, t_cfg.log_every) == 0 or step == max_steps:
                     mf.flush()
@@ -219,9 +257,8 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
                     on_step(step, row)
                 if step >= max_steps:
                     break
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": step,
-                       "wall_seconds": wall_before + time.perf_counter() - session_start}, final)
-    return TrainResult(run_dir, final, metrics_path, reused=False)
+    wall = wall_before + time.perf_counter() - session_start
+    return FitResult(step, wall)
 
 
 def train_key(cfg: ExperimentConfig) -> str:

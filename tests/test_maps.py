@@ -14,7 +14,7 @@ from sipe import ipe
 from sipe.config import ExperimentConfig, ModelConfig, get_profile
 from sipe.data.datasets import InferenceDataset
 from sipe.data.voc import load_cls_labels, load_image
-from sipe.maps import MapsResult, fuse_flip, infer_image, irn_cam, kept_channels, make_maps, seed_method_key
+from sipe.maps import MapsResult, fuse_flip, infer_image, kept_channels, make_maps, seed_method_key
 from sipe.models import BACKBONES, SIPENet, build_model
 from sipe.train import train
 
@@ -80,16 +80,6 @@ def test_infer_image_fuses_flip_before_locating_seeds(model: SIPENet, item: dict
     fg = ipe.max_normalize(F.interpolate(irn[:, keys[1:] - 1], item["size"], mode="bilinear", align_corners=False)[0])
     torch.testing.assert_close(maps["cam_irn"][1:], fg, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(maps["cam_irn"][0], 1 - fg.amax(0), atol=1e-5, rtol=1e-4)
-
-
-def test_irn_cam_against_a_hand_computed_two_scale_example() -> None:
-    """ReLU on each view, the flipped view flipped back and added, each scale upsampled, summed, normalised once."""
-    scale1 = torch.tensor([[[[-1.0, 2.0]]], [[[3.0, -4.0]]]])   # (2 views, K=1, 1, 2): relu -> [0, 2] + flip([3, 0])
-    scale2 = torch.tensor([[[[1.0]]], [[[-2.0]]]])              # (2 views, K=1, 1, 1): relu -> 1 + 0, upsampled to [1, 1]
-    a, b = irn_cam(scale1, (1, 2)), irn_cam(scale2, (1, 2))
-    torch.testing.assert_close(a, torch.tensor([[[0.0, 5.0]]]))
-    torch.testing.assert_close(b, torch.tensor([[[1.0, 1.0]]]))
-    torch.testing.assert_close(ipe.max_normalize(a + b), torch.tensor([[[1.0, 6.0]]]) / (6.0 + 1e-5))
 
 
 def test_fused_maps_are_flip_equivariant(model: SIPENet, item: dict) -> None:
