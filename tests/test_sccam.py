@@ -15,7 +15,8 @@ from sipe.sccam import (
     FewImagesWarning, SCCAMConfig, SCCAMNet, build_sccam_model, cluster_subcategories, feature_dataset,
     image_features, load_assignment, sccam_loss, sccam_losses, sccam_profile, train_sccam,
 )
-from sipe.train import ConfigMismatchError, load_trained, make_train_dataset, train
+from sipe.checkpoint import load_trained
+from sipe.train import ConfigMismatchError, make_train_dataset, train
 
 N_IMAGES, BATCH, EPOCHS = 6, 2, 2
 TOTAL = (N_IMAGES // BATCH) * EPOCHS
