@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def rasterize(ann: Mapping, height: int, width: int, ann_file: Path, file_name: 
         rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
     else:
         raise DataError(f"annotation {ann.get('id')} in {ann_file} has no polygon or RLE segmentation")
-    return mask_utils.decode(rle).astype(bool)
+    with warnings.catch_warnings():  # pycocotools 2.0.11 + numpy 2: a DeprecationWarning about copy=False
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
 
 
 def image_mask(info: Mapping, anns: Sequence[Mapping], ann_file: Path) -> np.ndarray:

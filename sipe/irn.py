@@ -63,6 +63,8 @@ class LabelProtocol:
         the two CRF runs; the random walk propagates the classes only and the background is the
         constant `rw_bg_threshold` after normalisation by the maximum.
     power: exponent applied to the maps before the random walk (SIPE 1.5; IRN 1).
+    eval_threshold: constant background of the 'threshold' protocol's maps before refinement (IRN's
+        cam_eval_thres 0.15), used for their labels without the random walk (`map_labels`).
     """
 
     which: str
@@ -72,6 +74,7 @@ class LabelProtocol:
     conf_bg_threshold: float = 0.05
     rw_bg_threshold: float = 0.25
     power: float = 1.5
+    eval_threshold: float = 0.15
 
 
 PROTOCOLS: dict[str, LabelProtocol] = {
@@ -527,6 +530,28 @@ def make_ir_labels(
                 bar.update()
     atomic_write_json(out_dir / "DONE", {"n_images": len(ids), "computed_now": len(todo),
                                          "seconds": time.perf_counter() - t0, "protocol": asdict(protocol)})
+    return out_dir
+
+
+def map_labels(
+    maps_dir: str | os.PathLike, root: str | os.PathLike, ids: Sequence[str], out_dir: str | os.PathLike,
+    protocol: LabelProtocol, progress: bool = True,
+) -> Path:
+    """Pseudo labels without refinement (SIPE's COCO path): `<out_dir>/<id>.png` = the maps' labels, with
+    their own background ('maps') or the constant `eval_threshold` ('threshold'). Resumable; DONE at the end."""
+    from .evaluation import labels_from_maps
+
+    out_dir = Path(out_dir)
+    if (out_dir / "DONE").exists():
+        return out_dir
+    for image_id in tqdm(list(ids), disable=not progress, desc="labels from maps", unit="img"):
+        out = out_dir / f"{image_id}.png"
+        if out.exists():
+            continue
+        maps, keys = load_map(maps_dir, image_id, protocol.which)
+        mode = "estimated" if protocol.background == "maps" else "threshold"
+        save_label_atomic(out, labels_from_maps(maps, keys, mode, protocol.eval_threshold))
+    atomic_write_json(out_dir / "DONE", {"n_images": len(ids), "maps": str(maps_dir), "protocol": asdict(protocol)})
     return out_dir
 
 

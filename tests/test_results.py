@@ -41,9 +41,11 @@ def test_compare_table_deltas():
 def test_claims_hold_in_the_papers_own_numbers():
     out = claims({})
     assert len(out) == len(CLAIMS)
-    assert (out["paper_delta"] > 0).all()
+    in_paper = np.array([c.in_paper for c in CLAIMS])
+    assert (out["paper_delta"][in_paper] > 0).all() and out["paper_delta"][~in_paper].isna().all()
     assert out["holds"].isna().all()
-    assert out["paper_delta"].tolist() == pytest.approx([3.1, 5.4, 1.0, 5.3, 6.1])
+    assert out["paper_delta"][in_paper].tolist() == pytest.approx([3.1, 5.4, 1.0, 5.3, 6.1])
+    assert [c.table for c in CLAIMS if not c.in_paper] == ["pseudo_labels", "pseudo_labels"]
 
 
 def test_claims_on_made_up_numbers():
@@ -53,8 +55,11 @@ def test_claims_on_made_up_numbers():
         "table5": {"Hierarchical w/ BPM": {"threshold_miou": 45.0, "estimated_miou": np.nan}},
         "table1": {"SIPE": {"loc_maps_miou": 50.0, "loc_maps_crf_miou": 53.0}},
     }
+    ours["pseudo_labels"] = {"SIPE": {"maps_miou": 50.0, "rw_miou": 55.0}, "CAM": {"rw_miou": 56.0}}
     out = claims(ours).set_index("claim")
-    ipe, gsc, bpm, seeds, crf = (out.iloc[i] for i in range(5))
+    ipe, gsc, bpm, seeds, crf, rw, vs_cam = (out.iloc[i] for i in range(7))
+    assert rw["holds"] == True and rw["our_delta"] == pytest.approx(5.0) and np.isnan(rw["paper_delta"])  # noqa: E712
+    assert vs_cam["holds"] == False and vs_cam["our_delta"] == pytest.approx(-1.0)  # noqa: E712
     assert ipe["holds"] == True and ipe["our_delta"] == pytest.approx(2.5)  # noqa: E712
     assert gsc["holds"] == False and gsc["our_delta"] == pytest.approx(-1.5)  # noqa: E712
     assert bpm["holds"] is None and np.isnan(bpm["our_delta"])
