@@ -424,4 +424,33 @@ def stage_times(times: pd.DataFrame, path: str | os.PathLike | None = None) -> F
     ax.set_xlabel("wall time (min)")
     ax.set_ylabel("")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+def segmentation_grid(
+    root: str | os.PathLike,
+    ids: Sequence[str],
+    panels: Sequence[tuple[str, str | os.PathLike]],
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Fig. 6: one row per image: the image, its ground truth, then per (title, folder) panel the label map
+    `<folder>/<id>.png` (e.g. a segmentation net's val predictions), in VOC colours."""
+    from .data.labelled import load_label
+
+    ids = list(ids)
+    if not ids or not panels:
+        raise ValueError("segmentation_grid needs at least one image id and one panel")
+    n_cols = 2 + len(panels)
+    fig = Figure(figsize=(2.3 * n_cols, 2.0 * len(ids) + 0.4), layout="constrained")
+    axes = fig.subplots(len(ids), n_cols, squeeze=False)
+    for i, image_id in enumerate(ids):
+        row = axes[i]
+        row[0].imshow(voc.load_image(root, image_id))
+        row[0].set_ylabel(image_id, fontsize=8)
+        row[1].imshow(colorize(voc.load_mask(root, image_id)), interpolation="nearest")
+        for j, (_, folder) in enumerate(panels):
+            row[2 + j].imshow(colorize(load_label(root, folder, image_id)), interpolation="nearest")
+        for ax in row:
+            _blank(ax)
+    for ax, title in zip(axes[0], ["image", "ground truth", *(t for t, _ in panels)]):
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)

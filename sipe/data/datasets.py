@@ -28,14 +28,16 @@ from .voc import (
 )
 
 
-def _checked_ids(root: Path, split: str, max_images: int | None, labels: dict[str, np.ndarray]) -> list[str]:
+def _checked_ids(
+    root: Path, split: str, max_images: int | None, labels: dict[str, np.ndarray], labels_file: Path | None = None
+) -> list[str]:
     if max_images is not None and max_images <= 0:
         raise ValueError(f"max_images must be positive or None, got {max_images}")
     ids = read_split(root, split)[:max_images]
     unlabeled = [i for i in ids if i not in labels]
     if unlabeled:
         raise DataError(
-            f"{len(unlabeled)} id(s) of split {split!r} have no image-level label in {labels_path(root)} "
+            f"{len(unlabeled)} id(s) of split {split!r} have no image-level label in {labels_file or labels_path(root)} "
             f"(first: {unlabeled[:5]}); {FIX_LABELS}"
         )
     missing = [image_path(root, i) for i in ids if not image_path(root, i).is_file()]
@@ -47,19 +49,31 @@ def _checked_ids(root: Path, split: str, max_images: int | None, labels: dict[st
     return ids
 
 
+def load_dataset_labels(root: Path, dataset: str | None = None) -> tuple[str, dict[str, np.ndarray], Path]:
+    """(dataset, labels {id: float32 (K,)}, label file) of a root: 'voc' (K=20) or 'coco' (K=80); None detects it."""
+    from . import coco
+
+    dataset = dataset or coco.detect_dataset(root)
+    if dataset == "voc":
+        return dataset, load_cls_labels(root), labels_path(root)
+    if dataset == "coco":
+        return dataset, coco.load_cls_labels(root), coco.labels_path(root)
+    raise ValueError(f"unknown dataset {dataset!r}; use 'voc' or 'coco'")
+
+
 class _VOCDataset(Dataset):
-    def __init__(self, root: str | os.PathLike, split: str, max_images: int | None) -> None:
+    def __init__(self, root: str | os.PathLike, split: str, max_images: int | None, dataset: str | None = None) -> None:
         self.root = Path(root).expanduser()
         self.split = split
-        self.labels = load_cls_labels(self.root)
-        self.ids = _checked_ids(self.root, split, max_images, self.labels)
+        self.dataset, self.labels, self.labels_file = load_dataset_labels(self.root, dataset)
+        self.ids = _checked_ids(self.root, split, max_images, self.labels, self.labels_file)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def label(self, index: int) -> np.ndarray:
-        """float32 (20,) image-level label of item `index`."""
-        return label_of(self.labels, self.ids[index], labels_path(self.root))
+        """float32 (K,) image-level label of item `index` (K = 20 for VOC, 80 for COCO)."""
+        return label_of(self.labels, self.ids[index], self.labels_file)
 
 
 class TrainDataset(_VOCDataset):
@@ -80,8 +94,9 @@ class TrainDataset(_VOCDataset):
         std: Sequence[float],
         max_images: int | None = None,
         seed: int = 0,
+        dataset: str | None = None,
     ) -> None:
-        super().__init__(root, split, max_images)
+        super().__init__(root, split, max_images, dataset)
         self.resize_long = (int(resize_long[0]), int(resize_long[1]))
         self.crop_size = int(crop_size)
         self.mean = tuple(float(m) for m in mean)
@@ -134,8 +149,9 @@ class InferenceDataset(_VOCDataset):
         std: Sequence[float],
         flip: bool = True,
         max_images: int | None = None,
+        dataset: str | None = None,
     ) -> None:
-        super().__init__(root, split, max_images)
+        super().__init__(root, split, max_images, dataset)
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales}")
         self.scales = tuple(float(s) for s in scales)
