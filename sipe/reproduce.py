@@ -196,9 +196,22 @@ def run_notebook(nb: Notebook, notebooks_dir: Path, out_dir: Path, parameters: M
         if partial.exists():
             os.replace(partial, failed)
         return NotebookResult(nb.name, "failed", seconds, _failed_cell(error, failed, source), str(failed))
+    _relative_papermill_paths(partial)
     os.replace(partial, final)
     failed.unlink(missing_ok=True)
     return NotebookResult(nb.name, "ok", time.perf_counter() - start, output=str(final))
+
+
+def _relative_papermill_paths(path: Path) -> None:
+    """Store papermill's input/output paths in an executed notebook relative to the repository."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = shown_path(meta[key])
+    nbformat.write(nb, path)
 
 
 def write_provenance(out_dir: Path, results: Sequence[NotebookResult], parameters: Mapping[str, Any]) -> Path:

@@ -60,6 +60,7 @@ def test_successful_run_injects_parameters_and_records_provenance(tiny):
     assert "[1/1] first ... done in" in proc.stdout
     executed = nbformat.read(tiny["out"] / "first.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert not executed.metadata["papermill"]["input_path"].startswith("/")
     assert len(injected) == 1
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "ran smoke seed=7 device=cpu" in printed
