@@ -500,3 +500,8 @@ def code_note(r: StudyResults, variants: Sequence[str]) -> str:
     if absent:
         parts.append(f"not yet computed for this configuration: {', '.join(absent)}")
     return "; ".join(parts) + "."
+
+
+def describe_readings(name: str, cfg: ExperimentConfig) -> str:
+    """One line per cell of table `name`: which variant and reading produce it (printed beside the table)."""
+    return "\n".join(f"{c.row} / {c.quantity}: {c.variant} - {c.reading}" for c in table_cells(name, cfg))
