@@ -215,6 +215,12 @@ class ExperimentConfig:
                 raise ConfigError(f"model.{name}={getattr(m, name)!r}; choose 'semantic' or 'hierarchical'")
         if not 0.0 < m.bg_scale <= 10.0:
             raise ConfigError(f"model.bg_scale={m.bg_scale}; must be in (0, 10]")
+        classes = {"voc": 20, "coco": 80}
+        if self.data.dataset not in classes:
+            raise ConfigError(f"data.dataset={self.data.dataset!r}; choose one of {sorted(classes)}")
+        if self.data.num_classes != classes[self.data.dataset]:
+            raise ConfigError(f"data.num_classes={self.data.num_classes} but data.dataset={self.data.dataset!r} has "
+                              f"{classes[self.data.dataset]} classes; set both together")
         if self.data.crop_size <= 0 or self.train.batch_size <= 0:
             raise ConfigError("data.crop_size and train.batch_size must be positive")
         lo, hi = self.data.resize_long

@@ -193,3 +193,13 @@ def test_default_work_dir_follows_the_environment(monkeypatch, tmp_path) -> None
     assert default_work_dir("subset") == REPO_ROOT / "work" / "subset"
     monkeypatch.setenv(WORK_DIR_ENV, str(tmp_path))
     assert default_work_dir("smoke") == tmp_path / "smoke"
+
+
+def test_dataset_and_class_count_are_checked_together() -> None:
+    from sipe.config import ConfigError, get_profile
+
+    assert get_profile("smoke", **{"data.dataset": "coco", "data.num_classes": 80}).data.num_classes == 80
+    with pytest.raises(ConfigError, match="num_classes=20 but data.dataset='coco' has 80"):
+        get_profile("smoke", **{"data.dataset": "coco"})
+    with pytest.raises(ConfigError, match="data.dataset='ade'"):
+        get_profile("smoke", **{"data.dataset": "ade"})

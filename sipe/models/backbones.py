@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 
-from ..config import ModelConfig
 from ..errors import SipeError
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 class WeightsError(SipeError, RuntimeError):

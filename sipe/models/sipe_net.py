@@ -1,15 +1,17 @@
 """The SIPE network: backbone + side convs (hierarchical feature) + classifier, with IPE in the forward pass."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ipe
-from ..config import ModelConfig
 from .backbones import Backbone, build_backbone, stage_channels
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 SIDE_CHANNELS = (128, 128, 256, 256)
 
