@@ -249,11 +249,11 @@ class PathIndex:
     def relation_labels(self, label: np.ndarray, ignore_index: int = voc.IGNORE_INDEX) -> np.ndarray:
         """uint8 (h,w) class map -> float32 (3,D,h',w') pair labels: background-positive (both ends the same,
         background), foreground-positive (same class > 0), negative (different); pairs touching void are 0."""
-        label = np.asarray(label)
-        src = self._shifted(torch.from_numpy(label.astype(np.int64)), 0, 0).numpy()
+        label = torch.from_numpy(np.asarray(label).astype(np.int64))
+        src = self._shifted(label, 0, 0).numpy()
         out = np.zeros((3, len(self.directions), *src.shape), dtype=np.float32)
         for d, (dy, dx) in enumerate(self.directions):
-            dst = self._shifted(torch.from_numpy(label.astype(np.int64)), int(dy), int(dx)).numpy()
+            dst = self._shifted(label, int(dy), int(dx)).numpy()
             valid = (src != ignore_index) & (dst != ignore_index)
             same = (src == dst) & valid
             out[0, d] = same & (src == 0)
@@ -268,7 +268,7 @@ class PathIndex:
 def banded_affinity(boundary: torch.Tensor, radius: int) -> tuple[np.ndarray, torch.Tensor]:
     """(h,w) boundary probabilities -> (offsets int64 (O,2), affinity (O,h,w)): affinity[o, y, x] is the
     affinity of pixel (y,x) with (y,x) + offsets[o]: 1 for the offset (0,0), 1 - max boundary on the path
-    for the 2D pairs within `radius` (both orders), 0 where the partner lies outside the grid."""
+    for the pairs within `radius` (both orders), 0 where the partner lies outside the grid."""
     h, w = boundary.shape
     index = PathIndex.of(radius)
     m = index.margin
@@ -412,7 +412,7 @@ def affinity_loss(aff: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) ->
 
 
 class RelationDataset(LabelledCropDataset):
-    """LabelledCropDataset whose items also carry IRN's pair labels: `relations` float32 (3,D,h',w') from
+    """LabelledCropDataset whose items also carry IRN's pair labels: `relations` uint8 (3,D,h',w') from
     the crop's labels downsampled 4x (nearest), for the pairs of `PathIndex.of(radius)`."""
 
     def __init__(self, *args: Any, radius: int, **kwargs: Any) -> None:
@@ -423,13 +423,13 @@ class RelationDataset(LabelledCropDataset):
         item = super().__getitem__(index)
         grid = self.crop_size // 4
         small = T.resize(item["label"].numpy().astype(np.uint8), (grid, grid), "nearest")
-        item["relations"] = torch.from_numpy(self.index.relation_labels(small))
+        item["relations"] = torch.from_numpy(self.index.relation_labels(small).astype(np.uint8))
         return item
 
 
 def _irn_step(model: BoundaryNet, batch: dict, device: torch.device, index: PathIndex) -> dict[str, torch.Tensor]:
     boundary = torch.sigmoid(model(batch["img"].to(device)))[:, 0]
-    return affinity_loss(index.affinities(boundary), batch["relations"].to(device))
+    return affinity_loss(index.affinities(boundary), batch["relations"].to(device).float())
 
 
 IRN_METRICS = ("loss", "pos_bg", "pos_fg", "neg")
@@ -455,7 +455,7 @@ def train_irn(
                               seed=cfg.seed, radius=cfg.train_radius)
     settings = LoopSettings(cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.poly_power,
                             cfg.max_steps, cfg.seed, cfg.checkpoint_every, cfg.num_workers)
-    config = {"stage": "irn", "irn": cfg.result_dict(), "ids": _digest(ids), "ir_labels": str(ir_label_dir)}
+    config = {"stage": "irn", "irn": cfg.result_dict(), "ids": _digest(ids), "ir_labels": folder_id(ir_label_dir)}
     index = dataset.index
     return fit(model, [(model.head_parameters(), 1.0)], dataset, partial(_irn_step, index=index), run_dir,
                settings, config, IRN_METRICS, dev, progress, desc="IRN", on_step=on_step)
@@ -473,6 +473,12 @@ def load_irn(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") 
 
 
 # -------------------------------------------------------------------------------------------- the stages
+
+
+def folder_id(path: str | os.PathLike) -> str:
+    """'<parent>/<name>' of a stage folder: identifies its inputs without the work dir's location."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
 
 
 def _digest(ids: Sequence[str]) -> str:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .config import ConfigError, ModelConfig
 from .data import transforms as T
 from .data import voc
-from .data.labelled import LabelledCropDataset, save_label_atomic
+from .data.labelled import GROUND_TRUTH, LabelledCropDataset, save_label_atomic
 from .fit import FitResult, LoopSettings, fit
 from .models.backbones import BACKBONES, WeightsError, build_backbone, stage_channels, torch_checkpoint_dir
 from .runtime import atomic_write_json, resolve_device, seed_everything
@@ -258,7 +258,8 @@ def train_segmentation(
     dataset = LabelledCropDataset(root, ids, labels, cfg.crop_size, cfg.scale_range, cfg.mean, cfg.std, seed=cfg.seed)
     settings = LoopSettings(cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.poly_power,
                             cfg.max_steps, cfg.seed, cfg.checkpoint_every, cfg.num_workers)
-    config = {"stage": "segmentation", "seg": cfg.result_dict(), "num_classes": num_classes, "labels": str(labels),
+    labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else f"{Path(labels).parent.name}/{Path(labels).name}"
+    config = {"stage": "segmentation", "seg": cfg.result_dict(), "num_classes": num_classes, "labels": labels_id,
               "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
     return fit(model, model.param_groups(cfg.head_lr_mult), dataset, seg_step, run_dir, settings, config,
                ("loss",), dev, progress, desc="segmentation", on_step=on_step)

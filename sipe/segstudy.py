@@ -39,6 +39,14 @@ MODE_NAMES = {"ss": "single scale", "ms": "multi-scale + flip", "ms_crf": "multi
 FULL_VAL = {"voc": 1449, "coco": 40137}
 
 
+def _relative(path: Path, base: Path) -> str:
+    """`path` relative to `base` when inside it (stage folders are identified without the work dir's location)."""
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
@@ -99,8 +107,8 @@ class _SegmentationPath:
     def segmentation_run(self, labels: str | Path, name: str) -> dict[str, Any]:
         """Train on `labels` ('gt' or a pseudo-label folder) and evaluate on val: {mode: MIoUResult, 'run': FitResult}."""
         ids = self.train_ids()
-        key = irn.stage_key(self.seg_cfg.result_dict(), str(labels) if labels == GROUND_TRUTH else Path(labels).parent.name
-                            + "/" + Path(labels).name, _digest(ids), self.num_classes, self.dataset)
+        labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else _relative(Path(labels), self.work)
+        key = irn.stage_key(self.seg_cfg.result_dict(), labels_id, _digest(ids), self.num_classes, self.dataset)
         base = self.work / "seg" / f"{name}-{key}"
         run = segmentation.train_segmentation(self.seg_cfg, self.root, ids, labels, self.num_classes, base / "run",
                                               self.device, self.progress)

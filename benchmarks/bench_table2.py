@@ -1,0 +1,90 @@
+"""Time the Table 2 stages of a profile on real data: IR labels, IRN training, random walk, segmentation
+training and prediction; prints per-image / per-step figures and the implied cost of one pass over train_aug.
+
+    python benchmarks/bench_table2.py --data-root ../shared/data/voc2012_subset --maps DIR [--profile subset]
+        [--images 8] [--steps 10] [--out /tmp/bench_table2]
+
+--maps: a maps folder (`<id>.npz`, e.g. study.maps('sipe')) of training images; its first --images ids are
+used for the per-image stages. Training throughput is measured over --steps steps on the ground-truth masks
+of train_aug (the cost of a step does not depend on the labels) and extrapolated to one epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from sipe import irn, segmentation
+from sipe.data import voc
+from sipe.evaluation import map_ids
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--maps", required=True, type=Path)
+    p.add_argument("--profile", default="subset")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", type=Path, default=Path("/tmp/bench_table2"))
+    a = p.parse_args()
+    root, out = a.data_root, a.out
+    n_aug = len(voc.read_split(root, "train_aug"))
+    print(f"# bench_table2 {time.strftime('%Y-%m-%d %H:%M')}: profile {a.profile}, torch threads {torch.get_num_threads()}, "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    icfg = irn.profile_settings(a.profile).override(label_workers=1)
+    scfg = segmentation.profile_settings(a.profile)
+    ids = map_ids(a.maps)[: a.images]
+    proto = irn.PROTOCOLS["sipe"]
+
+    _, dt = timed(lambda: irn.make_ir_labels(a.maps, root, ids, out / "ir", proto, icfg, progress=False))
+    print(f"IR labels (2 denseCRF runs, {icfg.crf_iterations} it.): {dt / len(ids):.2f} s/img -> train_aug "
+          f"{n_aug * dt / len(ids) / 60:.1f} min on one core")
+
+    aug = voc.read_split(root, "train_aug")
+    steps = a.steps
+    labels = _gt_labels(root, aug, out / "ir_gt")
+    run, dt = timed(lambda: irn.train_irn(icfg.override(max_steps=steps, epochs=1), root, aug, labels, out / "irn_run",
+                                          "cpu", progress=False))
+    rate = steps * icfg.batch_size / dt
+    print(f"IRN training (crop {icfg.crop_size}, batch {icfg.batch_size}): {rate:.1f} img/s -> one epoch of "
+          f"{n_aug} images {n_aug / rate / 60:.1f} min, {icfg.epochs} epochs {icfg.epochs * n_aug / rate / 60:.1f} min")
+
+    _, dt = timed(lambda: irn.make_pseudo_labels(run.checkpoint, a.maps, root, ids, out / "pseudo", proto, icfg,
+                                                 "cpu", progress=False))
+    print(f"random walk ({icfg.rw_method}, radius {icfg.infer_radius}, 2^{icfg.exp_times} steps, scale "
+          f"{icfg.infer_scale}): {dt / len(ids):.2f} s/img -> train_aug {n_aug * dt / len(ids) / 60:.1f} min")
+
+    srun, dt = timed(lambda: segmentation.train_segmentation(scfg.override(max_steps=steps, epochs=1), root, aug, "gt",
+                                                            21, out / "seg_run", "cpu", progress=False))
+    rate = steps * scfg.batch_size / dt
+    print(f"segmentation training ({scfg.backbone}, crop {scfg.crop_size}, batch {scfg.batch_size}): {rate:.1f} img/s "
+          f"-> one epoch {n_aug / rate / 60:.1f} min, {scfg.epochs} epochs {scfg.epochs * n_aug / rate / 60:.1f} min")
+
+    val = voc.read_split(root, "val")[: a.images]
+    for mode in segmentation.MODES:
+        _, dt = timed(lambda: segmentation.predict(srun.checkpoint, root, val, out / "pred", (mode,), "cpu", False))
+        print(f"prediction {mode}: {dt / len(val):.2f} s/img -> val (445) {445 * dt / len(val) / 60:.1f} min")
+
+
+def _gt_labels(root: Path, ids, folder: Path) -> Path:
+    """Ground-truth masks copied as a label folder (stand-in IR labels for timing IRN training)."""
+    from sipe.data.labelled import save_label_atomic
+
+    for i in ids:
+        if not (folder / f"{i}.png").exists():
+            save_label_atomic(folder / f"{i}.png", voc.load_mask(root, i))
+    return folder
+
+
+if __name__ == "__main__":
+    main()
