@@ -266,7 +266,7 @@ def write_manifest(root: Path) -> None:
 def test_make_synthetic_then_verify(tmp_path, capsys):
     root = tmp_path / "syn"
     assert make_synthetic.main(["--out", str(root), "--n-images", "6", "--height", "40", "--width", "56"]) == 0
-    assert len(read_split(root, "train_aug")) == 6 and scan_dataset(root, "train_aug").ok
+    assert len(read_split(root, "train_aug")) == 6 - 2 and scan_dataset(root, "train_aug").ok  # all but val
     write_manifest(root)
     assert verify.main(["--root", str(root)]) == 0
     assert "OK" in capsys.readouterr().out
@@ -422,7 +422,7 @@ def run_check_root(*args: str) -> subprocess.CompletedProcess:
 def test_check_root_accepts_a_good_root_with_the_standard_library_only(synthetic_root):
     proc = run_check_root(str(synthetic_root), "--splits", "train_aug", "train", "val")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"data root {synthetic_root}: layout ok (train_aug 12 ids, train 6 ids, val 6 ids)"
+    assert proc.stdout.strip() == f"data root {synthetic_root}: layout ok (train_aug 8 ids, train 4 ids, val 4 ids)"
 
 
 @pytest.mark.parametrize("damage, named", [

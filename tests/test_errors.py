@@ -67,7 +67,8 @@ def test_messages_name_the_field_or_file_and_the_fix(tmp_path, synthetic_root, m
     (run / "config.json").write_text(json.dumps(other.to_dict()))
     e = raised(train, get_profile("smoke", **{"data.root": str(synthetic_root)}), run, progress=False)
     assert isinstance(e, ConfigMismatchError) and str(run) in str(e) and "use a new run folder" in str(e)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json"], "a mismatching run must not be touched"
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["config.json"], \
+        "a mismatching run must not be touched"
 
     e = raised(check_data_root, tmp_path / "absent", "smoke")
     assert isinstance(e, RunnerError) and str(tmp_path / "absent") in str(e) and "--data-root" in str(e)
@@ -146,7 +147,7 @@ def test_command_line_user_errors_are_one_line_exit_2(case, tmp_path, synthetic_
 
 def test_scan_prints_the_report_summary(synthetic_root, tmp_path, capsys):
     assert cli_main(["scan", "--data-root", str(synthetic_root), "--split", "train"]) == 0
-    assert capsys.readouterr().out == f"{synthetic_root} split 'train': 6 ids checked, 0 problem(s)\n"
+    assert capsys.readouterr().out == f"{synthetic_root} split 'train': 4 ids checked, 0 problem(s)\n"
 
     import shutil
 
@@ -156,7 +157,7 @@ def test_scan_prints_the_report_summary(synthetic_root, tmp_path, capsys):
     jpg.write_bytes(jpg.read_bytes()[:200])
     assert cli_main(["scan", "--data-root", str(root), "--split", "train"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"{root} split 'train': 6 ids checked, 1 problem(s)"
+    assert lines[0] == f"{root} split 'train': 4 ids checked, 1 problem(s)"
     assert lines[1].startswith(f"  [unreadable image] {victim}: image {jpg} cannot be decoded")
 
 
