@@ -22,10 +22,19 @@ from sipe.data import voc
 from sipe.evaluation import map_ids
 
 
+CPU = {}
+
+
 def timed(fn):
-    t0 = time.perf_counter()
+    """(result, wall seconds); the process CPU seconds (all threads) of the call go to CPU['last']."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    CPU["last"] = time.process_time() - c0
     return out, time.perf_counter() - t0
+
+
+def cpu(n: int, unit: str) -> str:
+    return f" [CPU {CPU['last'] / n:.2f} s/{unit}]"
 
 
 def main() -> None:
@@ -39,6 +48,7 @@ def main() -> None:
     a = p.parse_args()
     root, out = a.data_root, a.out
     n_aug = len(voc.read_split(root, "train_aug"))
+    print(f"# wall-clock figures; [CPU ...] = process CPU seconds (both threads), independent of other jobs' load")
     print(f"# bench_table2 {time.strftime('%Y-%m-%d %H:%M')}: profile {a.profile}, torch threads {torch.get_num_threads()}, "
           f"load avg {os.getloadavg()[0]:.1f}")
     icfg = irn.profile_settings(a.profile).override(label_workers=1)
@@ -48,7 +58,7 @@ def main() -> None:
 
     _, dt = timed(lambda: irn.make_ir_labels(a.maps, root, ids, out / "ir", proto, icfg, progress=False))
     print(f"IR labels (2 denseCRF runs, {icfg.crf_iterations} it.): {dt / len(ids):.2f} s/img -> train_aug "
-          f"{n_aug * dt / len(ids) / 60:.1f} min on one core")
+          f"{n_aug * dt / len(ids) / 60:.1f} min on one core" + cpu(len(ids), "img"))
 
     aug = voc.read_split(root, "train_aug")
     steps = a.steps
@@ -57,23 +67,25 @@ def main() -> None:
                                           "cpu", progress=False))
     rate = steps * icfg.batch_size / dt
     print(f"IRN training (crop {icfg.crop_size}, batch {icfg.batch_size}): {rate:.1f} img/s -> one epoch of "
-          f"{n_aug} images {n_aug / rate / 60:.1f} min, {icfg.epochs} epochs {icfg.epochs * n_aug / rate / 60:.1f} min")
+          f"{n_aug} images {n_aug / rate / 60:.1f} min, {icfg.epochs} epochs {icfg.epochs * n_aug / rate / 60:.1f} min"
+          + cpu(steps * icfg.batch_size, "img"))
 
     _, dt = timed(lambda: irn.make_pseudo_labels(run.checkpoint, a.maps, root, ids, out / "pseudo", proto, icfg,
                                                  "cpu", progress=False))
     print(f"random walk ({icfg.rw_method}, radius {icfg.infer_radius}, 2^{icfg.exp_times} steps, scale "
-          f"{icfg.infer_scale}): {dt / len(ids):.2f} s/img -> train_aug {n_aug * dt / len(ids) / 60:.1f} min")
+          f"{icfg.infer_scale}): {dt / len(ids):.2f} s/img -> train_aug {n_aug * dt / len(ids) / 60:.1f} min" + cpu(len(ids), "img"))
 
     srun, dt = timed(lambda: segmentation.train_segmentation(scfg.override(max_steps=steps, epochs=1), root, aug, "gt",
                                                             21, out / "seg_run", "cpu", progress=False))
     rate = steps * scfg.batch_size / dt
     print(f"segmentation training ({scfg.backbone}, crop {scfg.crop_size}, batch {scfg.batch_size}): {rate:.1f} img/s "
-          f"-> one epoch {n_aug / rate / 60:.1f} min, {scfg.epochs} epochs {scfg.epochs * n_aug / rate / 60:.1f} min")
+          f"-> one epoch {n_aug / rate / 60:.1f} min, {scfg.epochs} epochs {scfg.epochs * n_aug / rate / 60:.1f} min"
+          + cpu(steps * scfg.batch_size, "img"))
 
     val = voc.read_split(root, "val")[: a.images]
     for mode in segmentation.MODES:
         _, dt = timed(lambda: segmentation.predict(srun.checkpoint, root, val, out / "pred", (mode,), "cpu", False))
-        print(f"prediction {mode}: {dt / len(val):.2f} s/img -> val (445) {445 * dt / len(val) / 60:.1f} min")
+        print(f"prediction {mode}: {dt / len(val):.2f} s/img -> val (445) {445 * dt / len(val) / 60:.1f} min" + cpu(len(val), "img"))
 
 
 def _gt_labels(root: Path, ids, folder: Path) -> Path:

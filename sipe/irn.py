@@ -150,14 +150,23 @@ class IRNConfig:
         return replace(self, **values).validate()
 
 
+SUBSET_BUDGET = (
+    "measured on the real subset (benchmarks/bench_table2.py, 2 threads, machine at load 5-10, process CPU "
+    "seconds): IR labels 2.2 s/img (1,500 images: ~55 CPU-min, 2 workers), IRN training 1.1 s/img (one "
+    "epoch ~27 CPU-min), random walk at image scale 1.0 21 s/img (hence infer_scale 0.5 in the subset "
+    "profile: ~4x fewer pixels)"
+)
+"""The subset profile's CPU cost as measured (figures include start-up and the machine's contention)."""
+
+
 def profile_settings(profile: str) -> IRNConfig:
     """IRN settings of a profile. paper: IRN/SIPE (ResNet-50, crop 512, batch 32, 3 epochs, lr 0.1,
     radius 10/5, beta 10, 2^8 steps, dense random walk). subset: EfficientNet-Lite0, crop 256, batch 8,
-    3 epochs, stencil random walk (CPU budget: see `SUBSET_BUDGET`). smoke: seconds on synthetic data."""
+    3 epochs, stencil random walk at half image scale (CPU budget: see `SUBSET_BUDGET`). smoke: seconds on synthetic data."""
     if profile == "paper":
         return IRNConfig().validate()
     if profile == "subset":
-        return IRNConfig(backbone="efficientnet_lite0", crop_size=256, batch_size=8, epochs=3,
+        return IRNConfig(backbone="efficientnet_lite0", crop_size=256, batch_size=8, epochs=3, infer_scale=0.5,
                          rw_method="stencil", label_workers=2).validate()
     if profile == "smoke":
         return IRNConfig(backbone="efficientnet_lite0", crop_size=64, batch_size=2, epochs=1, max_steps=2,

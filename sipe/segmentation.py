@@ -103,6 +103,14 @@ class SegConfig:
         return IMAGENET_STD if self.backbone == DEEPLAB_R101 else BACKBONES[self.backbone].std
 
 
+SUBSET_BUDGET = (
+    "measured on the real subset (benchmarks/bench_table2.py, 2 threads, machine at load 5-10, process CPU "
+    "seconds): training 1.1 s/img (one epoch of 1,500 images ~27 CPU-min), prediction on val 2.2 s/img "
+    "single scale, 3.4 multi-scale + flip, 10.3 with denseCRF (445 images: ~16 / 25 / 77 CPU-min)"
+)
+"""The subset profile's CPU cost as measured (figures include start-up and the machine's contention)."""
+
+
 def profile_settings(profile: str) -> SegConfig:
     """paper: DeepLab-v2 ResNet-101 (deeplab-pytorch's VOC recipe). subset: ASPP (rates 3/6/9/12 at OS 16,
     the paper's receptive field) on EfficientNet-Lite0, crop 256, batch 8, 4 epochs of 1,500 images, lr 0.01
