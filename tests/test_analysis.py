@@ -11,9 +11,7 @@ from sipe import analysis as A
 from sipe import ipe
 from sipe.config import get_profile
 from sipe.data import voc
-from sipe.data.datasets import InferenceDataset
-from sipe.maps import infer_image, kept_channels
-from sipe.models import BACKBONES, SIPENet
+from sipe.models import SIPENet
 
 SMOKE_RESNET = {"model.pretrained": False, "model.backbone": "resnet50", "model.semantic_layer": "default"}
 
@@ -72,17 +70,6 @@ def test_analyze_image_shapes_and_seed_rule(analysis, synthetic_root, image_id):
     np.testing.assert_array_equal(analysis.label, voc.load_cls_labels(synthetic_root)[image_id])
 
 
-def test_analysis_matches_single_scale_map_pipeline(model, cfg, analysis, synthetic_root, image_id):
-    spec = BACKBONES[cfg.model.backbone]
-    ds = InferenceDataset(synthetic_root, "train_aug", (1.0,), spec.mean, spec.std, flip=True)
-    item = ds[ds.ids.index(image_id)]
-    maps = infer_image(model, item["images"], item["label"], item["size"], cfg.model)
-    up = torch.nn.functional.interpolate(torch.from_numpy(analysis.is_cam)[None], item["size"], mode="bilinear",
-                                         align_corners=False)
-    keys = kept_channels(item["label"])
-    np.testing.assert_allclose(ipe.max_normalize(up)[0].numpy()[keys], maps["is_cam"].numpy(), atol=1e-4)
-
-
 def test_structure_map_hand_computed():
     feature = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], np.float32)[:, None, :]
     s = A.structure_map(feature, (0, 0))
@@ -104,14 +91,6 @@ def test_structure_map_is_one_at_query_and_in_unit_range():
         assert (s == 0).any()
     with pytest.raises(ValueError, match="outside"):
         A.structure_map(feature, (5, 0))
-
-
-def test_structure_similarity_equals_ipe_structure_iou(analysis):
-    f = analysis.hierarchical
-    ref = ipe.structure_iou(torch.from_numpy(analysis.cam)[None], torch.from_numpy(f)[None])[0].numpy()
-    for pixel in [(0, 0), (3, 5), (5, 7)]:
-        np.testing.assert_allclose(A.structure_similarity(f, analysis.cam, pixel), ref[:, pixel[0], pixel[1]],
-                                   rtol=1e-4, atol=1e-6)
 
 
 def test_pick_pixels_on_synthetic_image(analysis):
