@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .runtime import atomic_torch_save, atomic_write_json
-from .train import ConfigMismatchError
 
 StepFn = Callable[[torch.nn.Module, dict, torch.device], dict[str, torch.Tensor]]
 
@@ -76,6 +75,8 @@ def plan(n_items: int, s: LoopSettings) -> tuple[int, int]:
 
 
 def _check_config(path: Path, config: Mapping[str, Any]) -> None:
+    from .train import ConfigMismatchError
+
     wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
     if path.exists():
         stored = json.loads(path.read_text())

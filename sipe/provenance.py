@@ -40,7 +40,8 @@ def git_revision(repo: str | Path = REPO_ROOT) -> str:
 
 
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "train": ("sipe/train.py", "sipe/losses.py", "sipe/ipe.py", "sipe/models/*.py", "sipe/data/datasets.py",
+    "train": ("sipe/train.py", "sipe/fit.py", "sipe/losses.py", "sipe/ipe.py", "sipe/models/*.py",
+              "sipe/data/datasets.py",
               "sipe/data/transforms.py"),
     "maps": ("sipe/maps.py",),
     "eval": ("sipe/evaluation.py", "sipe/crf.py", "sipe/pipeline.py"),

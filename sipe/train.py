@@ -12,15 +12,16 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import ipe, losses
 from .config import ExperimentConfig, load_config
 from .data.datasets import TrainDataset
+from .fit import EpochSampler
 from .models import BACKBONES, SIPENet, build_model
 from .errors import SipeError
 from .locks import folder_lock
@@ -40,20 +41,6 @@ class TrainResult:
     checkpoint: Path
     metrics: Path
     reused: bool
-
-
-class _EpochSampler(Sampler[int]):
-    """The epoch's permutation (seeded by (seed, epoch)), starting after `skip` already-trained items."""
-
-    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.skip:].tolist())
-
-    def __len__(self) -> int:
-        return self.n - self.skip
 
 
 def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, max_steps: int):
@@ -193,7 +180,7 @@ def fit(
     """The training loop shared by every model trained here; returns the steps trained and their wall time.
 
     `model` (on its device, with `param_groups()`) is trained on `dataset` (with `set_epoch`) by SGD +
-    poly decay (`build_optimizer`) in the epoch order of `_EpochSampler`; `step_fn(model, batch, cfg,
+    poly decay (`build_optimizer`) in the epoch order of `sipe.fit.EpochSampler`; `step_fn(model, batch, cfg,
     device)` returns the losses ('loss' is minimised; every key is logged). Resumes from `ckpt_path`
     when it exists and writes it atomically at every epoch end, at the last step and every
     `train.checkpoint_every_steps`; one row of `fields` per step goes to `metrics_path`.
@@ -221,7 +208,7 @@ def fit(
         while step < max_steps:
             epoch, in_epoch = divmod(step, per_epoch)
             dataset.set_epoch(epoch)
-            sampler = _EpochSampler(len(dataset), t_cfg.seed, epoch, skip=in_epoch * t_cfg.batch_size)
+            sampler = EpochSampler(len(dataset), t_cfg.seed, epoch, skip=in_epoch * t_cfg.batch_size)
             loader = DataLoader(dataset, batch_size=t_cfg.batch_size, sampler=sampler, drop_last=True,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
             for batch in loader:
