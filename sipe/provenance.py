@@ -62,6 +62,23 @@ def stage_code_hash(stage: str, repo: Path = REPO_ROOT) -> str:
     return h.hexdigest()[:12]
 
 
+def changed_stage_files(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The source files of `stages` (and of the stages before them) that differ between `revision` and the
+    working tree (`git diff --name-only`); None when git or the revision is unavailable."""
+    order = list(STAGE_SOURCES)
+    last = max((order.index(s) for s in stages), default=-1)
+    patterns = [p for name in order[: last + 1] for p in STAGE_SOURCES[name]]
+    rev = revision.removesuffix("-dirty")
+    if not patterns or not rev or rev == "unknown":
+        return [] if not patterns else None
+    try:
+        out = subprocess.run(["git", "diff", "--name-only", rev, "--", *patterns], cwd=repo, capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sorted(line for line in out.splitlines() if line)
+
+
 def stage_code_hashes() -> dict[str, str]:
     """{stage: stage_code_hash(stage)} for train, maps and eval."""
     return {stage: stage_code_hash(stage) for stage in STAGE_SOURCES}

@@ -494,8 +494,16 @@ def code_note(r: StudyResults, variants: Sequence[str]) -> str:
     revs = sorted({str(p.get("git_revision", ""))[:12] for p in r.units.values() if p["variant"] in variants})
     changed = r.code_changed(variants)
     parts = [f"computed at revision {', '.join(revs) or '–'}"]
-    parts.append(f"stage code has changed since for {', '.join(changed)} (rerun `make stages` to refresh)"
-                 if changed else "stage code unchanged since")
+    if changed:
+        detail = []
+        for unit in changed:
+            p = r.units[unit]
+            files = provenance.changed_stage_files(str(p.get("git_revision", "")), p["code_changed"])
+            detail.append(f"{unit}: {', '.join(p['code_changed'])} stage"
+                          + (f", `git diff {str(p['git_revision'])[:12]} -- {' '.join(files)}`" if files else ""))
+        parts.append(f"stage code has changed since ({'; '.join(detail)}); rerun `make stages` to refresh")
+    else:
+        parts.append("stage code unchanged since")
     absent = [u for u in r.missing + r.stale if u.rsplit("-s", 1)[0] in variants]
     if absent:
         parts.append(f"not yet computed for this configuration: {', '.join(absent)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -128,4 +129,24 @@ def test_unit_results_are_reused_and_published_only_for_their_configuration(root
     monkeypatch.setattr(provenance, "stage_code_hashes", lambda: {**record["code"], "maps": "changed"})
     again = results.load(cfg, out)
     assert again.code_changed(["sipe"]) == ["sipe-s0"]
-    assert "stage code has changed since for sipe-s0" in results.code_note(again, ["sipe"])
+    assert "stage code has changed since (sipe-s0: maps stage" in results.code_note(again, ["sipe"])
+
+
+def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "sipe").mkdir()
+    for name in ("maps.py", "evaluation.py", "figures.py"):
+        (tmp_path / "sipe" / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    rev = git("rev-parse", "HEAD")
+    assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == []
+    for name in ("evaluation.py", "figures.py"):
+        (tmp_path / "sipe" / name).write_text("x = 2\n")
+    assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == []
+    assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == ["sipe/evaluation.py"]
+    assert provenance.changed_stage_files("0" * 40, ["eval"], repo=tmp_path) is None
+    assert provenance.changed_stage_files("unknown", ["eval"], repo=tmp_path) is None
