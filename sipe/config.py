@@ -69,14 +69,14 @@ class DataConfig:
 class ModelConfig:
     """The network and the switches of the ablations.
 
-    seed_feature_train / seed_feature_infer: feature whose self-correlation gives the structure maps.
-    prototype_feature: feature the prototypes and IS-CAM are computed on (Table 5 rows).
-    background_prototype: background-aware prototype modelling (BPM, Table 5 columns); when off, the
-        IS-CAM background channel is 1 - max over the foreground IS-CAM channels.
-    bg_scale: weight on the background IoU in seed locating (the implementation's 0.5).
-    gsc: train with the GSC loss; off = the CAM baseline trained with the classification loss only.
-    semantic_layer: which layer plays the semantic feature ("default" = the backbone's declared one).
-    weights: a file with ImageNet weights for the backbone ("" = the backbone's default source).
+    - seed_feature_train / seed_feature_infer: feature whose self-correlation gives the structure maps.
+    - prototype_feature: feature the prototypes and IS-CAM are computed on (Table 5 rows).
+    - background_prototype: background-aware prototype modelling (BPM, Table 5 columns); when off, the
+      IS-CAM background channel is 1 - max over the foreground IS-CAM channels.
+    - bg_scale: weight on the background IoU in seed locating (the implementation's 0.5).
+    - gsc: train with the GSC loss; off = the CAM baseline trained with the classification loss only.
+    - semantic_layer: which layer plays the semantic feature ("default" = the backbone's declared one).
+    - weights: a file with ImageNet weights for the backbone ("" = the backbone's default source).
     """
 
     backbone: str = "resnet50"
@@ -141,10 +141,11 @@ class EvalConfig:
 class StudyConfig:
     """What the study runs, beyond one experiment: training seeds, variants, selection split, Fig. 8 sweep.
 
-    seeds: training seeds of the variants in `multi_seed`; every other variant runs with seeds[0].
-    selection_images: images of the selection split (train_aug outside train and val) where settings
-        such as the background threshold are chosen.
-    crf_variants: variants whose maps are also evaluated with denseCRF (the expensive evaluation).
+    - seeds: training seeds of the variants in `multi_seed`; every other variant runs with seeds[0].
+    - selection_images: images of the selection split (train_aug outside train and val) where settings
+      such as the background threshold are chosen.
+    - crf_variants: variants whose maps are also evaluated with denseCRF (the expensive evaluation).
+
     None of these fields changes a stage's output, so none enters a stage hash.
     """
 
@@ -180,7 +181,7 @@ class ExperimentConfig:
         return _from_dict(cls, d, "config")
 
     def override(self, **dotted: Any) -> "ExperimentConfig":
-        """A copy with `section.field=value` overrides, e.g. override(**{"model.gsc": False})."""
+        """A copy with `section.field=value` overrides, e.g. ``override(**{"model.gsc": False})``."""
         cfg = self
         for key, value in dotted.items():
             section, _, name = key.partition(".")

@@ -1,4 +1,4 @@
-"""Run the study's notebooks with papermill, in dependency order, into executed copies for the book.
+"""Run the study's notebooks with papermill, in dependency order, into executed copies for the book::
 
     python -m sipe.reproduce --profile smoke|subset|paper [--data-root D] [--work-dir W] [--out DIR]
                              [--only NAME ...] [--device auto] [--seed N] [--notebooks-dir DIR]
@@ -9,6 +9,7 @@ repository; an empty work_dir means the default). All notebooks share `work_dir`
 stage key, so a stage computed by one notebook is reused by the next.
 
 Files in the output folder (default `book/executed/` for subset and paper, `<work_dir>/executed` for smoke):
+
 - `<name>.partial.ipynb` while a notebook runs (papermill saves it cell by cell);
 - `<name>.ipynb` once it ran to the end (renamed from the partial copy; the book shows these);
 - `<name>.failed.ipynb` when a cell raised: the executed copy with the traceback. A stale `<name>.ipynb`

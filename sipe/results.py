@@ -319,10 +319,10 @@ def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] 
             unchanged: bool = False) -> str:
     """'holds' | 'mixed' | 'fails' | 'not yet run'.
 
-    Several seeds: holds when every seed's delta has the paper's sign and |mean| > std; fails when every
-    seed has the opposite sign and |mean| > std; else mixed. One seed: the 95% bootstrap interval over
+    Several seeds: holds when every seed's delta has the paper's sign and ``|mean| > std``; fails when every
+    seed has the opposite sign and ``|mean| > std``; else mixed. One seed: the 95% bootstrap interval over
     images decides (entirely on the paper's side: holds; entirely opposite: fails; else mixed).
-    unchanged=True (a claim of no change): holds when |mean| <= UNCHANGED_TOLERANCE (and, with one seed,
+    unchanged=True (a claim of no change): holds when ``|mean| <= UNCHANGED_TOLERANCE`` (and, with one seed,
     the interval reaches inside the tolerance)."""
     d = np.asarray([x for x in deltas if not math.isnan(x)], dtype=float)
     if d.size == 0:
