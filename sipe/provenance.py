@@ -6,6 +6,8 @@ No host name or user name is recorded.
 """
 from __future__ import annotations
 
+import ast
+import fnmatch
 import hashlib
 import platform
 import subprocess
@@ -77,6 +79,52 @@ def changed_stage_files(revision: str, stages: list[str] | tuple[str, ...], repo
     except (OSError, subprocess.SubprocessError):
         return None
     return sorted(line for line in out.splitlines() if line)
+
+
+def normalized_source(text: str) -> str:
+    """Python source reduced to what runs: its AST with docstrings removed (comments and layout vanish
+    with parsing); the text itself when it does not parse."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return text
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and \
+                isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
+                isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_changes(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The stage source files of `stages` whose code (not docstrings, comments or layout) differs between
+    `revision` and the working tree; None when git or the revision is unavailable."""
+    files = changed_stage_files(revision, stages, repo)
+    if not files:
+        return files
+    rev = revision.removesuffix("-dirty")
+    changed = []
+    for name in files:
+        try:
+            old = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=repo, capture_output=True, text=True,
+                                 check=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            old = None
+        path = repo / name
+        new = path.read_text() if path.exists() else None
+        if old is None or new is None or normalized_source(old) != normalized_source(new):
+            changed.append(name)
+    return changed
+
+
+def stages_using(files: list[str]) -> list[str]:
+    """The stages whose numbers depend on any of `files` (a stage depends on its sources and on those of the
+    stages before it, as in `stage_code_hash`)."""
+    order = list(STAGE_SOURCES)
+    first = min((i for i, name in enumerate(order) for f in files
+                 if any(fnmatch.fnmatch(f, p) for p in STAGE_SOURCES[name])), default=len(order))
+    return order[first:]
 
 
 def stage_code_hashes() -> dict[str, str]:

@@ -109,7 +109,10 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
             stale.append(unit.name)
             continue
         changed = [s for s, h in record.get("code", {}).items() if current.get(s) != h]
-        record["code_changed"] = changed
+        files = provenance.code_changes(str(record.get("git_revision", "")), changed) if changed else []
+        if files is not None:
+            changed = [s for s in changed if s in provenance.stages_using(files)]
+        record["code_changed"], record["code_changed_files"] = changed, files
         meta[unit.name] = record
         frame = pd.read_csv(paths["csv"])
         frame["unit"] = unit.name
@@ -498,7 +501,7 @@ def code_note(r: StudyResults, variants: Sequence[str]) -> str:
         detail = []
         for unit in changed:
             p = r.units[unit]
-            files = provenance.changed_stage_files(str(p.get("git_revision", "")), p["code_changed"])
+            files = p.get("code_changed_files")
             detail.append(f"{unit}: {', '.join(p['code_changed'])} stage"
                           + (f", `git diff {str(p['git_revision'])[:12]} -- {' '.join(files)}`" if files else ""))
         parts.append(f"stage code has changed since ({'; '.join(detail)}); rerun `make stages` to refresh")

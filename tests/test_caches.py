@@ -127,9 +127,13 @@ def test_unit_results_are_reused_and_published_only_for_their_configuration(root
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
 
     monkeypatch.setattr(provenance, "stage_code_hashes", lambda: {**record["code"], "maps": "changed"})
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: ["sipe/maps.py"])
     again = results.load(cfg, out)
-    assert again.code_changed(["sipe"]) == ["sipe-s0"]
-    assert "stage code has changed since (sipe-s0: maps stage" in results.code_note(again, ["sipe"])
+    assert again.code_changed(["sipe"]) == ["sipe-s0"] and again.units["sipe-s0"]["code_changed"] == ["maps"]
+    note = results.code_note(again, ["sipe"])
+    assert "stage code has changed since (sipe-s0: maps stage" in note and "-- sipe/maps.py`" in note
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
+    assert not results.load(cfg, out).code_changed(["sipe"])
 
 
 def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp_path: Path) -> None:
@@ -150,3 +154,24 @@ def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp
     assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == ["sipe/evaluation.py"]
     assert provenance.changed_stage_files("0" * 40, ["eval"], repo=tmp_path) is None
     assert provenance.changed_stage_files("unknown", ["eval"], repo=tmp_path) is None
+    assert provenance.code_changes(rev, ["eval"], repo=tmp_path) == ["sipe/evaluation.py"]
+
+
+def test_code_changes_ignore_docstrings_comments_and_layout(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    source = tmp_path / "sipe" / "maps.py"
+    source.parent.mkdir()
+    source.write_text('"""Maps."""\n\n\ndef f(x):\n    """Double."""\n    return 2 * x\n')
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    source.write_text('"""Maps, reworded."""\n\n\ndef f(x):  # twice x\n    """Twice `x`."""\n\n    return 2*x\n')
+    assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == ["sipe/maps.py"]
+    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == []
+    source.write_text('"""Maps."""\n\n\ndef f(x):\n    """Double."""\n    return 3 * x\n')
+    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/maps.py"]
+    assert provenance.stages_using(["sipe/maps.py"]) == ["maps", "eval"]
+    assert provenance.stages_using(["sipe/figures.py"]) == []
