@@ -1,12 +1,14 @@
 """Command line over the pipeline stages: `python -m sipe train|maps|eval|stages|scan ...`.
 
-Examples:
+Examples::
+
   python -m sipe stages --profile subset                  # every unit of the study, in turn (resumable)
   python -m sipe stages --profile subset --units sipe-s15 cam-s15
   python -m sipe train --profile subset --variant sipe
   python -m sipe maps  --profile subset --variant cam
   python -m sipe eval  --profile subset --variant sipe --crf
   python -m sipe scan  --data-root /data/VOC2012 --split train_aug
+
 Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
 A setting, data or device the user can fix stops the command with one line `error: ...` and exit status 2.
 """

@@ -13,7 +13,7 @@ def classification_loss(score: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 def gsc_loss(cam: torch.Tensor, is_cam: torch.Tensor) -> torch.Tensor:
-    """GSC: mean over (N,C,h,w) of |CAM - max_normalize(IS-CAM)|; gradients flow into both sides."""
+    """GSC: mean over (N,C,h,w) of ``|CAM - max_normalize(IS-CAM)|``; gradients flow into both sides."""
     if cam.shape != is_cam.shape:
         raise ValueError(f"cam {tuple(cam.shape)} and is_cam {tuple(is_cam.shape)} must have one shape")
     return (cam - max_normalize(is_cam)).abs().mean()

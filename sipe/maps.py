@@ -5,6 +5,7 @@ whose file exists, and a finished folder carries `DONE`. A maps folder is tied t
 made from: its name holds the checkpoint's digest, and `DONE` records it.
 
 Map keys in a file (each (M,H,W) over `keys` = background + present classes, max-normalised):
+
 - `cam`: SIPE's CAM (flip views fused on the logits, background 1 - max, per-scale normalisation);
 - `cam_irn`: the CAM under IRN's protocol (`sipe.cams.irn_cam`); its channel 0 is 1 - max over the kept classes;
 - `is_cam`: IS-CAM with structure-aware seeds (the variant's own prototype feature and BPM setting);
