@@ -25,9 +25,13 @@ PACKAGES = ("sipe", "torch", "torchvision", "timm", "numpy", "pandas")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+OUTPUT_PATHS = ("book/executed", "results")
+"""Folders the study writes (published outputs): their changes do not make a revision dirty."""
+
+
 def git_revision(repo: str | Path = REPO_ROOT) -> str:
-    """`git rev-parse HEAD` of `repo`, with '-dirty' when tracked files have uncommitted changes; 'unknown'
-    when git or a commit is unavailable."""
+    """`git rev-parse HEAD` of `repo`, with '-dirty' when tracked files outside the study's outputs
+    (`OUTPUT_PATHS`) have uncommitted changes; 'unknown' when git or a commit is unavailable."""
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30
@@ -35,7 +39,8 @@ def git_revision(repo: str | Path = REPO_ROOT) -> str:
 
     try:
         rev = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                    *(f":(exclude){p}" for p in OUTPUT_PATHS))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{rev}-dirty" if dirty else rev

@@ -208,11 +208,17 @@ def test_git_revision(tmp_path):
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
     subprocess.run(git + ["init", "-q"], check=True)
     (tmp_path / "f.txt").write_text("a")
-    subprocess.run(git + ["add", "f.txt"], check=True)
+    for output in ("results/subset/table1.csv", "book/executed/03.ipynb"):
+        (tmp_path / output).parent.mkdir(parents=True)
+        (tmp_path / output).write_text("old")
+    subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "-q", "-m", "one"], check=True)
     head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert git_revision(tmp_path) == head
     (tmp_path / "untracked.txt").write_text("u")
+    assert git_revision(tmp_path) == head
+    for output in ("results/subset/table1.csv", "book/executed/03.ipynb"):
+        (tmp_path / output).write_text("new")
     assert git_revision(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert git_revision(tmp_path) == f"{head}-dirty"
