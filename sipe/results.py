@@ -318,6 +318,23 @@ def bootstrap_delta(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPL
     return float(miou_of_confusions(a.sum(0)) - miou_of_confusions(b.sum(0))), float(lo), float(hi)
 
 
+def bootstrap_mean_delta(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """(delta, low, high): mean(a - b) over paired items (N,) and its percentile bootstrap interval."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"need two equal-length 1-d samples, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), (samples, len(d)))].mean(1)
+    lo, hi = np.percentile(boot, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+FIG1_PAIRS = "fig1_pairs"
+"""Per (image, class) cosine statistics of Fig. 1 (`analysis.prototype_vs_centre` + seed), for its interval."""
+
+
 def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] | None = None,
             unchanged: bool = False) -> str:
     """'holds' | 'mixed' | 'fails' | 'not yet run'.
@@ -411,11 +428,13 @@ def _paper_number(cell: tuple[str, str, str]) -> float:
 
 
 def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[np.ndarray, np.ndarray] | None] | None = None,
-           claim_list: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+           claim_list: Sequence[Claim] = CLAIMS,
+           interval: Callable[[Claim], tuple[float, float] | None] | None = None) -> pd.DataFrame:
     """Check every claim on tidy tables {name: frame with row, quantity, seed, value}: CLAIM_COLUMNS.
 
-    Deltas are paired by seed (the i-th seed of one variant with the i-th of the other). `confusions`
-    returns the two readings' per-image confusions for a one-seed claim (for its bootstrap interval)."""
+    Deltas are paired by seed (the i-th seed of one variant with the i-th of the other). For a one-seed
+    claim, `confusions` returns the two readings' per-image confusions (for its bootstrap interval), or
+    `interval` returns the 95% interval itself (tried first)."""
     records = []
     for c in claim_list:
         def values(cell: tuple[str, str, str]) -> list[float]:
@@ -430,8 +449,8 @@ def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[
         deltas = [better[i] - base[i] for i in range(n)]
         paper_delta = _paper_number(c.better) - _paper_number(c.baseline)
         sign = 1.0 if math.isnan(paper_delta) or paper_delta >= 0 or c.unchanged else -1.0
-        ci = None
-        if n == 1 and confusions is not None:
+        ci = interval(c) if n == 1 and interval is not None else None
+        if ci is None and n == 1 and confusions is not None:
             pair = confusions(c)
             if pair is not None:
                 _, lo, hi = bootstrap_delta(*pair)
@@ -461,8 +480,20 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
         sel = t[(t["row"] == cell[1]) & (t["quantity"] == cell[2])]
         return int(sel["seed"].min()) if not sel.empty else None
 
+    def underlying(cell: tuple[str, str, str]) -> tuple[str, str, str]:
+        """The measured cell behind a derived Fig. 8 row (the sweep's best t; argmax at the first alpha)."""
+        name, row, q = cell
+        t = tables.get(name)
+        if name != "fig8" or t is None or row not in (FIG8_BEST, FIG8_ARGMAX):
+            return cell
+        if row == FIG8_ARGMAX:
+            return name, f"CAM argmax (alpha = {cfg.study.fig8_alphas[0]:g})", q
+        curve = t[t["row"].str.startswith("CAM threshold t = ") & (t["quantity"] == q)]
+        curve = curve[curve["seed"] == curve["seed"].min()]
+        return (name, str(curve.loc[curve["value"].idxmax(), "row"]), q) if not curve.empty else cell
+
     def pair(c: Claim) -> tuple[np.ndarray, np.ndarray] | None:
-        a, b = cells.get(c.better), cells.get(c.baseline)
+        a, b = cells.get(underlying(c.better)), cells.get(underlying(c.baseline))
         sa, sb = first_seed(c.better), first_seed(c.baseline)
         if a is None or b is None or a.conf is None or b.conf is None or sa is None or sb is None:
             return None
@@ -471,7 +502,19 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
         except (KeyError, FileNotFoundError):
             return None
 
-    return claims(tables, pair)
+    def fig1_interval(c: Claim) -> tuple[float, float] | None:
+        path = r.results_dir / f"{FIG1_PAIRS}.csv"
+        if c.better[0] != "fig1" or not path.exists():
+            return None
+        pairs = pd.read_csv(path)
+        pairs = pairs[pairs["seed"] == pairs["seed"].min()]
+        column = {"prototype": "prototype_mean", "class centre": "centre_mean"}
+        if pairs.empty or c.better[1] not in column or c.baseline[1] not in column:
+            return None
+        _, lo, hi = bootstrap_mean_delta(pairs[column[c.better[1]]].to_numpy(), pairs[column[c.baseline[1]]].to_numpy())
+        return lo, hi
+
+    return claims(tables, pair, interval=fig1_interval)
 
 
 def units_table(r: StudyResults, variants: Sequence[str] | None = None) -> pd.DataFrame:

@@ -177,3 +177,42 @@ def test_paper_numbers_are_transcribed_from_the_paper():
         assert f"{r.value:.1f}" in numbers, f"{r.table} {r.row} {r.metric} = {r.value} is not in the paper's {method!r} rows"
         checked += 1
     assert checked == 84
+
+
+def test_one_seed_fig8_and_fig1_claims_get_bootstrap_intervals(tmp_path: Path):
+    cfg = get_profile("smoke")
+    rng = np.random.default_rng(3)
+    base = np.stack([_confusion(rng) for _ in range(12)])
+    better = base.copy()
+    better[:, np.arange(4), np.arange(4)] += 50
+    arrays, rows = {}, []
+    for t in cfg.study.fig8_thresholds:
+        key = f"labels@threshold:{t:g}"
+        arrays[f"train/{key}/estimated"] = np.stack([base, base], 1)
+        rows.append(_row("sipe", 0, key, "estimated", "train", 30.0 + t))
+    arrays["train/is_cam/estimated"] = np.stack([better, better], 1)
+    arrays["train/labels@argmax:1/estimated"] = np.stack([base, base], 1)
+    rows += [_row("sipe", 0, "is_cam", "estimated", "train", 45.0), _row("sipe", 0, "labels@argmax:1", "estimated", "train", 30.5)]
+    (tmp_path / "confusions").mkdir()
+    np.savez(tmp_path / "confusions" / "sipe-s0.npz", **arrays)
+    pd.DataFrame({"id": [f"i{k}" for k in range(15)], "seed": 0, "centre_mean": rng.uniform(0.0, 0.2, 15),
+                  "prototype_mean": rng.uniform(0.5, 0.8, 15)}).to_csv(tmp_path / f"{results.FIG1_PAIRS}.csv", index=False)
+    r = results.StudyResults(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), {"sipe-s0": {"variant": "sipe", "code_changed": []}},
+                             tmp_path, "train")
+    fig1 = pd.DataFrame([{"row": row, "quantity": "mean_cosine", "variant": "cam", "seed": 0, "split": "train",
+                          "reading": "", "value": v} for row, v in (("prototype", 0.65), ("class centre", 0.1))])
+    out = results.study_claims(r, cfg, {"fig8": results.tidy("fig8", r, cfg), "fig1": fig1}).set_index("claim")
+    structure = out.loc["Structure-aware seeds beat the best CAM threshold"]
+    assert structure["ci_low"] > 0 and structure["verdict"] == "holds"
+    assert out.loc["CAM argmax beats the best CAM threshold", "ci_high"] == pytest.approx(0.0)
+    proto = out.loc["The image-specific prototype is closer to its image's pixels than the class centre"]
+    assert 0.3 < proto["ci_low"] < proto["ci_high"] < 0.8 and proto["verdict"] == "holds"
+
+
+def test_bootstrap_mean_delta_is_paired():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert results.bootstrap_mean_delta(a, a - 1.0, samples=100) == (1.0, 1.0, 1.0)
+    delta, lo, hi = results.bootstrap_mean_delta(a, np.zeros(4), samples=400)
+    assert delta == 2.5 and 1.0 <= lo < delta < hi <= 4.0
+    with pytest.raises(ValueError, match="equal-length"):
+        results.bootstrap_mean_delta(a, a[:2])
