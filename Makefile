@@ -8,6 +8,7 @@
 # make book        build the book from the executed notebooks in book/executed/
 # make stages      only the stages of every unit (variant, seed) of PROFILE in turn (resumable; for a background run
 #                  with a log: nohup make stages PROFILE=subset > work/subset-stages.log 2>&1 &)
+# NPROC=N          (reproduce, smoke, stages) train and make maps in N processes through torchrun (one per GPU)
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -15,6 +16,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sipe-installed
 PROFILE ?= subset
+NPROC ?= 1
 # A data root given by the caller (command line or environment), before any default applies.
 GIVEN_DATA_ROOT := $(or $(DATA_ROOT),$(SIPE_DATA_ROOT))
 DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),../shared/data/voc2012_subset)
@@ -54,8 +56,8 @@ check-data:
 
 reproduce: check-data
 	$(MAKE) --no-print-directory env
-	$(BIN)/python -m sipe stages --profile $(PROFILE)
-	$(BIN)/python -m sipe.reproduce --profile $(PROFILE)
+	$(BIN)/python -m sipe stages --profile $(PROFILE) --nproc $(NPROC)
+	$(BIN)/python -m sipe.reproduce --profile $(PROFILE) --nproc $(NPROC)
 	$(MAKE) book
 
 book: env
@@ -72,4 +74,4 @@ smoke:
 endif
 
 stages: env
-	$(BIN)/python -m sipe stages --profile $(PROFILE)
+	$(BIN)/python -m sipe stages --profile $(PROFILE) --nproc $(NPROC)

@@ -10,6 +10,10 @@ Examples::
   python -m sipe scan  --data-root /data/VOC2012 --split train_aug
 
 Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
+Several processes (DDP training, sharded maps; train.batch_size is the global batch):
+  python -m sipe stages --profile paper --nproc 4         # re-executes itself under torchrun on this machine
+  torchrun --nproc_per_node=4 -m sipe stages --profile paper           # the same, by hand
+  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --master_addr=HOST --master_port=29500 -m sipe stages ...
 A setting, data or device the user can fix stops the command with one line `error: ...` and exit status 2.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from .config import (PROFILES, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig, default_work_dir,
                      get_profile, variant_config)
+from . import distributed
 from .errors import cli_entry
 
 
@@ -62,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="", help="stages: results folder (default: results/<profile> "
                         "for subset/paper, <work dir>/results for smoke)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--nproc", type=int, default=1, help="train/maps/eval/stages: processes on this machine "
+                        "(> 1 re-executes the command under torchrun: one per GPU, or gloo on CPU)")
     args = parser.parse_args(argv)
+    distributed.quiet_other_ranks()
 
     cfg = config_from_args(args)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)
@@ -80,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import resolve_device
 
     resolve_device(cfg.device)  # 'cuda' without a GPU fails here, before any file is written
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: the number of processes must be at least 1")
+    if args.nproc > 1 and not distributed.launched():
+        if args.command in ("train", "stages"):
+            distributed.local_batch(cfg.train.batch_size, args.nproc)
+        given = list(sys.argv[1:] if argv is None else argv)
+        return distributed.launch(["-m", "sipe", *distributed.strip_nproc(given)], args.nproc)
     if args.command == "stages":
         units = pipeline.plan(cfg)
         if args.units:
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     maps_dir = pipeline.maps(cfg, work, args.variant, progress=progress)
     if args.command == "maps":
         print(f"maps: {maps_dir}")
+        return 0
+    if not distributed.is_main():
         return 0
     from . import evaluation
 

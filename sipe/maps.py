@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import ipe
+from . import distributed, ipe
 from .cams import irn_cam
 from .config import ExperimentConfig, ModelConfig
 from .data.datasets import InferenceDataset
 from .errors import SipeError
-from .locks import folder_lock
 from .models import BACKBONES, Features, SIPENet
 from .runtime import atomic_savez, atomic_write_json, file_digest, read_json, resolve_device
 from .checkpoint import load_trained
@@ -171,6 +170,17 @@ class StaleMapsError(SipeError, RuntimeError):
     """A maps folder was made from another checkpoint than the one asked for."""
 
 
+class IncompleteMapsError(SipeError, RuntimeError):
+    """Images of the split have no map file after every process finished its share."""
+
+
+def _check_complete(out_dir: Path, ids: Sequence[str]) -> None:
+    missing = [i for i in ids if not (out_dir / f"{i}.npz").exists()]
+    if missing:
+        raise IncompleteMapsError(f"{len(missing)} image(s) of the split have no map file in {out_dir} (first: "
+                                  f"{missing[:5]}); run the same command again to make them")
+
+
 def make_maps(
     cfg: ExperimentConfig,
     checkpoint: str | Path,
@@ -178,12 +188,15 @@ def make_maps(
     seed_methods: Sequence[str] = (STRUCTURE,),
     progress: bool = True,
 ) -> MapsResult:
-    """Write the maps of `cfg.infer.split` with the trained `checkpoint` into `out_dir` (resumable, locked)."""
+    """Write the maps of `cfg.infer.split` with the trained `checkpoint` into `out_dir` (resumable, locked).
+
+    Under torchrun each rank makes its share of the missing images; once all are done and every image of
+    the split has its file, rank 0 writes `DONE`."""
     for method in seed_methods:
         parse_reading(method)
     out_dir = Path(out_dir)
     digest = file_digest(checkpoint)
-    with folder_lock(out_dir):
+    with distributed.folder_lock(out_dir):
         meta = out_dir / "config.json"
         if meta.exists():
             made_from = read_json(meta).get("checkpoint_digest")
@@ -194,18 +207,20 @@ def make_maps(
         spec = BACKBONES[mcfg.backbone]
         ds = InferenceDataset(cfg.data.resolved_root(), cfg.infer.split, cfg.infer.scales, spec.mean, spec.std,
                               flip=cfg.infer.flip, max_images=cfg.infer.max_images)
-        todo = [i for i, name in enumerate(ds.ids) if not (out_dir / f"{name}.npz").exists()]
+        todo = distributed.broadcast_object([i for i, n in enumerate(ds.ids) if not (out_dir / f"{n}.npz").exists()])
         if not todo and (out_dir / "DONE").exists():
             return MapsResult(out_dir, len(ds), 0, float("nan"), 0.0)
-        (out_dir / "DONE").unlink(missing_ok=True)
-        atomic_write_json(meta, {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "checkpoint_digest": digest,
-                                 "seed_methods": list(seed_methods)})
+        distributed.on_main((out_dir / "DONE").unlink, missing_ok=True)
+        distributed.on_main(atomic_write_json, meta, {"config": cfg.to_dict(), "checkpoint": str(checkpoint),
+                                                      "checkpoint_digest": digest, "seed_methods": list(seed_methods)})
         device = resolve_device(cfg.device)
         model, _ = load_trained(checkpoint, device)
-        loader = DataLoader(torch.utils.data.Subset(ds, todo), batch_size=1, collate_fn=_first,
+        mine = distributed.shard(todo)
+        loader = DataLoader(torch.utils.data.Subset(ds, mine), batch_size=1, collate_fn=_first,
                             num_workers=cfg.data.num_workers)
         t0 = time.perf_counter()
-        for item in tqdm(loader, total=len(todo), disable=not progress, desc="maps", unit="img"):
+        shown = progress and distributed.is_main()
+        for item in tqdm(loader, total=len(mine), disable=not shown, desc="maps", unit="img"):
             maps = infer_image(model, item["images"], item["label"], tuple(item["size"]), mcfg, seed_methods)
             keys = kept_channels(item["label"])
             arrays = {k: v.cpu().numpy() for k, v in maps.items()}
@@ -213,10 +228,13 @@ def make_maps(
             if not cfg.infer.save_cam:
                 arrays.pop("cam")
             atomic_savez(out_dir / f"{item['id']}.npz", keys=keys, **arrays)
+        distributed.barrier()
         dt = time.perf_counter() - t0
+        _check_complete(out_dir, ds.ids)
         rate = len(todo) / dt if todo and dt > 0 else float("nan")
-        atomic_write_json(out_dir / "DONE", {"n_images": len(ds), "computed_now": len(todo), "images_per_s": rate,
-                                             "seconds": dt, "checkpoint_digest": digest})
+        distributed.on_main(atomic_write_json, out_dir / "DONE", {"n_images": len(ds), "computed_now": len(todo),
+                                                                  "images_per_s": rate, "seconds": dt,
+                                                                  "checkpoint_digest": digest})
     return MapsResult(out_dir, len(ds), len(todo), rate, dt)
 
 

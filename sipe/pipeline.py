@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
 from . import provenance as prov
 from .config import SELECTION_SPLIT, ExperimentConfig, variant_config
 from .data import voc
 from .evaluation import Reading, evaluate_readings, miou_result
-from .locks import folder_lock
 from .maps import STRUCTURE, checkpoint_digest, make_maps, maps_dir_for, seed_method_key
 from .runtime import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, resolve_device
 from .train import TrainResult, run_dir_for, train
@@ -204,11 +204,12 @@ def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_di
     """Train, map and evaluate one unit; write its results files (atomically) and return the CSV path.
 
     Reuses every finished stage; when the unit's results already exist for the same configuration and
-    data, returns at once."""
+    data, returns at once. Under torchrun every rank trains and makes maps; rank 0 alone evaluates and
+    writes the results files."""
     results_dir = Path(results_dir) if results_dir is not None else results_dir_for(cfg.profile, work_dir)
     paths = unit_paths(results_dir, unit)
     identity = unit_identity(cfg, unit)
-    with folder_lock(Path(work_dir) / "evals" / unit.name):
+    with distributed.folder_lock(Path(work_dir) / "evals" / unit.name):
         if paths["json"].exists() and paths["csv"].exists():
             stored = read_json(paths["json"])
             if all(stored.get(k) == v for k, v in identity.items()):
@@ -228,6 +229,8 @@ def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_di
             out = maps_dir_for(scfg, work_dir, unit.variant, digest, methods)
             t1 = time.perf_counter()
             made = make_maps(scfg, run.checkpoint, out, methods, progress=progress)
+            if not distributed.is_main():
+                continue
             done = read_json(out / "DONE")
             wall[f"maps_{kind}"] = float(done.get("seconds", time.perf_counter() - t1)) if made.n_computed == 0 \
                 else made.seconds
@@ -243,6 +246,8 @@ def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_di
             if kind == "eval" and cfg.eval.crf and unit.variant in cfg.study.crf_variants:
                 rows += _crf_rows(scfg, out, unit, ids, progress, store)
             wall[f"eval_{kind}"] = time.perf_counter() - t2
+        if not distributed.is_main():
+            return paths["csv"]
         metrics = pd.read_csv(run.metrics)
         tail = metrics.tail(max(1, len(metrics) // 10))
         for quantity in ("loss", "loss_cls", "loss_gsc", "seed_fg_share"):

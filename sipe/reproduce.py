@@ -1,10 +1,11 @@
 """Run the study's notebooks with papermill, in dependency order, into executed copies for the book::
 
     python -m sipe.reproduce --profile smoke|subset|paper [--data-root D] [--work-dir W] [--out DIR]
-                             [--only NAME ...] [--device auto] [--seed N] [--notebooks-dir DIR]
+                             [--only NAME ...] [--device auto] [--seed N] [--nproc N] [--notebooks-dir DIR]
 
-Each notebook gets the parameters profile, data_root, work_dir, seed and device (paths relative to the
-repository; an empty work_dir means the default). All notebooks share `work_dir` (default
+Each notebook gets the parameters profile, data_root, work_dir, seed, device, compute and nproc (paths
+relative to the repository; an empty work_dir means the default; nproc > 1 computes missing units in
+that many processes through torchrun). All notebooks share `work_dir` (default
 `$SIPE_WORK_DIR/<profile>`, else `work/<profile>`), where `sipe.pipeline` caches trained models and maps by
 stage key, so a stage computed by one notebook is reused by the next.
 
@@ -352,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (names without .ipynb)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
+    p.add_argument("--nproc", type=int, default=1, help="processes that compute missing units (torchrun when > 1)")
     p.add_argument("--notebooks-dir", default=None, help="folder of source notebooks (default: notebooks/ in the repo)")
     p.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name")
     p.add_argument("--no-compute", action="store_true", help="publish what has finished: notebooks read the "
@@ -362,6 +364,8 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.nproc < 1:
+        raise RunnerError(f"--nproc {args.nproc}: the number of processes must be at least 1")
     notebooks_dir = Path(args.notebooks_dir or REPO_ROOT / "notebooks").resolve()
     work_dir = (Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)).resolve()
     out_dir = Path(args.out).resolve() if args.out else default_out_dir(args.profile, work_dir)
@@ -370,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_kernel(args.kernel)
     parameters = {"profile": args.profile, "data_root": shown_path(data_root),
                   "work_dir": "" if work_dir == default_work_dir(args.profile).resolve() else shown_path(work_dir),
-                  "seed": args.seed, "device": args.device, "compute": not args.no_compute}
+                  "seed": args.seed, "device": args.device, "compute": not args.no_compute, "nproc": args.nproc}
     print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {notebooks_dir} -> {out_dir} "
           f"(work dir {work_dir})", flush=True)
     start = time.perf_counter()

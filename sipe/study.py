@@ -1,7 +1,8 @@
 """The notebooks' entry point: one `Study` per profile over the cached stages and the results files.
 
-A notebook calls `study = setup(profile, data_root, work_dir, seed, device)`, then `study.results()` (the
-published units, computed first where missing) and `study.table("table1")` (a tidy table, also written
+A notebook calls `study = setup(profile, data_root, work_dir, seed, device, nproc=nproc)`, then
+`study.results()` (the published units, computed first where missing; with nproc > 1 by
+`python -m sipe stages` in nproc processes through torchrun) and `study.table("table1")` (a tidy table, also written
 as `<results_dir>/table1.csv`). Relative paths are taken from the repository root, so a published
 notebook names no machine's absolute path.
 """
@@ -13,7 +14,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from . import pipeline, results
+from . import distributed, pipeline, results
 from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
 from .errors import SipeError
@@ -41,6 +42,7 @@ class Study:
     results_dir: Path
     progress: bool = False
     compute: bool = True
+    nproc: int = 1
 
     @property
     def root(self) -> Path:
@@ -61,7 +63,26 @@ class Study:
         With compute=False (publishing what has finished) nothing is run."""
         if not self.compute:
             return []
-        return pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, self.units(variants), self.progress)
+        return self._run_plan(self.units(variants))
+
+    def _run_plan(self, units: Sequence[pipeline.Unit]) -> list[Path]:
+        """`pipeline.run_plan` over `units`: in this process, or with nproc > 1 as `python -m sipe stages` under
+        torchrun (the same configuration, work and results folders)."""
+        if self.nproc <= 1:
+            return pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, units, self.progress)
+        args = ["-m", "sipe", "stages", "--profile", self.cfg.profile, "--work-dir", str(self.work_dir),
+                "--results-dir", str(self.results_dir), *distributed.cli_args(self.cfg, get_profile(self.cfg.profile)),
+                *([] if self.progress else ["--no-progress"]), "--units", *(u.name for u in units)]
+        distributed.launch(args, self.nproc)
+        return [pipeline.unit_paths(self.results_dir, u)["csv"] for u in units]
+
+    def _compute_unit(self, variant: str, seed: int) -> None:
+        """With nproc > 1, run a planned unit not yet computed through `_run_plan` (its training and maps then
+        are reused here); anything else is computed in this process."""
+        unit = pipeline.Unit(variant, seed)
+        if self.compute and self.nproc > 1 and unit in self.units() \
+                and not pipeline.unit_paths(self.results_dir, unit)["csv"].exists():
+            self._run_plan([unit])
 
     def results(self, compute: bool | None = None) -> results.StudyResults:
         """The published units' results; with `compute` (default: the study's), missing units are run first."""
@@ -69,7 +90,7 @@ class Study:
             loaded = results.load(self.cfg, self.results_dir)
             todo = [u for u in self.units() if u.name in loaded.missing or u.name in loaded.stale]
             if todo:
-                pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, todo, self.progress)
+                self._run_plan(todo)
         return results.load(self.cfg, self.results_dir)
 
     def table(self, name: str, r: results.StudyResults | None = None) -> pd.DataFrame:
@@ -94,6 +115,7 @@ class Study:
         cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
         if not self.compute:
             self._require(pipeline.run_dir_for(variant_config(cfg, variant), self.work_dir, variant) / "final.pt", variant, cfg)
+        self._compute_unit(variant, cfg.train.seed)
         return pipeline.trained(cfg, self.work_dir, variant, progress=self.progress)
 
     def maps(self, variant: str = "sipe", seed_methods: Sequence[str] | None = None, seed: int | None = None) -> Path:
@@ -105,6 +127,7 @@ class Study:
             vcfg = variant_config(cfg, variant)
             self._require(pipeline.maps_dir_for(vcfg, self.work_dir, variant, pipeline.checkpoint_digest(run.checkpoint),
                                                 methods) / "DONE", variant, cfg)
+        self._compute_unit(variant, cfg.train.seed)
         return pipeline.maps(cfg, self.work_dir, variant, methods, progress=self.progress)
 
     def _require(self, path: Path, variant: str, cfg: ExperimentConfig) -> None:
@@ -179,11 +202,12 @@ def setup(
     progress: bool = False,
     results_dir: str = "",
     compute: bool = True,
+    nproc: int = 1,
     **overrides: Any,
 ) -> Study:
     """A Study for a notebook's parameters. Relative paths are relative to the repository; `seed` >= 0
     runs the study with that one training seed; compute=False reads only finished units (never trains);
-    `overrides` are section.field=value."""
+    nproc > 1 computes units in that many processes (torchrun); `overrides` are section.field=value."""
     sets: dict[str, Any] = dict(overrides)
     if data_root:
         sets["data.root"] = str(_repo_path(data_root))
@@ -195,7 +219,11 @@ def setup(
     wd = _repo_path(work_dir) if work_dir else default_work_dir(profile).resolve()
     cfg.data.resolved_root()
     rd = _repo_path(results_dir) if results_dir else pipeline.results_dir_for(profile, wd)
-    return Study(cfg, wd, rd, progress, bool(compute))
+    if int(nproc) < 1:
+        raise distributed.DistributedError(f"nproc={nproc}: the number of processes must be at least 1")
+    if int(nproc) > 1:
+        distributed.local_batch(cfg.train.batch_size, int(nproc))
+    return Study(cfg, wd, rd, progress, bool(compute), int(nproc))
 
 
 __all__ = ["STRUCTURE", "Study", "setup"]

@@ -18,13 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import ipe, losses
+from . import distributed, ipe, losses
 from .config import ExperimentConfig, load_config
 from .data.datasets import TrainDataset
 from .fit import EpochSampler
 from .models import BACKBONES, SIPENet, build_model
 from .errors import SipeError
-from .locks import folder_lock
 from .runtime import atomic_torch_save, atomic_write_json, atomic_write_text, resolve_device, seed_everything
 
 METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_gsc", "lr_backbone", "lr_new", "images_per_s",
@@ -124,9 +123,10 @@ def train(
 ) -> TrainResult:
     """Train `cfg` in `run_dir`, resuming from `run_dir/checkpoint.pt` when present; returns the final weights.
 
-    The run folder is locked while training (see sipe.locks): a second caller waits and then reuses it."""
+    The run folder is locked while training (see sipe.locks): a second caller waits and then reuses it.
+    Under torchrun every rank trains (DDP) and rank 0 alone writes the folder (see `fit`)."""
     run_dir = Path(run_dir)
-    with folder_lock(run_dir):
+    with distributed.folder_lock(run_dir):
         return _train_locked(cfg, run_dir, progress, on_step)
 
 
@@ -142,7 +142,7 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
                 f"{cfg.stage_hash('train')}); use a new run folder or delete this one")
     if final.exists():
         return TrainResult(run_dir, final, metrics_path, reused=True)
-    atomic_write_json(cfg_path, cfg.to_dict())
+    distributed.on_main(atomic_write_json, cfg_path, cfg.to_dict())
 
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
@@ -150,8 +150,8 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, progress: bool,
     plan_steps(len(dataset), cfg)
     model = build_model(cfg.model, cfg.data.num_classes).to(device)
     fitted = fit(cfg, model, dataset, train_step, ckpt_path, metrics_path, progress=progress, on_step=on_step)
-    atomic_torch_save({"model": model.state_dict(), "config": cfg.to_dict(), "steps": fitted.steps,
-                       "wall_seconds": fitted.wall_seconds}, final)
+    distributed.on_main(atomic_torch_save, {"model": model.state_dict(), "config": cfg.to_dict(),
+                                            "steps": fitted.steps, "wall_seconds": fitted.wall_seconds}, final)
     return TrainResult(run_dir, final, metrics_path, reused=False)
 
 
@@ -184,9 +184,13 @@ def fit(
     device)` returns the losses ('loss' is minimised; every key is logged). Resumes from `ckpt_path`
     when it exists and writes it atomically at every epoch end, at the last step and every
     `train.checkpoint_every_steps`; one row of `fields` per step goes to `metrics_path`.
+    Under torchrun (sipe.distributed) each rank trains its slice of every global batch of `train.batch_size`
+    through DDP, resumes from the same checkpoint, and rank 0 alone logs and writes checkpoints (losses
+    logged are the means over the ranks).
     """
     device = next(model.parameters()).device
     per_epoch, max_steps = plan_steps(len(dataset), cfg)
+    local_batch = distributed.local_batch(cfg.train.batch_size)
     model.train()
     opt, sched = build_optimizer(model, cfg, max_steps)
 
@@ -194,13 +198,15 @@ def fit(
     if ckpt_path.exists():
         state = _load_checkpoint(ckpt_path, model, opt, sched)
         step, wall_before = state["step"], float(state.get("wall_seconds", 0.0))
-    _truncate_metrics(metrics_path, step, fields)
+    distributed.on_main(_truncate_metrics, metrics_path, step, fields)
+    net = distributed.wrap_model(model)
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
     t_cfg = cfg.train
     every = t_cfg.checkpoint_every_steps
 
-    with metrics_path.open("a", newline="") as mf, tqdm(
-        total=max_steps, initial=step, disable=not progress, desc=desc or f"train {cfg.profile}", unit="step"
+    with distributed.main_path(metrics_path).open("a", newline="") as mf, tqdm(
+        total=max_steps, initial=step, disable=not (progress and distributed.is_main()),
+        desc=desc or f"train {cfg.profile}", unit="step",
     ) as bar:
         writer = csv.DictWriter(mf, fieldnames=fields)
         if new_file:
@@ -208,12 +214,13 @@ def fit(
         while step < max_steps:
             epoch, in_epoch = divmod(step, per_epoch)
             dataset.set_epoch(epoch)
-            sampler = EpochSampler(len(dataset), t_cfg.seed, epoch, skip=in_epoch * t_cfg.batch_size)
-            loader = DataLoader(dataset, batch_size=t_cfg.batch_size, sampler=sampler, drop_last=True,
+            sampler = distributed.rank_sampler(
+                EpochSampler(len(dataset), t_cfg.seed, epoch, skip=in_epoch * t_cfg.batch_size), t_cfg.batch_size)
+            loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=True,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
             for batch in loader:
                 t0 = time.perf_counter()
-                out = step_fn(model, batch, cfg, device)
+                out = step_fn(net, batch, cfg, device)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=t_cfg.clip_grad_norm)
@@ -225,7 +232,7 @@ def fit(
                 row = {
                     "step": step, "epoch": epoch, "lr_backbone": lrs[0], "lr_new": lrs[1],
                     "images_per_s": t_cfg.batch_size / dt, "seconds": dt,
-                    **{k: float(v.detach()) for k, v in out.items()},
+                    **distributed.all_mean({k: float(v.detach()) for k, v in out.items()}),
                 }
                 if not all(math.isfinite(row[k]) for k in out if k.startswith("loss")):
                     raise FloatingPointError(f"non-finite loss at step {step}: {row}; lower train.lr")
@@ -237,9 +244,10 @@ def fit(
                 end_of_epoch = step % per_epoch == 0
                 if end_of_epoch or step == max_steps or (every and step % every == 0):
                     mf.flush()
-                    atomic_torch_save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "scheduler": sched.state_dict(),
-                                       "wall_seconds": wall_before + time.perf_counter() - session_start}, ckpt_path)
+                    distributed.on_main(atomic_torch_save, {
+                        "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "wall_seconds": wall_before + time.perf_counter() - session_start}, ckpt_path)
                 if on_step is not None:
                     on_step(step, row)
                 if step >= max_steps:
