@@ -14,13 +14,14 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import pipeline, results
-from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
+from .config import SCCAM, SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
 from .errors import SipeError
 from .maps import STRUCTURE
 from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
 from .provenance import REPO_ROOT
 from .train import TrainResult
+from .units import run_plan, trained_sccam
 
 
 class UnitNotComputedError(SipeError, FileNotFoundError):
@@ -61,7 +62,7 @@ class Study:
         With compute=False (publishing what has finished) nothing is run."""
         if not self.compute:
             return []
-        return pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, self.units(variants), self.progress)
+        return run_plan(self.cfg, self.work_dir, self.results_dir, self.units(variants), self.progress)
 
     def results(self, compute: bool | None = None) -> results.StudyResults:
         """The published units' results; with `compute` (default: the study's), missing units are run first."""
@@ -69,7 +70,7 @@ class Study:
             loaded = results.load(self.cfg, self.results_dir)
             todo = [u for u in self.units() if u.name in loaded.missing or u.name in loaded.stale]
             if todo:
-                pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, todo, self.progress)
+                run_plan(self.cfg, self.work_dir, self.results_dir, todo, self.progress)
         return results.load(self.cfg, self.results_dir)
 
     def table(self, name: str, r: results.StudyResults | None = None) -> pd.DataFrame:
@@ -94,6 +95,8 @@ class Study:
         cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
         if not self.compute:
             self._require(pipeline.run_dir_for(variant_config(cfg, variant), self.work_dir, variant) / "final.pt", variant, cfg)
+        elif variant == SCCAM:
+            return trained_sccam(cfg, self.work_dir, progress=self.progress)[0]
         return pipeline.trained(cfg, self.work_dir, variant, progress=self.progress)
 
     def maps(self, variant: str = "sipe", seed_methods: Sequence[str] | None = None, seed: int | None = None) -> Path:
@@ -105,6 +108,8 @@ class Study:
             vcfg = variant_config(cfg, variant)
             self._require(pipeline.maps_dir_for(vcfg, self.work_dir, variant, pipeline.checkpoint_digest(run.checkpoint),
                                                 methods) / "DONE", variant, cfg)
+        elif variant == SCCAM:
+            self.trained(variant, cfg.train.seed)
         return pipeline.maps(cfg, self.work_dir, variant, methods, progress=self.progress)
 
     def _require(self, path: Path, variant: str, cfg: ExperimentConfig) -> None:
