@@ -30,7 +30,7 @@ def stage_table(results_dir: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(REPO / "results" / "subset"))
-    parser.add_argument("--planned-units", type=int, default=10)
+    parser.add_argument("--planned-units", type=int, default=13)
     args = parser.parse_args()
     table = stage_table(Path(args.results))
     if table.empty:

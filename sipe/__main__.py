@@ -5,6 +5,7 @@ Examples::
   python -m sipe stages --profile subset                  # every unit of the study, in turn (resumable)
   python -m sipe stages --profile subset --units sipe-s15 cam-s15
   python -m sipe train --profile subset --variant sipe
+  python -m sipe train --profile subset --variant sccam   # the CAM baseline (round 0), then SC-CAM's rounds
   python -m sipe maps  --profile subset --variant cam
   python -m sipe eval  --profile subset --variant sipe --crf
   python -m sipe scan  --data-root /data/VOC2012 --split train_aug
@@ -23,8 +24,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import (PROFILES, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig, default_work_dir,
-                     get_profile, variant_config)
+from .config import (PROFILES, SCCAM, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig,
+                     default_work_dir, get_profile, variant_config)
 from . import distributed
 from .errors import cli_entry
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         report = scan_dataset(cfg.data.resolved_root(), args.split or cfg.data.train_split)
         print(report.summary())
         return 0 if report.ok else 1
-    from . import pipeline
+    from . import pipeline, units
     from .runtime import resolve_device
 
     resolve_device(cfg.device)  # 'cuda' without a GPU fails here, before any file is written
@@ -96,17 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         given = list(sys.argv[1:] if argv is None else argv)
         return distributed.launch(["-m", "sipe", *distributed.strip_nproc(given)], args.nproc)
     if args.command == "stages":
-        units = pipeline.plan(cfg)
+        todo = pipeline.plan(cfg)
         if args.units:
-            by_name = {u.name: u for u in units}
+            by_name = {u.name: u for u in todo}
             unknown = [n for n in args.units if n not in by_name]
             if unknown:
                 raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
-            units = [by_name[n] for n in args.units]
-        pipeline.run_plan(cfg, work, args.results_dir or None, units, progress=progress)
+            todo = [by_name[n] for n in args.units]
+        units.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
         return 0
+    sccam = units.trained_sccam(cfg, work, progress=progress)[0] if args.variant == SCCAM else None
     if args.command == "train":
-        result = pipeline.trained(cfg, work, args.variant, progress=progress)
+        result = sccam or pipeline.trained(cfg, work, args.variant, progress=progress)
         print(f"{'reused' if result.reused else 'trained'}: {result.checkpoint}")
         return 0
     maps_dir = pipeline.maps(cfg, work, args.variant, progress=progress)

@@ -151,13 +151,53 @@ class StudyConfig:
 
     seeds: tuple[int, ...] = (15, 16, 17)
     variants: tuple[str, ...] = ("sipe", "cam", "semantic_nobpm", "semantic_bpm", "hierarchical_nobpm",
-                                 "sipe_bg05")
-    multi_seed: tuple[str, ...] = ("sipe", "cam")
+                                 "sipe_bg05", "sccam")
+    multi_seed: tuple[str, ...] = ("sipe", "cam", "sccam")
     selection_images: int | None = 300
     fig8_thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
     fig8_alphas: tuple[float, ...] = (1.0,)
-    crf_variants: tuple[str, ...] = ("sipe", "cam")
+    crf_variants: tuple[str, ...] = ("sipe", "cam", "sccam")
     irn_threshold: float = 0.15
+
+
+@dataclass(frozen=True)
+class SCCAMConfig:
+    """SC-CAM's settings (`sipe.sccam`; the paper's: k = 10 sub-categories per class, 3 rounds, sub-category
+    loss weight 5). They change only the `sccam` units, whose identity adds `key()`; no stage hash holds them.
+
+    round0: where round 1's features come from: "cam" = a trained CAM-baseline model (the authors' code),
+        "imagenet" = the ImageNet-initialised backbone.
+    feature_scale: the single scale at which whole images are fed for the clustering features.
+    l2_normalize: L2-normalise the pooled features before k-means (the authors' code does not).
+    n_init, max_iter: k-means restarts and iterations (scikit-learn; random_state = train.seed).
+    """
+
+    k: int = 10
+    rounds: int = 3
+    sub_weight: float = 5.0
+    round0: Literal["cam", "imagenet"] = "cam"
+    feature_scale: float = 1.0
+    l2_normalize: bool = False
+    n_init: int = 10
+    max_iter: int = 300
+
+    def validate(self) -> "SCCAMConfig":
+        if self.k < 1 or self.rounds < 1 or self.n_init < 1 or self.max_iter < 1:
+            raise ConfigError(f"sccam: k, rounds, n_init and max_iter must be >= 1, got {self}")
+        if self.sub_weight < 0:
+            raise ConfigError(f"sccam.sub_weight={self.sub_weight}; must be >= 0")
+        if self.round0 not in ("cam", "imagenet"):
+            raise ConfigError(f"sccam.round0={self.round0!r}; choose 'cam' or 'imagenet'")
+        if self.feature_scale <= 0:
+            raise ConfigError(f"sccam.feature_scale={self.feature_scale}; must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """12-hex hash of these settings."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -172,6 +212,7 @@ class ExperimentConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    sccam: SCCAMConfig = field(default_factory=SCCAMConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,6 +272,7 @@ class ExperimentConfig:
             raise ConfigError("infer.scales is empty")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        self.sccam.validate()
 
     def stage_hash(self, stage: Literal["train", "maps", "eval"], *inputs: str) -> str:
         """12-hex hash of the settings a stage's output depends on, plus `inputs` (data fingerprints,
@@ -338,6 +380,7 @@ def _smoke() -> ExperimentConfig:
         infer=InferConfig(scales=(0.5, 0.25), max_images=4),
         eval=EvalConfig(thresholds=(0.1, 0.2, 0.3, 0.4, 0.5), crf_iterations=2),
         study=StudyConfig(seeds=(0, 1), selection_images=4, fig8_thresholds=(0.1, 0.3, 0.5, 0.7, 0.9)),
+        sccam=SCCAMConfig(k=2),
     )
 
 
@@ -369,9 +412,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic_bpm": {"model.prototype_feature": "semantic"},
     "hierarchical_nobpm": {"model.background_prototype": False},
     "sipe_bg05": {"model.bg_scale": 0.5},
+    "sccam": {"model.gsc": False},
 }
-"""Named model variants: SIPE (hierarchical feature, BPM, GSC), the CAM baseline, the Table 5 options, and
-SIPE with the authors' background weight 0.5 in seed locating (the background-weight ablation)."""
+"""Named model variants: SIPE (hierarchical feature, BPM, GSC), the CAM baseline, the Table 5 options,
+SIPE with the authors' background weight 0.5 in seed locating (the background-weight ablation), and SC-CAM
+(the CAM baseline's network and schedule plus a sub-category head, trained by `sipe.sccam`, see SCCAM)."""
+
+SCCAM = "sccam"
+"""The SC-CAM variant: its units are run by `sipe.units` (round 0 = the CAM unit of the same seed)."""
 
 SELECTION_SPLIT = "train_aug-train-val"
 """Training images outside VOC train and val: where settings are chosen, never on the evaluated splits."""

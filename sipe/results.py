@@ -36,6 +36,8 @@ FIG8_BEST = "CAM threshold (best over sweep)"
 FIG8_ARGMAX = "CAM argmax"
 PROFILE_WEIGHT = "profile's background weight"
 AUTHORS_WEIGHT = "authors' background weight (0.5)"
+SCCAM_ROW = "SCE (SC-CAM) CVPR20"
+"""Table 1's SC-CAM row: the paper's name for it, so that ours stands beside the paper's number."""
 
 
 @dataclass
@@ -93,7 +95,8 @@ class StudyResults:
 def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | None = None) -> StudyResults:
     """The results of `cfg`'s plan (or `units`) found in `results_dir`: a unit counts only when its
     recorded configuration hash and data fingerprints equal those of `cfg` (else it is listed as stale)."""
-    from .pipeline import RESULT_COLUMNS, plan, unit_identity, unit_paths
+    from .pipeline import RESULT_COLUMNS, plan, unit_paths
+    from .units import unit_identity
 
     results_dir = Path(results_dir)
     frames, meta, stale, missing = [], {}, [], []
@@ -176,6 +179,11 @@ def table_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
             Cell("Baseline (CAM)", "loc_maps_crf_void_ignored_miou", "cam", "CAM, IRN protocol + denseCRF (0.30/0.05), void ignored", **_est("cam", "cam_irn", "crf_void_ignored")),
             Cell(f"Baseline (CAM), IRN's t = {irn_t:g}", "loc_maps_miou", "cam", f"CAM, IRN protocol, t = {irn_t:g}", **_fixed("cam", "cam_irn", irn_t)),
             Cell("Baseline (CAM), SIPE's background rule", "loc_maps_miou", "cam", "CAM, background 1 - max CAM", **_est("cam", "cam")),
+            Cell(SCCAM_ROW, "loc_maps_miou", "sccam", f"SC-CAM's parent-head CAM, IRN protocol, {sel}", **_chosen("sccam", "cam_irn")),
+            Cell(SCCAM_ROW, "loc_maps_crf_miou", "sccam", "SC-CAM's CAM, IRN protocol + denseCRF (0.30/0.05), void as background", **_est("sccam", "cam_irn", "crf_void_bg")),
+            Cell(SCCAM_ROW, "loc_maps_crf_void_ignored_miou", "sccam", "SC-CAM's CAM, IRN protocol + denseCRF (0.30/0.05), void ignored", **_est("sccam", "cam_irn", "crf_void_ignored")),
+            Cell(f"SC-CAM, IRN's t = {irn_t:g}", "loc_maps_miou", "sccam", f"SC-CAM's CAM, IRN protocol, t = {irn_t:g}", **_fixed("sccam", "cam_irn", irn_t)),
+            Cell("SC-CAM, SIPE's background rule", "loc_maps_miou", "sccam", "SC-CAM's CAM, background 1 - max CAM", **_est("sccam", "cam")),
         ]
     if name == "table4":
         return [
@@ -387,6 +395,14 @@ CLAIMS: tuple[Claim, ...] = (
           ("table1", "SIPE", "loc_maps_miou"), ("table1", "Baseline (CAM)", "loc_maps_miou"), evidence="03_table1_localization"),
     Claim("SIPE beats the CAM baseline with denseCRF", "Table 1",
           ("table1", "SIPE", "loc_maps_crf_miou"), ("table1", "Baseline (CAM)", "loc_maps_crf_miou"), evidence="03_table1_localization"),
+    Claim("SIPE beats SC-CAM (localization maps)", "Table 1",
+          ("table1", "SIPE", "loc_maps_miou"), ("table1", SCCAM_ROW, "loc_maps_miou"), evidence="03_table1_localization"),
+    Claim("SIPE beats SC-CAM with denseCRF", "Table 1",
+          ("table1", "SIPE", "loc_maps_crf_miou"), ("table1", SCCAM_ROW, "loc_maps_crf_miou"), evidence="03_table1_localization"),
+    Claim("SC-CAM beats the CAM baseline (localization maps)", "Table 1",
+          ("table1", SCCAM_ROW, "loc_maps_miou"), ("table1", "Baseline (CAM)", "loc_maps_miou"), evidence="03_table1_localization"),
+    Claim("SC-CAM beats the CAM baseline with denseCRF", "Table 1",
+          ("table1", SCCAM_ROW, "loc_maps_crf_miou"), ("table1", "Baseline (CAM)", "loc_maps_crf_miou"), evidence="03_table1_localization"),
     Claim("denseCRF improves SIPE's localization maps", "Table 1",
           ("table1", "SIPE", "loc_maps_crf_miou"), ("table1", "SIPE", "loc_maps_miou"), evidence="03_table1_localization"),
     Claim("IPE improves over the CAM baseline", "Table 4",
@@ -532,6 +548,47 @@ def units_table(r: StudyResults, variants: Sequence[str] | None = None) -> pd.Da
             "wall time (min)": round(sum(p.get("wall_seconds", {}).values()) / 60.0, 1), "finished": p.get("finished"),
         })
     return pd.DataFrame(rows)
+
+
+def stage_minutes(r: StudyResults, variants: Sequence[str]) -> pd.DataFrame:
+    """Wall time (min) of each published unit of `variants`, from its record: train (an SC-CAM unit: its round 0,
+    the CAM baseline's training, plus its rounds of features, k-means and training), of which round 0, maps
+    (evaluated and selection splits), evaluation (every reading, denseCRF included)."""
+    rows = []
+    for name, p in r.units.items():
+        if p["variant"] not in variants:
+            continue
+        w = p.get("wall_seconds", {})
+        total = {s: sum(v for k, v in w.items() if k.startswith(s)) / 60.0 for s in ("train", "maps_", "eval_")}
+        rows.append({"unit": name, "variant": p["variant"], "device": p.get("device"), "train": total["train"],
+                     "of which round 0": w["train_round0"] / 60.0 if "train_round0" in w else np.nan,
+                     "maps": total["maps_"], "evaluation": total["eval_"]})
+    return pd.DataFrame(rows, columns=["unit", "variant", "device", "train", "of which round 0", "maps", "evaluation"])
+
+
+def cost_note(r: StudyResults, labels: dict[str, str]) -> str:
+    """One sentence per variant of `labels` ({variant: name}): what its units took to train and to map (mean
+    over the published seeds), read from their records; or, plainly, that it is not computed yet."""
+    minutes = stage_minutes(r, list(labels))
+    lines = []
+    for variant, label in labels.items():
+        absent = [u for u in r.missing + r.stale if u.rsplit("-s", 1)[0] == variant]
+        m = minutes[minutes["variant"] == variant]
+        if m.empty:
+            lines.append(f"{label} is not computed yet for this configuration ({', '.join(absent) or 'no unit planned'}): "
+                         "its rows show '–' and its claims 'not yet run'.")
+            continue
+        train = f"{m['train'].mean():.0f} min to train"
+        if m["of which round 0"].notna().all():
+            r0 = m["of which round 0"].mean()
+            train += f" ({r0:.0f} min of it the CAM baseline's training, its round 0, and {m['train'].mean() - r0:.0f} min its own rounds)"
+        devices = ", ".join(sorted(set(m["device"].astype(str))))
+        line = (f"{label} took {train}, {m['maps'].mean():.0f} min to make its maps and {m['evaluation'].mean():.0f} min "
+                f"to evaluate them (mean over {len(m)} seed{'s' if len(m) != 1 else ''}, on {devices}).")
+        if absent:
+            line += f" Not computed yet: {', '.join(absent)}."
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def code_note(r: StudyResults, variants: Sequence[str]) -> str:

@@ -20,8 +20,9 @@ Training uses this package's optimiser, schedule, augmentation and epochs (`trai
 from the CAM baseline only by the sub-category head and its loss.
 
 Run folder: `config.json`, `sccam.json`, `round<r>/` (features.npy, assignments.npz, assignments.csv,
-metrics.csv, checkpoint.pt, final.pt) and, when every round is done, `final.pt` (the last round's model).
-A finished round is never redone; an interrupted round resumes from its last checkpoint.
+metrics.csv, checkpoint.pt, wall_seconds.json, final.pt) and, when every round is done, `final.pt` (the last
+round's model). A finished round is never redone; an interrupted round resumes from its last checkpoint.
+The study's SC-CAM units (`sipe.units`) run this with the profile's `sccam` settings (`sipe.config.SCCAMConfig`).
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ import functools
 import hashlib
 import io
 import json
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import losses
-from .config import ConfigError, ExperimentConfig, load_config
+from .config import ConfigError, ExperimentConfig, SCCAMConfig, get_profile, load_config
 from .data.datasets import InferenceDataset, TrainDataset, collate_single
 from .data.voc import CLASS_NAMES
 from .models import BACKBONES, SIPENet, build_model
@@ -54,58 +56,12 @@ from .runtime import (
 from .checkpoint import load_trained
 from .train import ConfigMismatchError, fit, make_train_dataset, plan_steps
 
-Round0 = Literal["cam", "imagenet"]
 METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_sub", "lr_backbone", "lr_new", "images_per_s", "seconds")
 
 
-@dataclass(frozen=True)
-class SCCAMConfig:
-    """SC-CAM's settings (the paper's: k = 10 sub-categories per class, 3 rounds, sub-category loss weight 5).
-
-    round0: where round 1's features come from: "cam" = a trained CAM-baseline model (the authors' code),
-        "imagenet" = the ImageNet-initialised backbone.
-    feature_scale: the single scale at which whole images are fed for the clustering features.
-    l2_normalize: L2-normalise the pooled features before k-means (the authors' code does not).
-    n_init, max_iter: k-means restarts and iterations (scikit-learn; random_state = train.seed).
-    """
-
-    k: int = 10
-    rounds: int = 3
-    sub_weight: float = 5.0
-    round0: Round0 = "cam"
-    feature_scale: float = 1.0
-    l2_normalize: bool = False
-    n_init: int = 10
-    max_iter: int = 300
-
-    def validate(self) -> "SCCAMConfig":
-        if self.k < 1 or self.rounds < 1 or self.n_init < 1 or self.max_iter < 1:
-            raise ConfigError(f"sccam: k, rounds, n_init and max_iter must be >= 1, got {self}")
-        if self.sub_weight < 0:
-            raise ConfigError(f"sccam.sub_weight={self.sub_weight}; must be >= 0")
-        if self.round0 not in ("cam", "imagenet"):
-            raise ConfigError(f"sccam.round0={self.round0!r}; choose 'cam' or 'imagenet'")
-        if self.feature_scale <= 0:
-            raise ConfigError(f"sccam.feature_scale={self.feature_scale}; must be positive")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-SCCAM_PROFILES: dict[str, SCCAMConfig] = {
-    "smoke": SCCAMConfig(k=2, rounds=2),
-    "subset": SCCAMConfig(),
-    "paper": SCCAMConfig(),
-}
-"""Per-profile SC-CAM settings: the paper's for `subset` and `paper`; 2 sub-categories x 2 rounds for `smoke`."""
-
-
 def sccam_profile(name: str, **overrides: Any) -> SCCAMConfig:
-    """The SC-CAM settings of a profile, with field overrides (e.g. k=5)."""
-    if name not in SCCAM_PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(SCCAM_PROFILES)}")
-    return dataclasses.replace(SCCAM_PROFILES[name], **overrides).validate()
+    """The SC-CAM settings of a profile (`get_profile(name).sccam`), with field overrides (e.g. k=5)."""
+    return dataclasses.replace(get_profile(name).sccam, **overrides).validate()
 
 
 # ----------------------------------------------------------------------------- features and clustering
@@ -339,6 +295,21 @@ class SCCAMResult:
     round_dirs: tuple[Path, ...]
     reused: bool
 
+    def round_seconds(self) -> dict[int, dict[str, float]]:
+        """Wall time (s) of each round's phases: {round: {"features", "clustering", "training"}}."""
+        return {r: json.loads((d / ROUND_SECONDS).read_text()) if (d / ROUND_SECONDS).exists() else {}
+                for r, d in enumerate(self.round_dirs, start=1)}
+
+
+ROUND_SECONDS = "wall_seconds.json"
+
+
+def _record_seconds(rdir: Path, phase: str, seconds: float) -> None:
+    """Set one phase's wall time in `<round dir>/wall_seconds.json` (features, clustering, training)."""
+    path = rdir / ROUND_SECONDS
+    record = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_json(path, {**record, phase: round(float(seconds), 3)})
+
 
 def sccam_hash(cfg: ExperimentConfig, sccam: SCCAMConfig, round0_train_hash: str | None = None) -> str:
     """12-hex hash of an SC-CAM run's inputs: the train stage, the SC-CAM settings and round 0's model."""
@@ -378,7 +349,7 @@ def _save_model(path: Path, model: SCCAMNet, cfg: ExperimentConfig, sccam: SCCAM
 def train_sccam(
     cfg: ExperimentConfig,
     run_dir: str | Path,
-    sccam: SCCAMConfig = SCCAMConfig(),
+    sccam: SCCAMConfig | None = None,
     round0_checkpoint: str | Path | None = None,
     progress: bool = True,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -386,10 +357,11 @@ def train_sccam(
     """Train SC-CAM's `sccam.rounds` rounds in `run_dir` (resumable) and return the final parent-head model.
 
     cfg: the CAM baseline's config (model.gsc off): backbone, optimiser, schedule, augmentation, epochs per
-    round. round0_checkpoint: the CAM baseline's `final.pt` whose features make round 1's sub-categories
-    (needed when sccam.round0 == "cam"). on_step(round, step, metrics row) is called after every step.
+    round. sccam: the SC-CAM settings (default: cfg.sccam). round0_checkpoint: the CAM baseline's `final.pt`
+    whose features make round 1's sub-categories (needed when sccam.round0 == "cam"). on_step(round, step,
+    metrics row) is called after every step. The final model's "wall_seconds" is the rounds' total.
     """
-    sccam.validate()
+    sccam = (cfg.sccam if sccam is None else sccam).validate()
     if cfg.model.gsc:
         raise ConfigError("SC-CAM trains without the GSC loss: pass the CAM baseline's config "
                           "(variant_config(cfg, 'cam'), model.gsc=False)")
@@ -428,6 +400,7 @@ def train_sccam(
             if feats_path.exists():
                 features = np.load(feats_path)
             else:
+                t0 = time.perf_counter()
                 if feats_ds is None:
                     feats_ds = feature_dataset(cfg, sccam.feature_scale)
                 if feats_ds.ids != train_ds.ids:
@@ -437,11 +410,14 @@ def train_sccam(
                                           desc=f"sccam features r{rnd}/{sccam.rounds}")
                 del extractor
                 _save_npy(feats_path, features)
+                _record_seconds(rdir, "features", time.perf_counter() - t0)
+            t0 = time.perf_counter()
             labels = np.stack([train_ds.label(i) for i in range(len(train_ds))])
             assignment = cluster_subcategories(features, labels, sccam.k, cfg.train.seed, sccam.n_init,
                                                sccam.max_iter, sccam.l2_normalize)
             ids = list(train_ds.ids)
             save_assignment(assignment, ids, rdir)
+            _record_seconds(rdir, "clustering", time.perf_counter() - t0)
         if ids != list(train_ds.ids):
             raise RuntimeError(f"{rdir / 'assignments.npz'} lists other images than the training split")
 
@@ -452,11 +428,14 @@ def train_sccam(
         fitted = fit(cfg, model, SubLabelDataset(train_ds, assignment.sub_labels), step_fn, rdir / "checkpoint.pt",
                      rdir / "metrics.csv", fields=METRIC_FIELDS, progress=progress, on_step=callback,
                      desc=f"sccam train r{rnd}/{sccam.rounds}")
+        _record_seconds(rdir, "training", fitted.wall_seconds)
         _save_model(rfinal, model, cfg, sccam, rnd, fitted.steps)
         del model
+    result = SCCAMResult(run_dir, final, round_dirs, reused=False)
     state = torch.load(round_dirs[-1] / "final.pt", map_location="cpu", weights_only=True)
+    state["wall_seconds"] = float(sum(sum(r.values()) for r in result.round_seconds().values()))
     atomic_torch_save(state, final)
-    return SCCAMResult(run_dir, final, round_dirs, reused=False)
+    return result
 
 
 def _extractor(cfg: ExperimentConfig, sccam: SCCAMConfig, rnd: int, round_dirs: tuple[Path, ...],

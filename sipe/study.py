@@ -15,13 +15,14 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import distributed, pipeline, results
-from .config import SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
+from .config import SCCAM, SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from .data import voc
 from .errors import SipeError
 from .maps import STRUCTURE
 from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
 from .provenance import REPO_ROOT
 from .train import TrainResult
+from .units import run_plan, trained_sccam
 
 
 class UnitNotComputedError(SipeError, FileNotFoundError):
@@ -66,10 +67,10 @@ class Study:
         return self._run_plan(self.units(variants))
 
     def _run_plan(self, units: Sequence[pipeline.Unit]) -> list[Path]:
-        """`pipeline.run_plan` over `units`: in this process, or with nproc > 1 as `python -m sipe stages` under
+        """`units.run_plan` over `units`: in this process, or with nproc > 1 as `python -m sipe stages` under
         torchrun (the same configuration, work and results folders)."""
         if self.nproc <= 1:
-            return pipeline.run_plan(self.cfg, self.work_dir, self.results_dir, units, self.progress)
+            return run_plan(self.cfg, self.work_dir, self.results_dir, units, self.progress)
         args = ["-m", "sipe", "stages", "--profile", self.cfg.profile, "--work-dir", str(self.work_dir),
                 "--results-dir", str(self.results_dir), *distributed.cli_args(self.cfg, get_profile(self.cfg.profile)),
                 *([] if self.progress else ["--no-progress"]), "--units", *(u.name for u in units)]
@@ -115,6 +116,8 @@ class Study:
         cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})
         if not self.compute:
             self._require(pipeline.run_dir_for(variant_config(cfg, variant), self.work_dir, variant) / "final.pt", variant, cfg)
+        elif variant == SCCAM:
+            return trained_sccam(cfg, self.work_dir, progress=self.progress)[0]
         self._compute_unit(variant, cfg.train.seed)
         return pipeline.trained(cfg, self.work_dir, variant, progress=self.progress)
 
@@ -127,6 +130,8 @@ class Study:
             vcfg = variant_config(cfg, variant)
             self._require(pipeline.maps_dir_for(vcfg, self.work_dir, variant, pipeline.checkpoint_digest(run.checkpoint),
                                                 methods) / "DONE", variant, cfg)
+        elif variant == SCCAM:
+            self.trained(variant, cfg.train.seed)
         self._compute_unit(variant, cfg.train.seed)
         return pipeline.maps(cfg, self.work_dir, variant, methods, progress=self.progress)
 
