@@ -566,6 +566,11 @@ def stage_minutes(r: StudyResults, variants: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["unit", "variant", "device", "train", "of which round 0", "maps", "evaluation"])
 
 
+def _duration(minutes: float) -> str:
+    """'42 min', '3.5 min' or '12 s'."""
+    return f"{minutes * 60:.0f} s" if minutes < 1 else f"{minutes:.1f} min" if minutes < 10 else f"{minutes:.0f} min"
+
+
 def cost_note(r: StudyResults, labels: dict[str, str]) -> str:
     """One sentence per variant of `labels` ({variant: name}): what its units took to train and to map (mean
     over the published seeds), read from their records; or, plainly, that it is not computed yet."""
@@ -578,13 +583,15 @@ def cost_note(r: StudyResults, labels: dict[str, str]) -> str:
             lines.append(f"{label} is not computed yet for this configuration ({', '.join(absent) or 'no unit planned'}): "
                          "its rows show '–' and its claims 'not yet run'.")
             continue
-        train = f"{m['train'].mean():.0f} min to train"
+        train = f"{_duration(m['train'].mean())} to train"
         if m["of which round 0"].notna().all():
             r0 = m["of which round 0"].mean()
-            train += f" ({r0:.0f} min of it the CAM baseline's training, its round 0, and {m['train'].mean() - r0:.0f} min its own rounds)"
+            train += (f" ({_duration(r0)} of it the CAM baseline's training, its round 0, and "
+                      f"{_duration(m['train'].mean() - r0)} its own rounds)")
         devices = ", ".join(sorted(set(m["device"].astype(str))))
-        line = (f"{label} took {train}, {m['maps'].mean():.0f} min to make its maps and {m['evaluation'].mean():.0f} min "
-                f"to evaluate them (mean over {len(m)} seed{'s' if len(m) != 1 else ''}, on {devices}).")
+        line = (f"{label} took {train}, {_duration(m['maps'].mean())} to make its maps and "
+                f"{_duration(m['evaluation'].mean())} to evaluate them (mean over {len(m)} seed{'s' if len(m) != 1 else ''}, "
+                f"on {devices}).")
         if absent:
             line += f" Not computed yet: {', '.join(absent)}."
         lines.append(line)

@@ -149,6 +149,7 @@ def test_sccam_rows_in_table1_its_claims_and_its_cost(study_dirs, synthetic_root
     assert minutes.loc["sccam-s0", "maps"] == pytest.approx((wall["maps_eval"] + wall["maps_selection"]) / 60)
     assert np.isnan(minutes.loc["cam-s0", "of which round 0"])
     note = results.cost_note(r, {"cam": "The CAM baseline", SCCAM: "SC-CAM", "sipe": "SIPE"}).splitlines()
-    assert note[0].startswith("The CAM baseline took ") and "min to make its maps" in note[0]
+    assert note[0].startswith("The CAM baseline took ") and " to make its maps" in note[0]
+    assert results._duration(0.2) == "12 s" and results._duration(3.54) == "3.5 min" and results._duration(42.4) == "42 min"
     assert note[1].startswith("SC-CAM took ") and "round 0" in note[1]
     assert note[2] == "SIPE is not computed yet for this configuration (sipe-s0): its rows show '–' and its claims 'not yet run'."
