@@ -165,11 +165,11 @@ class SCCAMConfig:
     """SC-CAM's settings (`sipe.sccam`; the paper's: k = 10 sub-categories per class, 3 rounds, sub-category
     loss weight 5). They change only the `sccam` units, whose identity adds `key()`; no stage hash holds them.
 
-    round0: where round 1's features come from: "cam" = a trained CAM-baseline model (the authors' code),
-        "imagenet" = the ImageNet-initialised backbone.
-    feature_scale: the single scale at which whole images are fed for the clustering features.
-    l2_normalize: L2-normalise the pooled features before k-means (the authors' code does not).
-    n_init, max_iter: k-means restarts and iterations (scikit-learn; random_state = train.seed).
+    - round0: where round 1's features come from: "cam" = a trained CAM-baseline model (the authors' code),
+      "imagenet" = the ImageNet-initialised backbone.
+    - feature_scale: the single scale at which whole images are fed for the clustering features.
+    - l2_normalize: L2-normalise the pooled features before k-means (the authors' code does not).
+    - n_init, max_iter: k-means restarts and iterations (scikit-learn; random_state = train.seed).
     """
 
     k: int = 10

@@ -9,6 +9,7 @@ and mapped by the maps stage like the CAM baseline.
 
 Choices, following the authors' released code (Juliachang/SC-CAM: script.sh, extract_feature.py,
 create_pseudo_label.py, train_cls.py):
+
 - round 1's features come from a trained CAM-baseline classifier (their R1 extractor is `res38_cls.pth`,
   the AffinityNet classification model), not from the ImageNet backbone; `round0="imagenet"` is the option;
 - every round trains from the ImageNet initialisation (their `--weights` is the ImageNet model each round);
@@ -16,6 +17,7 @@ create_pseudo_label.py, train_cls.py):
 - features are the raw pooled features (no L2 normalisation; `l2_normalize=True` is the option), of the
   whole image at scale 1.0; k-means with 10 initialisations and at most 300 iterations per class;
 - sub-category s of class c is column c * k + s of the (N, K*k) sub-label matrix.
+
 Training uses this package's optimiser, schedule, augmentation and epochs (`train.fit`), so SC-CAM differs
 from the CAM baseline only by the sub-category head and its loss.
 

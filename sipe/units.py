@@ -1,6 +1,7 @@
 """The study's units of every kind: SC-CAM's units are run here, every other one by `sipe.pipeline.run_unit`.
 
 An SC-CAM unit (`sccam`, seed) is made exactly as the CAM unit of the same seed, but for its model:
+
 - round 0 is the CAM unit's training run (`pipeline.trained(..., "cam")`: reused, or trained first);
 - `sipe.sccam.train_sccam` runs the profile's `sccam` settings (k, rounds, sub_weight) in
   `<unit run folder>/sccam-<settings key>/`, the unit run folder being the one `sipe.train.train` keeps for
@@ -10,6 +11,7 @@ An SC-CAM unit (`sccam`, seed) is made exactly as the CAM unit of the same seed,
   makes and evaluates its maps as the CAM unit's (same readings; denseCRF with IRN's 0.30 / 0.05);
 - the unit's record then gets its SC-CAM settings, a config hash that covers them, and the wall time of
   each round (`train_round0` is the CAM's training, `train_round<r>` features + k-means + training).
+
 Run SC-CAM's units through `run_unit` here: `pipeline.run_unit` alone, on an empty unit run folder, would
 train a plain CAM there (whose results stay unpublished: their config hash lacks the SC-CAM settings).
 """
