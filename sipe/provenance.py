@@ -57,24 +57,28 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
 its fingerprint); a later stage also depends on the earlier ones'."""
 
 
+def stage_patterns(stages: list[str] | tuple[str, ...]) -> list[str]:
+    """The source patterns the numbers of `stages` depend on: their own and those of every earlier stage, in
+    STAGE_SOURCES order."""
+    order = list(STAGE_SOURCES)
+    last = max((order.index(s) for s in stages), default=-1)
+    return [p for name in order[: last + 1] for p in STAGE_SOURCES[name]]
+
+
 def stage_code_hash(stage: str, repo: Path = REPO_ROOT) -> str:
     """12-hex sha256 over the source files of `stage` and of the stages before it (see STAGE_SOURCES)."""
-    order = list(STAGE_SOURCES)
     h = hashlib.sha256()
-    for name in order[: order.index(stage) + 1]:
-        for pattern in STAGE_SOURCES[name]:
-            for path in sorted(repo.glob(pattern)):
-                h.update(path.relative_to(repo).as_posix().encode())
-                h.update(path.read_bytes())
+    for pattern in stage_patterns([stage]):
+        for path in sorted(repo.glob(pattern)):
+            h.update(path.relative_to(repo).as_posix().encode())
+            h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
 def changed_stage_files(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
     """The source files of `stages` (and of the stages before them) that differ between `revision` and the
     working tree (`git diff --name-only`); None when git or the revision is unavailable."""
-    order = list(STAGE_SOURCES)
-    last = max((order.index(s) for s in stages), default=-1)
-    patterns = [p for name in order[: last + 1] for p in STAGE_SOURCES[name]]
+    patterns = stage_patterns(stages)
     rev = revision.removesuffix("-dirty")
     if not patterns or not rev or rev == "unknown":
         return [] if not patterns else None
@@ -126,10 +130,8 @@ def code_changes(revision: str, stages: list[str] | tuple[str, ...], repo: Path 
 def stages_using(files: list[str]) -> list[str]:
     """The stages whose numbers depend on any of `files` (a stage depends on its sources and on those of the
     stages before it, as in `stage_code_hash`)."""
-    order = list(STAGE_SOURCES)
-    first = min((i for i, name in enumerate(order) for f in files
-                 if any(fnmatch.fnmatch(f, p) for p in STAGE_SOURCES[name])), default=len(order))
-    return order[first:]
+    return [stage for stage in STAGE_SOURCES
+            if any(fnmatch.fnmatch(f, p) for f in files for p in stage_patterns([stage]))]
 
 
 def stage_code_hashes() -> dict[str, str]:
