@@ -3,7 +3,7 @@
 Examples::
 
   python -m sipe stages --profile subset                  # every unit of the study, in turn (resumable)
-  python -m sipe stages --profile subset --units sipe-s15 cam-s15
+  python -m sipe stages --profile subset --units sipe-s15 cam-s15 segmentation-s15
   python -m sipe train --profile subset --variant sipe
   python -m sipe train --profile subset --variant sccam   # the CAM baseline (round 0), then SC-CAM's rounds
   python -m sipe maps  --profile subset --variant cam
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--which", default="is_cam", help="eval: map key (is_cam, cam, is_cam@argmax, ...)")
     parser.add_argument("--crf", action="store_true", help="eval: also denseCRF post-processing")
     parser.add_argument("--units", nargs="+", default=None, metavar="VARIANT-sSEED",
-                        help="stages: only these units (default: the profile's whole plan)")
+                        help="stages: only these units (default: the profile's whole plan, segmentation units last)")
     parser.add_argument("--results-dir", default="", help="stages: results folder (default: results/<profile> "
                         "for subset/paper, <work dir>/results for smoke)")
     parser.add_argument("--no-progress", action="store_true")
@@ -97,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         given = list(sys.argv[1:] if argv is None else argv)
         return distributed.launch(["-m", "sipe", *distributed.strip_nproc(given)], args.nproc)
     if args.command == "stages":
-        todo = pipeline.plan(cfg)
+        from . import segstudy
+
+        todo = segstudy.stages_plan(cfg)
         if args.units:
             by_name = {u.name: u for u in todo}
             unknown = [n for n in args.units if n not in by_name]
             if unknown:
                 raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
             todo = [by_name[n] for n in args.units]
-        units.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
+        segstudy.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
         return 0
     sccam = units.trained_sccam(cfg, work, progress=progress)[0] if args.variant == SCCAM else None
     if args.command == "train":

@@ -56,7 +56,7 @@ from .runtime import atomic_write_json, resolve_device, seed_everything
 class LabelProtocol:
     """How maps become IR labels and how the random walk's output becomes labels.
 
-    which: map key ('is_cam' for SIPE, 'cam' for the CAM baseline).
+    which: map key ('is_cam' for SIPE, 'cam_irn' for the CAM baseline: IRN's map fusion, as in Table 1).
     background 'maps' (SIPE): the maps' own background channel; the background-confident CRF run scales
         it by `ir_bg_scale`; it is propagated with the classes and competes in the final argmax.
     background 'threshold' (IRN): constant background `conf_fg_threshold` / `conf_bg_threshold` for
@@ -79,9 +79,9 @@ class LabelProtocol:
 
 PROTOCOLS: dict[str, LabelProtocol] = {
     "sipe": LabelProtocol("is_cam", "maps", power=1.5),
-    "irn": LabelProtocol("cam", "threshold", power=1.0),
+    "irn": LabelProtocol("cam_irn", "threshold", power=1.0),
 }
-"""'sipe': SIPE's cam2ir / make_seg_labels on IS-CAM; 'irn': IRN's on the label-masked CAM (baseline)."""
+"""'sipe': SIPE's cam2ir / make_seg_labels on IS-CAM; 'irn': IRN's on its CAM of the image's classes (baseline)."""
 
 NON_RESULT_FIELDS = ("checkpoint_every", "num_workers", "label_workers")
 

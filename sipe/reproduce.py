@@ -80,7 +80,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("07_fig1_tsne", _TRAINED),
     Notebook("08_fig3_structure", _TRAINED),
     Notebook("09_fig5_fig7_visual", _TRAINED),
-    Notebook("10_table2_table3_segmentation"),
+    Notebook("10_table2_table3_segmentation", _TRAINED),
     Notebook("11_bg_weight_selection"),
 )
 

@@ -31,7 +31,12 @@ CLAIM_COLUMNS = ["claim", "source", "paper_delta", "ours_mean", "ours_std", "n_s
 UNCHANGED_TOLERANCE = 1.0
 """mIoU points within which a difference counts as 'basically unchanged' (Table 5, (1) -> (2))."""
 BOOTSTRAP_SAMPLES = 2000
-CLAIM_TABLES = ("table1", "table4", "table5", "fig8", "fig1", "bg_weight")
+CLAIM_TABLES = ("table1", "table4", "table5", "fig8", "fig1", "bg_weight", "table2", "pseudo_labels")
+SEGMENTATION_TABLES = ("table2", "pseudo_labels")
+PAPER_ONLY_QUANTITIES: dict[str, tuple[str, ...]] = {"table2": ("test_miou",)}
+"""Quantities of a table that no profile can measure (VOC test labels are held by the evaluation server):
+their summaries show the paper's column alone."""
+"""Tables of the segmentation units (`sipe.segstudy.table_cells`)."""
 FIG8_BEST = "CAM threshold (best over sweep)"
 FIG8_ARGMAX = "CAM argmax"
 PROFILE_WEIGHT = "profile's background weight"
@@ -94,7 +99,8 @@ class StudyResults:
 
 def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | None = None) -> StudyResults:
     """The results of `cfg`'s plan (or `units`) found in `results_dir`: a unit counts only when its
-    recorded configuration hash and data fingerprints equal those of `cfg` (else it is listed as stale)."""
+    recorded configuration hash and data fingerprints equal those of `cfg` (else it is listed as stale).
+    A unit with `identity(cfg)` and `code_hashes()` methods (`sipe.segstudy.SegUnit`) supplies its own."""
     from .pipeline import RESULT_COLUMNS, plan, unit_paths
     from .units import unit_identity
 
@@ -107,14 +113,17 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
             missing.append(unit.name)
             continue
         record = json.loads(paths["json"].read_text())
-        identity = unit_identity(cfg, unit)
+        identity = unit.identity(cfg) if hasattr(unit, "identity") else unit_identity(cfg, unit)
         if any(record.get(k) != v for k, v in identity.items()):
             stale.append(unit.name)
             continue
-        changed = [s for s, h in record.get("code", {}).items() if current.get(s) != h]
-        files = provenance.code_changes(str(record.get("git_revision", "")), changed) if changed else []
+        now = unit.code_hashes() if hasattr(unit, "code_hashes") else current
+        changed = [s for s, h in record.get("code", {}).items() if now.get(s) != h]
+        staged = [s for s in changed if s in provenance.STAGE_SOURCES]
+        files = provenance.code_changes(str(record.get("git_revision", "")), staged) if staged else []
         if files is not None:
-            changed = [s for s in changed if s in provenance.stages_using(files)]
+            staged = [s for s in staged if s in provenance.stages_using(files)]
+        changed = staged + [s for s in changed if s not in provenance.STAGE_SOURCES]
         record["code_changed"], record["code_changed_files"] = changed, files
         meta[unit.name] = record
         frame = pd.read_csv(paths["csv"])
@@ -169,6 +178,10 @@ def table_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
     irn_t = cfg.study.irn_threshold
     C = Cell
     sel = "background threshold chosen on the selection split"
+    if name in SEGMENTATION_TABLES:
+        from .segstudy import table_cells as segmentation_cells
+
+        return segmentation_cells(name, cfg)
     if name == "table1":
         return [
             Cell("SIPE", "loc_maps_miou", "sipe", "IS-CAM, estimated background", **_est("sipe")),
@@ -218,7 +231,7 @@ def table_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
                            get=best, split=SELECTION_SPLIT),
                       Cell(row, "estimated_miou", v, "IS-CAM, estimated background", **_est(v))]
         return cells
-    raise KeyError(f"no table {name!r}; choose table1, table4, table5, fig8 or bg_weight")
+    raise KeyError(f"no table {name!r}; choose table1, table4, table5, fig8, bg_weight, table2 or pseudo_labels")
 
 
 def tidy(name: str, r: StudyResults, cfg: ExperimentConfig) -> pd.DataFrame:
@@ -268,7 +281,7 @@ def fmt_mean_std(values: Sequence[float]) -> str:
 def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show_paper_only: bool = True) -> pd.DataFrame:
     """Paper vs ours for reading: one row per table row; per quantity the paper's number and ours as
     mean ± std over seeds (n). Rows without a measured number show '–' (show_paper_only: the paper's
-    rows we do not measure are listed too)."""
+    rows we do not measure are listed too); quantities of PAPER_ONLY_QUANTITIES have no 'ours' column."""
     paper_values = _paper_lookup(paper_table or name)
     rows = list(dict.fromkeys(table["row"]))
     rows += list(dict.fromkeys(r for (r, _q) in paper_values if r not in rows and show_paper_only))
@@ -277,6 +290,8 @@ def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show
     for q in quantities:
         if any((r, q) in paper_values for r in rows):
             out[(q, "paper")] = [f"{paper_values[(r, q)]:.1f}" if (r, q) in paper_values else "–" for r in rows]
+        if q in PAPER_ONLY_QUANTITIES.get(name, ()):
+            continue
         out[(q, "ours")] = [fmt_mean_std(table[(table["row"] == r) & (table["quantity"] == q)]["value"]) for r in rows]
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
@@ -380,7 +395,8 @@ class Claim:
     """A claim 'better beats baseline' between two cells (table, row, quantity) of the tidy tables.
 
     `confusion_keys` name the per-image confusions of the two readings (for one-seed bootstrap
-    intervals); unchanged=True claims a difference of about zero. paper_delta None: a qualitative claim."""
+    intervals); unchanged=True claims a difference of about zero. paper: the (better, baseline) cells of
+    the paper's delta when they are not the measured ones; a cell the paper lacks gives a nan delta."""
 
     claim: str
     source: str
@@ -388,6 +404,7 @@ class Claim:
     baseline: tuple[str, str, str]
     unchanged: bool = False
     evidence: str = ""
+    paper: tuple[tuple[str, str, str], tuple[str, str, str]] | None = None
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -433,6 +450,15 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("Background weight: the profile's value beats the authors' 0.5 on the selection split", "ours (ablation)",
           ("bg_weight", PROFILE_WEIGHT, "selection_estimated_miou"), ("bg_weight", AUTHORS_WEIGHT, "selection_estimated_miou"),
           evidence="11_bg_weight_selection"),
+    *(Claim(f"The random walk improves {who} pseudo labels", "IRN step (the paper reports no pseudo-label mIoU)",
+            ("pseudo_labels", row, "random_walk_miou"), ("pseudo_labels", row, "maps_miou"),
+            evidence="10_table2_table3_segmentation")
+      for who, row in (("SIPE's", "SIPE"), ("the CAM baseline's", "Baseline (CAM)"))),
+    Claim("SIPE's pseudo labels beat the CAM baseline's after refinement",
+          "Table 2 (paper: val mIoU of SIPE (ResNet101) - IRN (ResNet50), CAM + IRN refinement)",
+          ("pseudo_labels", "SIPE", "random_walk_miou"), ("pseudo_labels", "Baseline (CAM)", "random_walk_miou"),
+          evidence="10_table2_table3_segmentation",
+          paper=(("table2", "SIPE (ResNet101)", "val_miou"), ("table2", "IRN CVPR19 (ResNet50)", "val_miou"))),
 )
 
 def _paper_number(cell: tuple[str, str, str]) -> float:
@@ -463,7 +489,8 @@ def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[
         better, base = values(c.better), values(c.baseline)
         n = min(len(better), len(base))
         deltas = [better[i] - base[i] for i in range(n)]
-        paper_delta = _paper_number(c.better) - _paper_number(c.baseline)
+        paper_better, paper_baseline = c.paper or (c.better, c.baseline)
+        paper_delta = _paper_number(paper_better) - _paper_number(paper_baseline)
         sign = 1.0 if math.isnan(paper_delta) or paper_delta >= 0 or c.unchanged else -1.0
         ci = interval(c) if n == 1 and interval is not None else None
         if ci is None and n == 1 and confusions is not None:
@@ -482,11 +509,12 @@ def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[
     return pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
 
 
-def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame],
+                 claim_list: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
     """`claims` over the study's tidy tables, with bootstrap intervals for one-seed claims drawn from the
     units' per-image confusions."""
     cells = {}
-    for name in ("table1", "table4", "table5", "fig8", "bg_weight"):
+    for name in ("table1", "table4", "table5", "fig8", "bg_weight", *SEGMENTATION_TABLES):
         cells.update({(name, c.row, c.quantity): c for c in table_cells(name, cfg)})
 
     def first_seed(cell: tuple[str, str, str]) -> int | None:
@@ -530,7 +558,7 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
         _, lo, hi = bootstrap_mean_delta(pairs[column[c.better[1]]].to_numpy(), pairs[column[c.baseline[1]]].to_numpy())
         return lo, hi
 
-    return claims(tables, pair, interval=fig1_interval)
+    return claims(tables, pair, claim_list, interval=fig1_interval)
 
 
 def units_table(r: StudyResults, variants: Sequence[str] | None = None) -> pd.DataFrame:

@@ -1,295 +1,504 @@
-"""Tables 2 and 3 and Fig. 6 for the notebooks: maps -> (IRN) pseudo labels -> segmentation network -> val mIoU.
+"""The study's segmentation unit (Table 2, Fig. 6) and the COCO path (Table 3).
 
-`Table2(study)` runs, for a `sipe.study.Study`, every cached stage of the segmentation path:
+A unit `segmentation-s<seed>` runs after the classification units of `sipe.pipeline.plan` (`plan`,
+`stages_plan`). For SIPE and the CAM baseline (each with its label protocol, `sipe.irn.PROTOCOLS`): maps
+on the training split (train_aug), IR labels (denseCRF confident regions), IRN, random-walk pseudo labels,
+each evaluated on the pseudo-labelled images of the evaluated split (VOC train); then the segmentation
+net trained on SIPE's pseudo labels and once on the ground truth of the same images, evaluated on val
+single scale, multi-scale + flip, and + denseCRF.
 
-- maps on the training split (train_aug: the pseudo labels must cover the training images), through
-  `study.on_split(...).maps(variant)`;
-- per variant ('sipe' with SIPE's protocol, 'cam' with IRN's) IR labels, IRN, random-walk pseudo labels
-  (`sipe.irn`), with the pseudo labels' mIoU on the training images that have ground truth in the
-  evaluated split (VOC train), before and after the random walk;
-- the segmentation network (`sipe.segmentation`) trained on SIPE's pseudo labels and, once, on the
-  ground-truth masks of the same images, evaluated on val single-scale and multi-scale + flip + denseCRF.
-
-Stages live under `<work_dir>/segmentation/` keyed by their inputs and settings, and resume when
-interrupted. `Table3` runs the same path on a COCO root without the IRN step, as the paper does.
+Every stage is a folder `<work_dir>/segmentation/<stage>/<name>-s<seed>-<key>` keyed by its inputs and
+settings, locked while written, resumed when interrupted, with its wall time in `wall.json`. A finished
+unit writes `runs/segmentation-s<seed>.csv` (rows of `sipe.pipeline.RESULT_COLUMNS`), `.json`
+(provenance, stage folders, wall time per stage) and `confusions/segmentation-s<seed>.npz` (per-image
+confusions) into the results folder; a rerun skips it while its configuration and data are unchanged.
+`table_cells` gives the tidy tables 'table2' and 'pseudo_labels' (`sipe.results.tidy`).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import math
-from dataclasses import asdict, dataclass, replace
+import io
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import irn, segmentation
+from . import distributed, irn, pipeline, segmentation
+from . import provenance as prov
+from . import results as res
+from .config import ConfigError, ExperimentConfig, get_profile, variant_config
 from .data import coco, voc
-from .data.labelled import GROUND_TRUTH, evaluate_label_dir, load_label
-from .evaluation import evaluate_maps
-from .runtime import atomic_write_text
+from .data.labelled import GROUND_TRUTH, LabelDirLabeler
+from .evaluation import Reading, accumulate_confusion, evaluate_readings, miou_result
+from .locks import folder_lock
+from .maps import STRUCTURE
+from .paper import FULL_VOC_SIZES, paper_value
+from .runtime import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, resolve_device
+from .study import UnitNotComputedError
+from .units import run_unit as classification_unit
 
-VARIANT_PROTOCOLS: dict[str, str] = {"sipe": "sipe", "cam": "irn"}
-"""The variants refined for the pseudo-label table and the label protocol of each (sipe.irn.PROTOCOLS)."""
-ROW_NAMES = {"sipe": "SIPE", "cam": "CAM"}
-PAPER_ROW = "SIPE (ResNet101)"
+UNIT_VARIANT = "segmentation"
+REFINED: dict[str, str] = {"sipe": "sipe", "cam": "irn"}
+"""The variants refined into pseudo labels and the label protocol of each (`sipe.irn.PROTOCOLS`)."""
+GT_LABELS = "ground_truth"
+VAL_SPLIT = "val"
 MODE_NAMES = {"ss": "single scale", "ms": "multi-scale + flip", "ms_crf": "multi-scale + flip + denseCRF"}
+PSEUDO_STAGES = {"maps": "maps before refinement", "ir_labels": "IR labels (denseCRF confident regions, void ignored)",
+                 "random_walk": "random-walk pseudo labels"}
+TABLES = ("table2", "pseudo_labels")
+PAPER_ROW = "SIPE (ResNet101)"
+IRN_PAPER_ROW = "IRN CVPR19 (ResNet50)"
+RATIO_ROW = "Pseudo-label model / fully supervised model"
 FULL_VAL = {"voc": 1449, "coco": 40137}
+CODE_SOURCES = ("sipe/segstudy.py", "sipe/irn.py", "sipe/segmentation.py", "sipe/data/labelled.py")
+WALL_FILE = "wall.json"
+NOTEBOOK = "10_table2_table3_segmentation"
 
 
-def _relative(path: Path, base: Path) -> str:
-    """`path` relative to `base` when inside it (stage folders are identified without the work dir's location)."""
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
+@dataclass(frozen=True)
+class SegUnit(pipeline.Unit):
+    """The segmentation unit of one training seed (variant is always 'segmentation')."""
+
+    def __post_init__(self) -> None:
+        if self.variant != UNIT_VARIANT:
+            raise ValueError(f"a SegUnit's variant is {UNIT_VARIANT!r}, got {self.variant!r}")
+
+    def identity(self, cfg: ExperimentConfig) -> dict[str, str]:
+        return unit_identity(cfg, self.seed)
+
+    def code_hashes(self) -> dict[str, str]:
+        return code_hashes()
+
+
+def refined_variants(cfg: ExperimentConfig) -> list[str]:
+    return [v for v in REFINED if v in cfg.study.variants]
+
+
+def plan(cfg: ExperimentConfig) -> list[SegUnit]:
+    """The segmentation units: one per seed of the study when SIPE and the CAM baseline are multi-seed, else
+    the first seed only; none without SIPE in the study's variants."""
+    st = cfg.study
+    if "sipe" not in st.variants:
+        return []
+    multi = all(v in st.multi_seed for v in refined_variants(cfg))
+    return [SegUnit(UNIT_VARIANT, s) for s in (st.seeds if multi else st.seeds[:1])]
+
+
+def stages_plan(cfg: ExperimentConfig) -> list[pipeline.Unit]:
+    """Every unit of the study in run order: the classification units, then the segmentation units."""
+    return [*pipeline.plan(cfg), *plan(cfg)]
+
+
+def run_plan(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Path | None = None,
+             units: Sequence[pipeline.Unit] | None = None, progress: bool = True) -> list[Path]:
+    """Run `units` (default: `stages_plan(cfg)`) in turn, one line per unit; their results CSVs.
+
+    Under torchrun every rank runs the classification units and the segmentation units' training and maps;
+    the rest of the segmentation units (single-process stages) then runs on rank 0 alone."""
+    todo = list(units) if units is not None else stages_plan(cfg)
+    if distributed.world_size() > 1:
+        todo = [u for u in todo if not isinstance(u, SegUnit)] + [u for u in todo if isinstance(u, SegUnit)]
+    done, prepared = [], False
+    for i, unit in enumerate(todo, 1):
+        runner = run_unit if isinstance(unit, SegUnit) else classification_unit
+        if isinstance(unit, SegUnit) and distributed.world_size() > 1 and not prepared:
+            prepared = True
+            for u in todo[i - 1:]:
+                for variant in refined_variants(cfg):
+                    pipeline.maps(maps_config(cfg, u.seed), work_dir, variant, (STRUCTURE,), progress)
+            if not distributed.is_main():
+                break
+        t0 = time.perf_counter()
+        print(f"[{i}/{len(todo)}] {unit.name} ...", flush=True)
+        done.append(runner(cfg, work_dir, unit, results_dir, progress))
+        print(f"[{i}/{len(todo)}] {unit.name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    return done
+
+
+def settings(cfg: ExperimentConfig, seed: int) -> tuple[irn.IRNConfig, segmentation.SegConfig]:
+    """The profile's IRN and segmentation settings with the unit's seed."""
+    return (irn.profile_settings(cfg.profile).override(seed=seed),
+            segmentation.profile_settings(cfg.profile).override(seed=seed))
+
+
+def maps_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """`cfg` with the seed, making maps on the training split (the images the pseudo labels are made for)."""
+    return pipeline.on_split(cfg.override(**{"train.seed": seed}), cfg.data.train_split, cfg.data.max_images)
+
+
+def code_hashes() -> dict[str, str]:
+    """The stage code hashes of `sipe.provenance` plus 'segmentation' over the code of CODE_SOURCES (their
+    docstrings, comments and layout left out)."""
+    h = hashlib.sha256()
+    for path in sorted(p for pattern in CODE_SOURCES for p in prov.REPO_ROOT.glob(pattern)):
+        h.update(path.relative_to(prov.REPO_ROOT).as_posix().encode())
+        h.update(prov.normalized_source(path.read_text()).encode())
+    return {**prov.stage_code_hashes(), UNIT_VARIANT: h.hexdigest()[:12]}
+
+
+def unit_identity(cfg: ExperimentConfig, seed: int) -> dict[str, str]:
+    """What a segmentation unit's results must match to be reused or published: the maps' settings of the
+    refined variants, the IRN and segmentation settings, and the fingerprints of the data read."""
+    irn_cfg, seg_cfg = settings(cfg, seed)
+    root = cfg.data.resolved_root()
+    upstream = {v: (variant_config(maps_config(cfg, seed), v).stage_hash("maps"), asdict(irn.PROTOCOLS[REFINED[v]]))
+                for v in refined_variants(cfg)}
+    return {
+        "config_hash": irn.stage_key(upstream, irn_cfg.result_dict(), seg_cfg.result_dict(),
+                                     cfg.eval.present_classes_only),
+        "data_train": voc.fingerprint(root, cfg.data.train_split, cfg.data.max_images),
+        "data_eval": voc.fingerprint(root, cfg.infer.split),
+        "data_val": voc.fingerprint(root, VAL_SPLIT, seg_cfg.max_eval_images),
+    }
 
 
 def _digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Refined:
-    """One variant's refinement: the maps, IR labels, IRN run and pseudo-label folders, and the ids."""
-
-    variant: str
-    protocol: irn.LabelProtocol
-    maps_dir: Path
-    ir_labels: Path
-    irn_checkpoint: Path | None
-    pseudo: Path
-    ids: tuple[str, ...]
+def _row(quantity: str, reading: str, variant: str, seed: int, split: str, value: float, n: int | None,
+         background: str = "estimated", threshold: float | None = None, cls: str = "") -> dict[str, Any]:
+    return {"quantity": quantity, "reading": reading, "background": background, "threshold": threshold,
+            "class": cls, "variant": variant, "seed": seed, "split": split, "value": float(value), "n_images": n}
 
 
-class _SegmentationPath:
-    """What Table 2 and Table 3 share: settings, folders, training and evaluating the segmentation net."""
+class _Stages:
+    """The cached stages of one seed: folders, wall times and the results rows and confusions they give."""
 
-    def __init__(self, study: Any, irn_cfg: irn.IRNConfig | None = None, seg_cfg: segmentation.SegConfig | None = None):
-        self.study = study
-        profile, seed = study.cfg.profile, study.cfg.train.seed
-        self.irn_cfg = irn_cfg or irn.profile_settings(profile).override(seed=seed)
-        self.seg_cfg = seg_cfg or segmentation.profile_settings(profile).override(seed=seed)
-        self.dataset = study.cfg.data.dataset
-        k, self.class_names = coco.dataset_info(self.dataset)
+    def __init__(self, cfg: ExperimentConfig, work_dir: str | Path, seed: int, progress: bool = True,
+                 work_name: str = UNIT_VARIANT) -> None:
+        self.cfg, self.seed, self.progress = cfg, seed, progress
+        self.work = Path(work_dir)
+        self.base = self.work / work_name
+        self.irn_cfg, self.seg_cfg = settings(cfg, seed)
+        self.root = cfg.data.resolved_root()
+        k, self.class_names = coco.dataset_info(cfg.data.dataset)
         self.num_classes = k + 1
-        self.train = study.on_split(study.cfg.data.train_split, study.cfg.infer.max_images)
-
-    @property
-    def work(self) -> Path:
-        return Path(self.study.work_dir) / "segmentation"
-
-    @property
-    def root(self) -> Path:
-        return self.study.root
-
-    @property
-    def progress(self) -> bool:
-        return self.study.progress
+        self.present = "gt" if cfg.eval.present_classes_only else None
+        self.wall: dict[str, float] = {}
+        self.folders: dict[str, str] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.store: dict[str, np.ndarray] = {}
 
     @property
     def device(self) -> str:
-        return self.study.cfg.device
-
-    @property
-    def seed(self) -> int:
-        return self.study.cfg.train.seed
+        return self.cfg.device
 
     def train_ids(self) -> list[str]:
         """The images the pseudo labels are made for and the segmentation net trains on."""
-        return self.train.eval_ids()
+        return voc.read_split(self.root, self.cfg.data.train_split)[: self.cfg.data.max_images]
+
+    def eval_ids(self) -> list[str]:
+        """The pseudo-labelled images in the evaluated split (VOC train): where the pseudo labels are scored."""
+        split = self.cfg.infer.split
+        wanted = set(voc.read_split(self.root, split))
+        ids = [i for i in self.train_ids() if i in wanted]
+        if not ids:
+            raise voc.DataError(f"none of the {self.cfg.data.train_split} images is listed in "
+                                f"{voc.split_path(self.root, split)}; the pseudo labels are scored on the training "
+                                f"images that have {split} ground truth: rebuild the split lists (data_prep)")
+        return ids
 
     def val_ids(self) -> list[str]:
-        return voc.read_split(self.root, "val")[: self.seg_cfg.max_eval_images]
+        return voc.read_split(self.root, VAL_SPLIT)[: self.seg_cfg.max_eval_images]
 
-    def segmentation_run(self, labels: str | Path, name: str) -> dict[str, Any]:
-        """Train on `labels` ('gt' or a pseudo-label folder) and evaluate on val: {mode: MIoUResult, 'run': FitResult}."""
-        ids = self.train_ids()
-        labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else _relative(Path(labels), self.work)
-        key = irn.stage_key(self.seg_cfg.result_dict(), labels_id, _digest(ids), self.num_classes, self.dataset)
-        base = self.work / "seg" / f"{name}-{key}"
-        run = segmentation.train_segmentation(self.seg_cfg, self.root, ids, labels, self.num_classes, base / "run",
-                                              self.device, self.progress)
-        val = self.val_ids()
-        preds = segmentation.predict(run.checkpoint, self.root, val, base / "pred", device=self.device,
-                                     progress=self.progress)
-        out: dict[str, Any] = {"run": run, "pred": preds}
-        for mode, d in preds.items():
-            out[mode] = evaluate_label_dir(d, self.root, val, self.num_classes, self.class_names, split="val")
+    def stage(self, kind: str, name: str, key_parts: Sequence[Any], fn: Callable[[Path], Any]) -> Any:
+        """fn(folder) in the locked folder `<base>/<kind>/<name>-s<seed>-<key>`; its wall time summed over
+        the sessions that computed it (`wall.json`) goes to `self.wall['<kind>_<name>']`."""
+        folder = self.base / kind / f"{name}-s{self.seed}-{irn.stage_key(*key_parts)}"
+        record = folder / WALL_FILE
+        with folder_lock(folder):
+            before = read_json(record) if record.exists() else {"seconds": 0.0, "finished": False}
+            t0, finished = time.perf_counter(), False
+            try:
+                out = fn(folder)
+                finished = True
+            finally:
+                if not before["finished"]:
+                    atomic_write_json(record, {"seconds": before["seconds"] + time.perf_counter() - t0,
+                                               "finished": finished})
+        self.wall[f"{kind}_{name}"] = float(read_json(record)["seconds"])
+        self.folders[f"{kind}_{name}"] = str(folder.relative_to(self.work))
         return out
 
-    def setting(self) -> str:
-        i, s = self.irn_cfg, self.seg_cfg
-        seg_net = "DeepLab-v2 ResNet-101 (ImageNet init)" if s.backbone == segmentation.DEEPLAB_R101 else \
-            f"ASPP on {s.backbone} (paper: DeepLab-v2 ResNet-101)"
-        steps = f"{s.max_steps} steps" if s.max_steps else f"{s.epochs} epochs"
-        n_val = len(self.val_ids())
-        full = FULL_VAL.get(self.dataset)
-        return (f"{self.study.setting()}; IRN on {i.backbone}, crop {i.crop_size}, {i.epochs} epochs; "
-                f"segmentation: {seg_net}, crop {s.crop_size}, {steps}, trained on {len(self.train_ids())} images; "
-                f"val {n_val} images" + (f" of {full:,}" if full else ""))
+    def confusions(self, source: str | Path, ids: Sequence[str], void_as: int | None = None) -> np.ndarray:
+        """int64 (N,C,C) per-image confusions of the label maps of `source` ('gt' or a folder of PNGs)."""
+        return accumulate_confusion(ids, LabelDirLabeler(str(self.root), str(source)), self.root, self.num_classes,
+                                    void_as=void_as, progress=self.progress, desc=f"evaluating {Path(source).name}",
+                                    per_image=True)[:, 0]
+
+    def score(self, conf: np.ndarray, variant: str, reading: str, split: str, background: str = "estimated",
+              threshold: float | None = None, per_class: bool = False) -> float:
+        """Add the rows (mIoU, per-class IoU) and the confusions of one reading; returns the mIoU."""
+        n = conf.shape[0]
+        r = miou_result(conf.sum(0), self.class_names, self.present, split, n)
+        self.rows.append(_row("miou", reading, variant, self.seed, split, r.miou, n, background, threshold))
+        if per_class:
+            self.rows += [_row("iou", reading, variant, self.seed, split, v, n, background, threshold, name)
+                          for name, v in r.per_class["iou"].items()]
+        self.store[f"{split}/{variant}/{reading}"] = conf.astype(np.int32)
+        return r.miou
+
+    def loss_row(self, metrics: Path, reading: str, variant: str) -> None:
+        m = pd.read_csv(metrics)
+        tail = m["loss"].tail(max(1, len(m) // 10))
+        self.rows.append(_row("train_loss_last10pct", reading, variant, self.seed, self.cfg.data.train_split,
+                              tail.mean(), None, ""))
+
+    def maps(self, variant: str) -> Path:
+        """The variant's finished maps on the training split (trained and mapped now if needed; found without
+        touching the training stage when finished, so rank 0 alone can read them under torchrun)."""
+        t0 = time.perf_counter()
+        mcfg = maps_config(self.cfg, self.seed)
+        vcfg = variant_config(mcfg, variant)
+        final = pipeline.run_dir_for(vcfg, self.work, variant) / "final.pt"
+        out = pipeline.maps_dir_for(vcfg, self.work, variant, pipeline.checkpoint_digest(final), (STRUCTURE,)) \
+            if final.exists() else None
+        if out is None or not (out / "DONE").exists():
+            out = pipeline.maps(mcfg, self.work, variant, (STRUCTURE,), self.progress)
+        self.wall[f"maps_{variant}"] = float(read_json(out / "DONE").get("seconds") or time.perf_counter() - t0)
+        self.folders[f"maps_{variant}"] = str(out.relative_to(self.work))
+        return out
+
+    def refine(self, variant: str) -> Path:
+        """Maps -> IR labels -> IRN -> random-walk pseudo labels of a variant, each scored on `eval_ids`;
+        the pseudo-label folder."""
+        protocol = irn.PROTOCOLS[REFINED[variant]]
+        c, ids, root = self.irn_cfg, self.train_ids(), self.root
+        maps_dir = self.maps(variant)
+        ir = self.stage("ir_labels", variant, (maps_dir.name, asdict(protocol), c.crf_iterations, c.crf_gt_prob, _digest(ids)),
+                        lambda out: irn.make_ir_labels(maps_dir, root, ids, out, protocol, c, self.progress))
+        run = self.stage("irn", variant, (irn.folder_id(ir), c.result_dict(), _digest(ids)),
+                         lambda out: irn.train_irn(c, root, ids, ir, out, self.device, self.progress))
+        pseudo = self.stage("random_walk", variant, (run.run_dir.name, maps_dir.name, asdict(protocol), c.result_dict()),
+                            lambda out: irn.make_pseudo_labels(run.checkpoint, maps_dir, root, ids, out, protocol, c,
+                                                               self.device, self.progress))
+        t0 = time.perf_counter()
+        split, scored = self.cfg.infer.split, self.eval_ids()
+        if protocol.background == "maps":
+            reading, bg, t = Reading(protocol.which), "estimated", None
+        else:
+            reading, bg, t = Reading(protocol.which, (protocol.eval_threshold,)), "threshold", protocol.eval_threshold
+        maps_conf = evaluate_readings(maps_dir, root, scored, [reading], self.num_classes, progress=self.progress)[0]
+        self.score(maps_conf[:, 0], variant, "pseudo/maps", split, bg, t, per_class=True)
+        ir_conf = self.confusions(ir, scored)
+        self.score(ir_conf, variant, "pseudo/ir_labels", split, "void_ignored")
+        counted = self.confusions(ir, scored, void_as=0).sum()
+        self.rows.append(_row("void_pct", "pseudo/ir_labels", variant, self.seed, split,
+                              100.0 * (1.0 - ir_conf.sum() / max(1, counted)), len(scored), "void_ignored"))
+        rw_bg, rw_t = ("estimated", None) if protocol.background == "maps" else ("threshold", protocol.rw_bg_threshold)
+        self.score(self.confusions(pseudo, scored), variant, "pseudo/random_walk", split, rw_bg, rw_t, per_class=True)
+        self.loss_row(run.metrics, "irn", variant)
+        self.wall[f"eval_pseudo_{variant}"] = time.perf_counter() - t0
+        return pseudo
+
+    def segnet(self, name: str, labels: str | Path) -> dict[str, Path]:
+        """Train the segmentation net on `labels` ('gt' or a folder) of `train_ids`, predict val in every
+        mode and score it; {mode: folder of val predictions}."""
+        s, ids, root = self.seg_cfg, self.train_ids(), self.root
+        labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else irn.folder_id(labels)
+        run = self.stage("segnet", name, (s.result_dict(), labels_id, _digest(ids), self.num_classes, self.cfg.data.dataset),
+                         lambda out: segmentation.train_segmentation(s, root, ids, labels, self.num_classes, out,
+                                                                     self.device, self.progress))
+        val = self.val_ids()
+        preds = self.stage("predict", name, (run.run_dir.name, _digest(val), segmentation.MODES),
+                           lambda out: segmentation.predict(run.checkpoint, root, val, out, device=self.device,
+                                                            progress=self.progress))
+        t0 = time.perf_counter()
+        for mode, folder in preds.items():
+            self.score(self.confusions(folder, val), name, f"segnet/{mode}", VAL_SPLIT, per_class=mode == "ms_crf")
+        self.loss_row(run.metrics, "segnet", name)
+        self.wall[f"eval_val_{name}"] = time.perf_counter() - t0
+        return preds
 
 
-class Table2(_SegmentationPath):
-    """Table 2 (VOC): pseudo labels of SIPE and of the CAM baseline, and the segmentation net on val."""
-
-    def eval_train_ids(self) -> list[str]:
-        """The pseudo-labelled images that are in the evaluated split (VOC train); all of them if none is."""
-        split = self.study.cfg.infer.split
-        wanted = set(voc.read_split(self.root, split)) if voc.split_path(self.root, split).is_file() else set()
-        ids = [i for i in self.train_ids() if i in wanted]
-        return ids or self.train_ids()
-
-    def refine(self, variant: str = "sipe") -> Refined:
-        """IR labels, IRN and random-walk pseudo labels of a variant's maps on the training split."""
-        protocol = irn.PROTOCOLS[VARIANT_PROTOCOLS[variant]]
-        maps_dir = Path(self.train.maps(variant))
-        ids = self.train_ids()
-        c = self.irn_cfg
-        ir_key = irn.stage_key(maps_dir.name, asdict(protocol), c.crf_iterations, c.crf_gt_prob, _digest(ids))
-        base = self.work / "irn" / f"{variant}-{ir_key}"
-        ir_labels = irn.make_ir_labels(maps_dir, self.root, ids, base / "ir_labels", protocol, c, self.progress)
-        stage = base / f"irn-{irn.stage_key(c.result_dict())}"
-        run = irn.train_irn(c, self.root, ids, ir_labels, stage / "run", self.device, self.progress)
-        pseudo = irn.make_pseudo_labels(run.checkpoint, maps_dir, self.root, ids, stage / "pseudo", protocol, c,
-                                        self.device, self.progress)
-        return Refined(variant, protocol, maps_dir, ir_labels, run.checkpoint, pseudo, tuple(ids))
-
-    def pseudo_label_table(self, variants: Sequence[str] = tuple(VARIANT_PROTOCOLS)) -> pd.DataFrame:
-        """mIoU (%) of each variant's labels on the evaluated training images: the maps (before the random
-        walk), the IR labels (confident regions; void ignored, with the share of void pixels) and the
-        random-walk pseudo labels. Columns: variant, protocol, stage, miou, void_fraction, images, note."""
-        ids = self.eval_train_ids()
-        rows = []
-        for variant in variants:
-            r = self.refine(variant)
-            p = r.protocol
-            if p.background == "maps":
-                before = evaluate_maps(r.maps_dir, self.root, ids, p.which, "estimated", num_classes=self.num_classes,
-                                       class_names=self.class_names, progress=self.progress)
-            else:
-                before = evaluate_maps(r.maps_dir, self.root, ids, p.which, "threshold", (p.eval_threshold,),
-                                       num_classes=self.num_classes, class_names=self.class_names,
-                                       progress=self.progress).best
-            ir_ignored = evaluate_label_dir(r.ir_labels, self.root, ids, self.num_classes, self.class_names)
-            ir_bg = evaluate_label_dir(r.ir_labels, self.root, ids, self.num_classes, self.class_names, True)
-            void = 1.0 - ir_ignored.confusion.sum() / max(1, ir_bg.confusion.sum())
-            rw = evaluate_label_dir(r.pseudo, self.root, ids, self.num_classes, self.class_names)
-            name = ROW_NAMES.get(variant, variant)
-            proto = VARIANT_PROTOCOLS[variant]
-            rows += [
-                {"variant": name, "protocol": proto, "stage": "maps", "miou": before.miou, "void_fraction": 0.0,
-                 "images": len(ids), "note": before.note},
-                {"variant": name, "protocol": proto, "stage": "IR labels", "miou": ir_ignored.miou,
-                 "void_fraction": float(void), "images": len(ids), "note": ir_ignored.note},
-                {"variant": name, "protocol": proto, "stage": "random walk", "miou": rw.miou, "void_fraction": 0.0,
-                 "images": len(ids), "note": rw.note},
-            ]
-        return pd.DataFrame(rows)
-
-    def segmentation_table(self) -> pd.DataFrame:
-        """val mIoU (%) of the net trained on SIPE's pseudo labels and on ground truth, per mode, and their ratio.
-        Columns: labels, mode, miou."""
-        pseudo = self.segmentation_run(self.refine("sipe").pseudo, "sipe_pseudo")
-        full = self.segmentation_run(GROUND_TRUTH, "ground_truth")
-        rows = []
-        for mode in segmentation.MODES:
-            rows.append({"labels": "SIPE pseudo labels", "mode": MODE_NAMES[mode], "miou": pseudo[mode].miou})
-            rows.append({"labels": "ground truth (same images)", "mode": MODE_NAMES[mode], "miou": full[mode].miou})
-            rows.append({"labels": "ratio pseudo / ground truth", "mode": MODE_NAMES[mode],
-                         "miou": pseudo[mode].miou / full[mode].miou if full[mode].miou else math.nan})
-        self._pred = {"pseudo": pseudo["pred"], "gt": full["pred"]}
-        return pd.DataFrame(rows)
-
-    def predictions(self) -> dict[str, dict[str, Path]]:
-        """{'pseudo'|'gt': {mode: folder of val predictions}} (runs the segmentation stages if needed)."""
-        if not hasattr(self, "_pred"):
-            self.segmentation_table()
-        return self._pred
-
-    def save(self, pseudo: pd.DataFrame, models: pd.DataFrame) -> dict[str, Path]:
-        """Write `<work_dir>/results/table2.csv` and `pseudo_labels.csv` (with seed and setting) and record the
-        numbers for the claims page; returns the paths."""
-        results = Path(self.study.work_dir) / "results"
-        setting = self.setting()
-        meta = {"seed": self.seed, "profile": self.study.cfg.profile, "setting": setting}
-        t2 = models.assign(table="table2", **meta)
-        p = pseudo.assign(table="pseudo_labels", **meta)
-        paths = {"table2": results / "table2.csv", "pseudo_labels": results / "pseudo_labels.csv"}
-        for frame, path in ((t2, paths["table2"]), (p, paths["pseudo_labels"])):
-            atomic_write_text(path, _upsert_csv(path, frame, ["table", "seed", "profile"]))
-        self.study.record("table2", {"table2": self.ours(models), "pseudo_labels": _pseudo_record(pseudo),
-                                     "segmentation": _segmentation_record(models)})
-        return paths
-
-    @staticmethod
-    def ours(models: pd.DataFrame) -> dict[str, dict[str, float]]:
-        """Our number in the paper's Table 2 (the paper's SIPE row is multi-scale + denseCRF on val)."""
-        row = models[(models["labels"] == "SIPE pseudo labels") & (models["mode"] == MODE_NAMES["ms_crf"])]
-        return {PAPER_ROW: {"val_miou": float(row["miou"].iloc[0])}}
-
-    def figure_ids(self, n: int = 4) -> list[str]:
-        return pick_figure_images(self.root, self.val_ids(), n)
-
-    @staticmethod
-    def claims(pseudo: pd.DataFrame) -> pd.DataFrame:
-        """The claims about the refinement (sipe.results.CLAIMS on table 'pseudo_labels') on our numbers."""
-        from .results import CLAIMS, claims
-
-        return claims({"pseudo_labels": _pseudo_record(pseudo)}, tuple(c for c in CLAIMS if c.table == "pseudo_labels"))
-
-    @staticmethod
-    def summary(pseudo: pd.DataFrame, models: pd.DataFrame) -> str:
-        """One sentence reading the two tables: what the random walk did, and the pseudo/ground-truth ratio."""
-        rec = _pseudo_record(pseudo)
-        parts = []
-        for name, r in rec.items():
-            if "maps_miou" in r and "rw_miou" in r:
-                parts.append(f"{name} {r['maps_miou']:.1f} -> {r['rw_miou']:.1f}")
-        ratio = models[(models["labels"] == "ratio pseudo / ground truth") & (models["mode"] == MODE_NAMES["ms_crf"])]
-        from .results import paper_value
-
-        paper = paper_value("table2", PAPER_ROW, "val_miou")
-        text = "Random walk (pseudo-label mIoU on the evaluated training images, maps -> refined): " + ", ".join(parts)
-        if len(ratio):
-            text += (f". The net trained on SIPE's pseudo labels reaches {100 * float(ratio['miou'].iloc[0]):.0f}% of the "
-                     f"same net trained on ground truth (multi-scale + denseCRF); the paper's SIPE reaches {paper} val "
-                     "mIoU but reports no fully supervised model, so its ratio cannot be formed from the paper alone.")
-        return text
+def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: SegUnit, results_dir: str | Path | None = None,
+             progress: bool = True) -> Path:
+    """Run one segmentation unit (see the module doc) and write its results files atomically; returns the
+    CSV path. Returns at once when its results exist for the same configuration and data."""
+    if not isinstance(unit, SegUnit):
+        raise TypeError(f"{unit.name} is not a segmentation unit; run it with sipe.pipeline.run_unit")
+    if "sipe" not in cfg.study.variants:
+        raise ConfigError(f"{unit.name} refines SIPE's maps but study.variants={cfg.study.variants} has no 'sipe'")
+    results_dir = Path(results_dir) if results_dir is not None else pipeline.results_dir_for(cfg.profile, work_dir)
+    paths = pipeline.unit_paths(results_dir, unit)
+    identity = unit_identity(cfg, unit.seed)
+    with folder_lock(Path(work_dir) / "evals" / unit.name):
+        if paths["json"].exists() and paths["csv"].exists():
+            stored = read_json(paths["json"])
+            if all(stored.get(k) == v for k, v in identity.items()):
+                return paths["csv"]
+        st = _Stages(cfg, work_dir, unit.seed, progress)
+        pseudo = {v: st.refine(v) for v in refined_variants(cfg)}
+        st.segnet("sipe", pseudo["sipe"])
+        st.segnet(GT_LABELS, GROUND_TRUTH)
+        st.store[f"{cfg.infer.split}/ids"] = np.asarray(st.eval_ids())
+        st.store[f"{VAL_SPLIT}/ids"] = np.asarray(st.val_ids())
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **st.store)
+        atomic_write_bytes(paths["npz"], buf.getvalue())
+        atomic_write_json(paths["json"], {
+            **identity, "unit": unit.name, "variant": UNIT_VARIANT, "seed": unit.seed, "profile": cfg.profile,
+            "refined": list(pseudo), "git_revision": prov.git_revision(), "code": code_hashes(),
+            "stages": st.folders, "irn": st.irn_cfg.result_dict(), "segmentation": st.seg_cfg.result_dict(),
+            "device": str(resolve_device(cfg.device)), "packages": prov.package_versions(),
+            "wall_seconds": {k: round(v, 1) for k, v in st.wall.items()},
+            "config": cfg.override(**{"train.seed": unit.seed}).to_dict(), "finished": prov.utc_now(),
+        })
+        atomic_write_text(paths["csv"], pd.DataFrame(st.rows, columns=list(pipeline.RESULT_COLUMNS)).to_csv(index=False))
+    return paths["csv"]
 
 
-class Table3(_SegmentationPath):
-    """Table 3 (COCO 2014): the segmentation path on a COCO root, with pseudo labels straight from the maps
-    (the paper skips IRN on COCO)."""
+# --- for the notebooks ----------------------------------------------------------------------------------
 
-    def pseudo_labels(self) -> Path:
-        protocol = irn.PROTOCOLS["sipe"]
-        maps_dir = Path(self.train.maps("sipe"))
-        ids = self.train_ids()
-        key = irn.stage_key(maps_dir.name, asdict(protocol), _digest(ids))
-        return irn.map_labels(maps_dir, self.root, ids, self.work / "map_labels" / f"sipe-{key}", protocol,
-                              self.progress)
+def results(study: Any, compute: bool | None = None) -> res.StudyResults:
+    """The segmentation units' results of a `sipe.study.Study`, run first where missing when `compute`
+    (default: the study's). UnitNotComputedError when none is computed and the study reads finished units only."""
+    units = plan(study.cfg)
+    if not units:
+        raise ConfigError(f"no segmentation unit: study.variants={study.cfg.study.variants} must include 'sipe'")
+    loaded = res.load(study.cfg, study.results_dir, units)
+    todo = [u for u in units if u.name in loaded.missing or u.name in loaded.stale]
+    if todo and (study.compute if compute is None else compute):
+        if getattr(study, "nproc", 1) > 1:
+            study._run_plan(todo)
+        else:
+            run_plan(study.cfg, study.work_dir, study.results_dir, todo, study.progress)
+        loaded = res.load(study.cfg, study.results_dir, units)
+    if not loaded.units:
+        names = " ".join(u.name for u in todo)
+        raise UnitNotComputedError(
+            f"the segmentation unit ({names}) is not computed yet for this configuration in {study.results_dir} "
+            f"(runs/<unit>.csv|json missing or of other settings) and this study reads finished units only "
+            f"(compute=False); run `python -m sipe stages --profile {study.cfg.profile} --units {names}` first")
+    return loaded
 
-    def segmentation_table(self) -> pd.DataFrame:
-        res = self.segmentation_run(self.pseudo_labels(), "coco_sipe_pseudo")
-        return pd.DataFrame([{"labels": "SIPE pseudo labels (no IRN)", "mode": MODE_NAMES[m], "miou": res[m].miou}
-                             for m in segmentation.MODES])
 
-    @staticmethod
-    def ours(models: pd.DataFrame) -> dict[str, dict[str, float]]:
-        row = models[models["mode"] == MODE_NAMES["ms_crf"]]
-        return {PAPER_ROW: {"val_miou": float(row["miou"].iloc[0])}}
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame(columns=res.TIDY_COLUMNS)
 
 
-def coco_study(profile: str, coco_root: str | Path, work_dir: str | Path, seed: int | None = None,
-               device: str = "auto", progress: bool = False):
-    """A `sipe.study.Study` on a COCO root made by data_prep.make_coco (work under `<work_dir>/coco`)."""
-    import sipe.study
+def _getter(variant: str, reading: str, split: str, quantity: str = "miou") -> Callable[[res.StudyResults], pd.Series]:
+    def get(r: res.StudyResults) -> pd.Series:
+        rows = r.rows
+        sel = rows[(rows["variant"] == variant) & (rows["reading"] == reading) & (rows["split"] == split)
+                   & (rows["quantity"] == quantity)]
+        return sel.set_index("seed")["value"].astype(float).sort_index()
+    return get
 
-    overrides = {k: v for k, v in coco.config_overrides(coco_root).items() if k != "data.root"}
-    return sipe.study.setup(profile, str(coco_root), str(Path(work_dir) / "coco"), seed, device, progress, **overrides)
+
+def _cell(row: str, quantity: str, variant: str, reading: str, text: str, split: str,
+          measured: str = "miou") -> res.Cell:
+    def conf(r: res.StudyResults, seed: int) -> np.ndarray:
+        return r.confusions(UNIT_VARIANT, seed, f"{split}/{variant}/{reading}")
+    return res.Cell(row, quantity, variant, text, _getter(variant, reading, split, measured),
+                    conf if measured == "miou" else None, split)
+
+
+def table_cells(name: str, cfg: ExperimentConfig) -> list[res.Cell]:
+    """The cells of 'table2' (val mIoU of the segmentation nets, their ratio) and 'pseudo_labels' (mIoU of
+    the labels on the evaluated training images before and after the random walk)."""
+    net = segmentation.profile_settings(cfg.profile)
+    arch = "DeepLab-v2 ResNet-101" if net.backbone == segmentation.DEEPLAB_R101 else f"ASPP on {net.backbone}"
+    if name == "table2":
+        cells = [_cell(PAPER_ROW, "val_miou", "sipe", "segnet/ms_crf",
+                       f"{arch} trained on SIPE's pseudo labels, multi-scale + flip + denseCRF", VAL_SPLIT)]
+        for labels, title, trained_on in (("sipe", "SIPE pseudo labels", "SIPE's pseudo labels"),
+                                          (GT_LABELS, "Fully supervised", "the ground truth of the same images")):
+            for mode, mode_name in MODE_NAMES.items():
+                if labels != "sipe" or mode != "ms_crf":
+                    cells.append(_cell(f"{title}, {mode_name}", "val_miou", labels, f"segnet/{mode}",
+                                       f"{arch} trained on {trained_on}, {mode_name}", VAL_SPLIT))
+        ours, full = _getter("sipe", "segnet/ms_crf", VAL_SPLIT), _getter(GT_LABELS, "segnet/ms_crf", VAL_SPLIT)
+        cells.append(res.Cell(RATIO_ROW, "val_miou_ratio_pct", "sipe",
+                              "val mIoU of the net on SIPE's pseudo labels / the same net on ground truth, "
+                              "multi-scale + flip + denseCRF (%)", lambda r: _ratio(ours(r), full(r)), split=VAL_SPLIT))
+        return cells
+    if name == "pseudo_labels":
+        split = cfg.infer.split
+        cells = []
+        for variant, row in (("sipe", "SIPE"), ("cam", "Baseline (CAM)")):
+            if variant in cfg.study.variants:
+                how = "IS-CAM, estimated background" if variant == "sipe" else \
+                    f"CAM, IRN protocol, background {irn.PROTOCOLS['irn'].eval_threshold:g}"
+                cells += [_cell(row, f"{stage}_miou", variant, f"pseudo/{stage}", f"{text} ({how})", split)
+                          for stage, text in PSEUDO_STAGES.items()]
+                cells.append(_cell(row, "ir_void_pct", variant, "pseudo/ir_labels", "void pixels of the IR labels (%)",
+                                   split, measured="void_pct"))
+        return cells
+    raise KeyError(f"no segmentation table {name!r}; choose one of {TABLES}")
+
+
+def _ratio(ours: pd.Series, full: pd.Series) -> pd.Series:
+    """100 x ours / full per seed; nan where the fully supervised model scores 0."""
+    return (100.0 * ours / full.where(full > 0)).dropna()
+
+
+def chapter_claims(r: res.StudyResults | None, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The claims of the segmentation chapter on its tidy tables, with one-seed bootstrap intervals from the
+    units' confusions (`r`; None: no unit computed, every claim 'not yet run')."""
+    chapter = [c for c in res.CLAIMS if c.evidence == NOTEBOOK]
+    if r is None:
+        return res.claims(tables, None, chapter)
+    return res.study_claims(r, cfg, tables, chapter)
+
+
+def ratio_note(table2: pd.DataFrame) -> str:
+    """Our ratio pseudo-label model / fully supervised model beside the paper's (which it does not report)."""
+    sel = table2[(table2["row"] == RATIO_ROW)]["value"].astype(float)
+    if len(sel):
+        ours = f"{res.fmt_mean_std(sel)} %"
+    elif len(table2):
+        ours = "– (the fully supervised model scores 0 mIoU)"
+    else:
+        ours = "not computed yet"
+    return (f"{RATIO_ROW} (val, multi-scale + denseCRF): ours {ours}; paper: not reported (the paper gives SIPE's "
+            f"{paper_value('table2', PAPER_ROW, 'val_miou'):.1f} val mIoU and no fully supervised model "
+            "trained with the same recipe, so its ratio cannot be formed from the paper).")
+
+
+def setting(cfg: ExperimentConfig) -> str:
+    """Where the segmentation path's setting differs from the paper, in one line to print beside a number."""
+    i, s = irn.profile_settings(cfg.profile), segmentation.profile_settings(cfg.profile)
+    root = cfg.data.resolved_root()
+    n_train = len(voc.read_split(root, cfg.data.train_split)[: cfg.data.max_images])
+    n_val = len(voc.read_split(root, VAL_SPLIT)[: s.max_eval_images])
+    full_train = FULL_VOC_SIZES.get(cfg.data.train_split) if cfg.data.dataset == "voc" else None
+    full_val = FULL_VAL.get(cfg.data.dataset)
+    net = "DeepLab-v2 ResNet-101 (ImageNet init; paper: COCO-pretrained)" if s.backbone == segmentation.DEEPLAB_R101 \
+        else f"ASPP on {s.backbone} (paper: DeepLab-v2 ResNet-101)"
+    def length(c: irn.IRNConfig | segmentation.SegConfig) -> str:
+        return f"at most {c.max_steps} steps" if c.max_steps else f"{c.epochs} epoch{'s' * (c.epochs > 1)}"
+
+    return "; ".join([
+        f"profile {cfg.profile}, classification backbone {cfg.model.backbone}",
+        f"pseudo labels for {n_train:,} {cfg.data.train_split} images" + (f" of {full_train:,}" if full_train else ""),
+        f"IRN boundary branch on {i.backbone}, crop {i.crop_size}, {length(i)}; random walk ({i.rw_method}) "
+        f"radius {i.infer_radius}, beta {i.beta:g}, 2^{i.exp_times} steps at image scale {i.infer_scale:g}",
+        f"segmentation net: {net}, crop {s.crop_size}, {length(s)}",
+        f"val {n_val:,} images" + (f" of {full_val:,}" if full_val else ""),
+    ])
+
+
+def figure6(study: Any, r: res.StudyResults, n: int = 4):
+    """Fig. 6 of the first computed seed: image, ground truth, the net on SIPE's pseudo labels and the same net on
+    ground truth (multi-scale + denseCRF), on `pick_figure_images` of the unit's val images."""
+    from . import figures
+    name = min(r.units, key=lambda u: r.units[u]["seed"])
+    record = r.units[name]
+    folders = {k: study.work_dir / record["stages"][f"predict_{k}"] / "ms_crf" for k in ("sipe", GT_LABELS)}
+    missing = [str(f) for f in folders.values() if not (f / "DONE").exists()]
+    if missing:
+        raise UnitNotComputedError(f"Fig. 6 reads the val predictions of {name} in the work folder it ran in; "
+                                   f"{', '.join(missing)} missing: pass that work_dir or rerun the unit there")
+    ids = [str(i) for i in r.confusions(UNIT_VARIANT, int(record["seed"]), f"{VAL_SPLIT}/ids")]
+    return figures.segmentation_grid(study.root, pick_figure_images(study.root, ids, n), [
+        ("ours: SIPE pseudo labels", folders["sipe"]), ("same net, ground truth", folders[GT_LABELS])])
 
 
 def pick_figure_images(root: str | Path, ids: Sequence[str], n: int = 4) -> list[str]:
@@ -307,27 +516,52 @@ def pick_figure_images(root: str | Path, ids: Sequence[str], n: int = 4) -> list
     return chosen
 
 
-def _pseudo_record(pseudo: pd.DataFrame) -> dict[str, dict[str, float]]:
-    key = {"maps": "maps_miou", "IR labels": "ir_label_miou", "random walk": "rw_miou"}
-    out: dict[str, dict[str, float]] = {}
-    for r in pseudo.itertuples():
-        out.setdefault(r.variant, {})[key[r.stage]] = float(r.miou)
-    return out
+# --- Table 3: COCO 2014 ---------------------------------------------------------------------------------
+
+def coco_root(value: str | Path = "") -> Path | None:
+    """The COCO layout made by data_prep.make_coco: `value`, else $SIPE_COCO_ROOT (a relative path is taken
+    from the repository root); None when unset or not built."""
+    raw = str(value) or os.environ.get(coco.COCO_ROOT_ENV, "")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    return coco.coco_root(path if path.is_absolute() else prov.REPO_ROOT / path)
 
 
-def _segmentation_record(models: pd.DataFrame) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for r in models.itertuples():
-        out.setdefault(r.labels, {})[r.mode] = float(r.miou)
-    return out
+def coco_config(profile: str, coco_root: str | Path, seed: int | None = None, device: str = "auto") -> ExperimentConfig:
+    """The profile's config on a COCO root made by data_prep.make_coco (SIPE only, pseudo-labelled split 'train')."""
+    sets: dict[str, Any] = {**coco.config_overrides(coco_root), "device": device, "study.variants": ("sipe",)}
+    if seed is not None and int(seed) >= 0:
+        sets["study.seeds"] = (int(seed),)
+    cfg = get_profile(profile, **sets)
+    return cfg.override(**{"train.seed": cfg.study.seeds[0]})
 
 
-def _upsert_csv(path: Path, frame: pd.DataFrame, keys: Sequence[str]) -> str:
-    """CSV text of `path`'s rows with the rows of `frame` replacing those that share its `keys` values."""
-    if path.exists():
-        old = pd.read_csv(path)
-        mask = np.ones(len(old), dtype=bool)
-        for k in keys:
-            mask &= old[k].astype(str).isin(set(frame[k].astype(str)))
-        frame = pd.concat([old[~mask], frame], ignore_index=True)
-    return frame.to_csv(index=False, quoting=csv.QUOTE_MINIMAL)
+def table3(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Path, compute: bool = True,
+           progress: bool = False) -> pd.DataFrame:
+    """Table 3 on a COCO config (`coco_config`): SIPE's maps of COCO train -> pseudo labels straight from the
+    maps (the paper skips IRN on COCO) -> segmentation net -> val mIoU; tidy rows written to
+    `<results_dir>/table3.csv`. compute=False reads that file only (UnitNotComputedError when absent)."""
+    out = Path(results_dir) / "table3.csv"
+    if not compute:
+        if not out.exists():
+            raise UnitNotComputedError(f"Table 3 is not computed yet ({out} missing) and this study reads finished "
+                                       "results only (compute=False); run the notebook with compute=True on the COCO root")
+        return pd.read_csv(out)
+    seed = cfg.train.seed
+    st = _Stages(cfg, work_dir, seed, progress, work_name="coco")
+    protocol = irn.PROTOCOLS["sipe"]
+    maps_dir, ids = st.maps("sipe"), st.train_ids()
+    pseudo = st.stage("map_labels", "sipe", (maps_dir.name, asdict(protocol), _digest(ids)),
+                      lambda folder: irn.map_labels(maps_dir, st.root, ids, folder, protocol, progress))
+    st.segnet("sipe", pseudo)
+    records = []
+    for r in st.rows:
+        mode = MODE_NAMES.get(r["reading"].removeprefix("segnet/"))
+        if r["quantity"] == "miou" and mode:
+            records.append({"row": PAPER_ROW if mode == MODE_NAMES["ms_crf"] else f"SIPE pseudo labels (no IRN), {mode}",
+                            "quantity": "val_miou", "variant": "sipe", "seed": seed, "split": VAL_SPLIT,
+                            "reading": f"segmentation net on the labels of SIPE's maps, {mode}", "value": r["value"]})
+    table = pd.DataFrame(records, columns=res.TIDY_COLUMNS)
+    res.write_table(results_dir, "table3", table)
+    return table

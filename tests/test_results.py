@@ -216,3 +216,12 @@ def test_bootstrap_mean_delta_is_paired():
     assert delta == 2.5 and 1.0 <= lo < delta < hi <= 4.0
     with pytest.raises(ValueError, match="equal-length"):
         results.bootstrap_mean_delta(a, a[:2])
+
+
+def test_table2_summary_shows_the_server_only_test_column_as_the_papers_alone():
+    table = pd.DataFrame([{"row": "SIPE (ResNet101)", "quantity": "val_miou", "variant": "sipe", "seed": 0,
+                           "split": "val", "value": 50.0}])
+    shown = results.summary("table2", table)
+    assert ("test_miou", "paper") in shown.columns and ("test_miou", "ours") not in shown.columns
+    assert shown.loc["SIPE (ResNet101)", ("test_miou", "paper")] == "69.7"
+    assert shown.loc["SIPE (ResNet101)", ("val_miou", "ours")] == "50.0 (n=1)"

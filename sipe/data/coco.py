@@ -117,11 +117,13 @@ def coco_root(root: str | os.PathLike = "") -> Path | None:
 def download_instructions(raw_dir: str | os.PathLike = "DATA/coco2014", out_dir: str | os.PathLike = "DATA/coco_sipe") -> str:
     """What to download for COCO 2014, where to put it, and how to build the layout `sipe` reads."""
     raw = Path(raw_dir)
-    lines = [f"MS COCO 2014 is not available. Fetch these files (on a machine with internet) into {raw}/ and unzip them there:"]
+    lines = [f"MS COCO 2014 is not available. Fetch these files (on a machine with internet) into {raw}/ and unzip "
+             "them there (relative paths are taken from the repository root):"]
     for name, url, contents in COCO_FILES:
         lines.append(f"  - {name}  from {url}  ->  {raw}/{contents}")
     lines += [
-        "then build the layout sipe reads (image-level labels, class-index PNG masks, train/val lists):",
+        "then build the layout sipe reads (image-level labels, class-index PNG masks, train/val lists), from the "
+        "repository root:",
         f"  python -m data_prep.make_coco --coco-dir {raw} --out {out_dir}",
         f"and point the study at it: export {COCO_ROOT_ENV}={out_dir} (or the notebook parameter coco_root).",
         "(python -m data_prep.download_coco --out DIR downloads and unzips them when the machine has internet.)",

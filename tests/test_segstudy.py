@@ -1,0 +1,220 @@
+"""The study's segmentation unit (sipe.segstudy) on the synthetic data: plan, results rows and files, reruns,
+tidy tables and claims, and notebook 10 through the papermill runner."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sipe import paper, pipeline, results, segstudy
+from sipe.__main__ import main as cli_main
+from sipe.config import ConfigError, get_profile
+from sipe.data import voc
+from sipe.study import UnitNotComputedError, setup
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "10_table2_table3_segmentation"
+
+
+def smoke(root: Path, **extra):
+    return get_profile("smoke", **{"data.root": str(root), "device": "cpu", "study.seeds": (0,), **extra})
+
+
+def test_segmentation_units_come_after_the_classification_units(synthetic_root: Path) -> None:
+    cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
+    units = segstudy.stages_plan(cfg)
+    assert units[: len(pipeline.plan(cfg))] == pipeline.plan(cfg)
+    assert [u.name for u in units[len(pipeline.plan(cfg)):]] == ["segmentation-s0", "segmentation-s1"]
+    assert [u.name for u in segstudy.plan(cfg.override(**{"study.multi_seed": ("sipe",)}))] == ["segmentation-s0"]
+    assert segstudy.plan(cfg.override(**{"study.variants": ("cam",)})) == []
+    with pytest.raises(ValueError, match="variant is 'segmentation'"):
+        segstudy.SegUnit("sipe", 0)
+
+
+@pytest.mark.parametrize("main_rank", [True, False])
+def test_under_torchrun_every_rank_makes_the_maps_and_rank0_alone_runs_the_rest(synthetic_root: Path, monkeypatch,
+                                                                                main_rank: bool) -> None:
+    from sipe import distributed
+
+    cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
+    calls: list[tuple] = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "is_main", lambda: main_rank)
+    monkeypatch.setattr(pipeline, "maps", lambda c, w, v, m, p: calls.append(("maps", v, c.train.seed, c.infer.split)))
+    monkeypatch.setattr(pipeline, "run_unit", lambda c, w, u, r, p: calls.append(("unit", u.name)))
+    monkeypatch.setattr(segstudy, "run_unit", lambda c, w, u, r, p: calls.append(("seg", u.name)))
+    units = [segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), pipeline.Unit("sipe", 0), segstudy.SegUnit(segstudy.UNIT_VARIANT, 1)]
+    segstudy.run_plan(cfg, "work", "results", units, progress=False)
+    maps = [("maps", v, s, "train_aug") for s in (0, 1) for v in ("sipe", "cam")]
+    assert calls == [("unit", "sipe-s0"), *maps, *([("seg", "segmentation-s0"), ("seg", "segmentation-s1")] * main_rank)]
+
+
+def test_stages_command_names_the_segmentation_units(synthetic_root: Path, tmp_path: Path, capsys) -> None:
+    code = cli_main(["stages", "--profile", "smoke", "--data-root", str(synthetic_root), "--work-dir", str(tmp_path),
+                     "--device", "cpu", "--units", "segmentation-s9"])
+    assert code == 2
+    assert "segmentation-s0" in capsys.readouterr().err
+
+
+def test_chapter_claims_name_cells_of_the_segmentation_tables(synthetic_root: Path) -> None:
+    cfg = smoke(synthetic_root)
+    cells = {(n, c.row, c.quantity) for n in segstudy.TABLES for c in segstudy.table_cells(n, cfg)}
+    chapter = [c for c in results.CLAIMS if c.evidence == segstudy.NOTEBOOK]
+    assert len(chapter) == 3
+    for c in chapter:
+        assert c.better in cells and c.baseline in cells
+    beats = chapter[-1]
+    assert beats.paper is not None
+    delta = paper.paper_value(*beats.paper[0]) - paper.paper_value(*beats.paper[1])
+    frame = results.claims({}, None, chapter)
+    assert frame["paper_delta"].tolist()[-1] == pytest.approx(delta) and frame["verdict"].eq("not yet run").all()
+    assert frame["paper_delta"].isna().tolist()[:2] == [True, True]
+
+
+def test_a_study_that_reads_finished_units_says_the_unit_is_not_computed(synthetic_root: Path, tmp_path: Path) -> None:
+    study = setup("smoke", str(synthetic_root), str(tmp_path / "work"), 0, "cpu", results_dir=str(tmp_path / "res"),
+                  compute=False)
+    with pytest.raises(UnitNotComputedError, match=r"segmentation-s0.*compute=False.*python -m sipe stages"):
+        segstudy.results(study)
+    with pytest.raises(UnitNotComputedError, match="table3.csv missing"):
+        segstudy.table3(study.cfg, study.work_dir, study.results_dir, compute=False)
+    with pytest.raises(ConfigError, match="must include 'sipe'"):
+        segstudy.results(setup("smoke", str(synthetic_root), str(tmp_path / "work"), 0, "cpu",
+                               **{"study.variants": ("cam",)}))
+
+
+def test_ratio_and_figure_images() -> None:
+    ratio = segstudy._ratio(pd.Series({0: 30.0, 1: 20.0}), pd.Series({0: 60.0, 1: 0.0}))
+    assert ratio.to_dict() == {0: 50.0}
+    assert "not computed yet" in segstudy.ratio_note(segstudy.empty_table())
+
+
+def test_coco_root_is_taken_from_the_repository_and_absent_layouts_give_none(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SIPE_COCO_ROOT", raising=False)
+    assert segstudy.coco_root("") is None
+    assert segstudy.coco_root(str(tmp_path)) is None
+    (tmp_path / "cls_labels_coco.npy").write_bytes(b"")
+    assert segstudy.coco_root(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("SIPE_COCO_ROOT", str(tmp_path))
+    assert segstudy.coco_root() == tmp_path
+
+
+# --------------------------------------------------------------------------------- the unit end to end
+
+
+@pytest.fixture(scope="module")
+def unit_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("segstudy") / "work"
+    cfg = smoke(synthetic_root)
+    csv = segstudy.run_unit(cfg, work, segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
+    return {"cfg": cfg, "work": work, "results": work / "results", "csv": csv}
+
+
+@pytest.mark.slow
+def test_the_unit_writes_its_rows_provenance_and_confusions(unit_run: dict, synthetic_root: Path) -> None:
+    rows = pd.read_csv(unit_run["csv"])
+    assert list(rows.columns) == list(pipeline.RESULT_COLUMNS)
+    miou = rows[rows["quantity"] == "miou"]
+    assert miou["value"].between(0, 100).all()
+    got = set(zip(miou["variant"], miou["reading"], miou["split"]))
+    for v in ("sipe", "cam"):
+        assert {(v, f"pseudo/{s}", "train") for s in ("maps", "ir_labels", "random_walk")} <= got
+    for labels in ("sipe", segstudy.GT_LABELS):
+        assert {(labels, f"segnet/{m}", "val") for m in segstudy.MODE_NAMES} <= got
+    assert set(rows["n_images"].dropna()) == {4.0}
+    assert rows[rows["quantity"] == "void_pct"]["value"].between(0, 100).all()
+
+    record = json.loads(unit_run["csv"].with_suffix(".json").read_text())
+    assert record["variant"] == "segmentation" and record["refined"] == ["sipe", "cam"]
+    assert set(segstudy.unit_identity(unit_run["cfg"], 0)) <= set(record)
+    stages = {f"{k}_{v}" for k in ("ir_labels", "irn", "random_walk") for v in ("sipe", "cam")}
+    stages |= {f"{k}_{v}" for k in ("segnet", "predict") for v in ("sipe", segstudy.GT_LABELS)}
+    assert stages | {"maps_sipe", "maps_cam"} <= set(record["wall_seconds"]) and set(record["stages"]) >= stages
+    for folder in record["stages"].values():
+        path = unit_run["work"] / folder
+        assert path.is_dir() and (folder.startswith("maps/") or json.loads((path / "wall.json").read_text())["finished"])
+    assert record["stages"]["maps_sipe"].startswith("maps/sipe-s0-train_aug-")
+
+    eval_ids = [i for i in voc.read_split(synthetic_root, "train_aug")[:8] if i in voc.read_split(synthetic_root, "train")]
+    with np.load(unit_run["results"] / "confusions" / "segmentation-s0.npz") as z:
+        assert z["train/ids"].tolist() == eval_ids
+        assert z["train/sipe/pseudo/random_walk"].shape == (len(eval_ids), 21, 21)
+        assert z["val/ground_truth/segnet/ms_crf"].shape == (4, 21, 21)
+
+
+@pytest.mark.slow
+def test_a_rerun_skips_the_unit_and_other_data_makes_it_stale(unit_run: dict) -> None:
+    csv, cfg = unit_run["csv"], unit_run["cfg"]
+    mtime = csv.stat().st_mtime_ns
+    code = cli_main(["stages", "--profile", "smoke", "--data-root", str(cfg.data.root), "--work-dir", str(unit_run["work"]),
+                     "--device", "cpu", "--set", "study.seeds=0", "--units", "segmentation-s0", "--no-progress"])
+    assert code == 0 and csv.stat().st_mtime_ns == mtime
+    units = segstudy.plan(cfg)
+    loaded = results.load(cfg, unit_run["results"], units)
+    assert list(loaded.units) == ["segmentation-s0"] and not loaded.code_changed(["segmentation"])
+    assert results.load(cfg.override(**{"data.max_images": 7}), unit_run["results"], units).stale == ["segmentation-s0"]
+
+
+@pytest.mark.slow
+def test_tidy_tables_summary_and_claims(unit_run: dict) -> None:
+    cfg = unit_run["cfg"]
+    study = setup("smoke", str(cfg.data.root), str(unit_run["work"]), 0, "cpu", compute=False)
+    assert study.results_dir == unit_run["results"]
+    r = segstudy.results(study)
+    t2, tp = study.table("table2", r), study.table("pseudo_labels", r)
+    assert list(t2.columns) == results.TIDY_COLUMNS and (unit_run["results"] / "table2.csv").exists()
+    assert set(tp["quantity"]) == {"maps_miou", "ir_labels_miou", "random_walk_miou", "ir_void_pct"}
+    assert set(tp["row"]) == {"SIPE", "Baseline (CAM)"} and (tp["split"] == "train").all()
+    ours = t2[(t2["row"] == segstudy.PAPER_ROW) & (t2["quantity"] == "val_miou")]
+    rows = pd.read_csv(unit_run["csv"])
+    expected = rows[(rows["variant"] == "sipe") & (rows["reading"] == "segnet/ms_crf") & (rows["quantity"] == "miou")]
+    assert ours["value"].tolist() == pytest.approx(expected["value"].tolist())
+    shown = results.summary("table2", t2)
+    assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "paper")] == "68.8"
+    assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "ours")].endswith("(n=1)")
+    claims = segstudy.chapter_claims(r, cfg, {"table2": t2, "pseudo_labels": tp})
+    assert len(claims) == 3 and (claims["n_seeds"] == 1).all() and claims["ci_low"].notna().all()
+    assert not claims["verdict"].eq("not yet run").any()
+    fig = segstudy.figure6(study, r)
+    assert len(fig.axes) == 4 * 4
+
+
+@pytest.mark.slow
+def test_notebook_10_runs_through_the_runner_for_smoke(unit_run: dict, tmp_path: Path) -> None:
+    cfg = unit_run["cfg"]
+    out = tmp_path / "executed"
+    proc = subprocess.run([sys.executable, "-m", "sipe.reproduce", "--profile", "smoke", "--data-root", str(cfg.data.root),
+                           "--work-dir", str(unit_run["work"]), "--only", NOTEBOOK, "--seed", "0", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, timeout=3600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import nbformat
+
+    nb = nbformat.read(out / f"{NOTEBOOK}.ipynb", as_version=4)
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "MS COCO 2014 is not available" in text and "train2014.zip" in text
+    assert "not computed yet" not in text and "68.8" in text
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert (unit_run["results"] / "pseudo_labels.csv").exists()
+
+
+@pytest.mark.slow
+def test_table3_runs_the_coco_path_and_writes_its_rows(tmp_path: Path) -> None:
+    from data_prep import make_coco
+    from test_coco import write_raw
+
+    root = make_coco.build(write_raw(tmp_path / "raw"), tmp_path / "coco", progress=False)
+    cfg = segstudy.coco_config("smoke", root, 0, "cpu").override(**{"train.batch_size": 2, "model.pretrained": False})
+    assert cfg.data.dataset == "coco" and cfg.study.variants == ("sipe",)
+    table = segstudy.table3(cfg, tmp_path / "work", tmp_path / "results", progress=False)
+    assert set(table["row"]) >= {segstudy.PAPER_ROW} and len(table) == 3 and table["value"].between(0, 100).all()
+    assert (tmp_path / "work" / "coco" / "map_labels").is_dir()
+    again = segstudy.table3(cfg, tmp_path / "work", tmp_path / "results", compute=False)
+    assert again["value"].tolist() == pytest.approx(table["value"].tolist())
+    shown = results.summary("table3", table)
+    assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "paper")] == "40.6"
