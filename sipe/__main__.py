@@ -11,10 +11,12 @@ Examples::
   python -m sipe scan  --data-root /data/VOC2012 --split train_aug
 
 Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
-Several processes (DDP training, sharded maps; train.batch_size is the global batch):
+Several processes (DDP training, sharded maps; train.batch_size is the global batch)::
+
   python -m sipe stages --profile paper --nproc 4         # re-executes itself under torchrun on this machine
   torchrun --nproc_per_node=4 -m sipe stages --profile paper           # the same, by hand
   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --master_addr=HOST --master_port=29500 -m sipe stages ...
+
 A setting, data or device the user can fix stops the command with one line `error: ...` and exit status 2.
 """
 from __future__ import annotations

@@ -56,15 +56,16 @@ from .runtime import atomic_write_json, resolve_device, seed_everything
 class LabelProtocol:
     """How maps become IR labels and how the random walk's output becomes labels.
 
-    which: map key ('is_cam' for SIPE, 'cam_irn' for the CAM baseline: IRN's map fusion, as in Table 1).
-    background 'maps' (SIPE): the maps' own background channel; the background-confident CRF run scales
-        it by `ir_bg_scale`; it is propagated with the classes and competes in the final argmax.
-    background 'threshold' (IRN): constant background `conf_fg_threshold` / `conf_bg_threshold` for
-        the two CRF runs; the random walk propagates the classes only and the background is the
-        constant `rw_bg_threshold` after normalisation by the maximum.
-    power: exponent applied to the maps before the random walk (SIPE 1.5; IRN 1).
-    eval_threshold: constant background of the 'threshold' protocol's maps before refinement (IRN's
-        cam_eval_thres 0.15), used for their labels without the random walk (`map_labels`).
+    Attributes:
+        which: map key ('is_cam' for SIPE, 'cam_irn' for the CAM baseline: IRN's map fusion, as in Table 1).
+        background: 'maps' (SIPE): the maps' own background channel; the background-confident CRF run
+            scales it by `ir_bg_scale`; it is propagated with the classes and competes in the final argmax.
+            'threshold' (IRN): constant background `conf_fg_threshold` / `conf_bg_threshold` for the two CRF
+            runs; the random walk propagates the classes only and the background is the constant
+            `rw_bg_threshold` after normalisation by the maximum.
+        power: exponent applied to the maps before the random walk (SIPE 1.5; IRN 1).
+        eval_threshold: constant background of the 'threshold' protocol's maps before refinement (IRN's
+            cam_eval_thres 0.15), used for their labels without the random walk (`map_labels`).
     """
 
     which: str

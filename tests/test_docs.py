@@ -90,3 +90,56 @@ def test_book_config_builds_the_api_with_autodoc_and_lists_the_pages():
     files = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
     assert files.index("book/method") == files.index("book/setting") + 1
     assert "book/api" in files
+
+
+def rst_problems(docstring: str) -> list[str]:
+    """Warnings and errors docutils reports on a Google-style docstring as napoleon turns it into
+    reStructuredText (Sphinx-only roles and directives, unknown to plain docutils, are not counted)."""
+    import io
+
+    import docutils.frontend
+    import docutils.nodes
+    import docutils.parsers.rst
+    import docutils.utils
+    from sphinx.ext.napoleon import Config, GoogleDocstring
+
+    config = yaml.safe_load((REPO / "_config.yml").read_text())["sphinx"]["config"]
+    rst = str(GoogleDocstring(docstring, Config(napoleon_google_docstring=config["napoleon_google_docstring"],
+                                                napoleon_numpy_docstring=config["napoleon_numpy_docstring"])))
+    settings = docutils.frontend.get_default_settings(docutils.parsers.rst.Parser)
+    settings.report_level, settings.halt_level, settings.warning_stream = 2, 5, io.StringIO()
+    doc = docutils.utils.new_document("<docstring>", settings)
+    docutils.parsers.rst.Parser().parse(rst, doc)
+    sphinx_only = ("Unknown interpreted text role", "Unknown directive type")
+    return [m.astext() for m in doc.findall(docutils.nodes.system_message)
+            if m["level"] >= 2 and not any(s in m.astext() for s in sphinx_only)]
+
+
+def documented_objects(module_name: str):
+    """(qualified name, object) for the module and its public functions, classes, methods and properties."""
+    import inspect
+
+    module = importlib.import_module(module_name)
+    objects = [(module_name, module)]
+    for name, obj in vars(module).items():
+        if not name.startswith("_") and getattr(obj, "__module__", None) == module_name and \
+                (inspect.isfunction(obj) or inspect.isclass(obj)):
+            objects.append((f"{module_name}.{name}", obj))
+            if inspect.isclass(obj):
+                objects += [(f"{module_name}.{name}.{k}", v) for k, v in vars(obj).items()
+                            if not k.startswith("_") and (inspect.isfunction(v) or isinstance(v, property))]
+    return objects
+
+
+def test_rst_check_catches_a_broken_docstring():
+    assert rst_problems("Title.\n\nArgs:\n    x: the input.\n") == []
+    assert rst_problems("Title.\n\nsome line\n    an indented line\nback\n")
+
+
+def test_api_docstrings_render_without_rst_warnings():
+    import inspect
+
+    listed = re.findall(r"^\.\. automodule:: ([\w.]+)\s*$", API.read_text(), flags=re.M)
+    problems = [f"{name}: {msg.splitlines()[0]}" for module in listed for name, obj in documented_objects(module)
+                if inspect.getdoc(obj) for msg in rst_problems(inspect.getdoc(obj))]
+    assert not problems, "docstrings that the API page renders with warnings:\n" + "\n".join(problems)
