@@ -21,8 +21,9 @@ from .errors import SipeError
 from .maps import STRUCTURE
 from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
 from .provenance import REPO_ROOT
-from .train import TrainResult
-from .units import run_plan, trained_sccam
+from .runtime import read_json
+from .train import TrainResult, run_dir_for
+from .units import run_plan, trained_sccam, training_log_path, unit_identity
 
 
 class UnitNotComputedError(SipeError, FileNotFoundError):
@@ -142,8 +143,28 @@ class Study:
                 "study reads finished units only (compute=False); run `make stages` first")
 
     def metrics(self, variant: str = "sipe", seed: int | None = None) -> pd.DataFrame:
-        """The per-step training log of a variant (trains it if needed)."""
-        return pd.read_csv(self.trained(variant, seed).metrics)
+        """The per-step training log of a unit: its run folder's, else the log kept beside its published
+        results (`units.keep_training_log`), else from training it (compute=True)."""
+        unit = pipeline.Unit(variant, seed if seed is not None else self.cfg.study.seeds[0])
+        run = run_dir_for(pipeline.unit_config(self.cfg, unit), self.work_dir, variant) / "metrics.csv"
+        kept = training_log_path(self.results_dir, unit.name)
+        record = pipeline.unit_paths(self.results_dir, unit)["json"]
+        if not run.exists() and kept.exists() and record.exists() and \
+                all(read_json(record).get(k) == v for k, v in unit_identity(self.cfg, unit).items()):
+            return pd.read_csv(kept)
+        return pd.read_csv(self.trained(variant, unit.seed).metrics)
+
+    def training_logs(self, units: Sequence[pipeline.Unit]) -> dict[str, pd.DataFrame]:
+        """{unit name: per-step training log} of `units` (see `metrics`); with compute=False, units whose log
+        is neither in a run folder here nor kept beside the results are left out."""
+        logs = {}
+        for unit in units:
+            try:
+                logs[unit.name] = self.metrics(unit.variant, unit.seed)
+            except UnitNotComputedError:
+                if self.compute:
+                    raise
+        return logs
 
     def eval_ids(self) -> list[str]:
         """The ids the maps are made and evaluated on (infer.split, limited by infer.max_images)."""

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from . import pipeline
+from . import distributed, pipeline
 from .config import SCCAM, ExperimentConfig
 from .locks import folder_lock
 from .maps import checkpoint_digest
@@ -79,8 +79,17 @@ def trained_sccam(cfg: ExperimentConfig, work_dir: str | Path, seed: int | None 
 
 def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_dir: str | Path | None = None,
              progress: bool = True) -> Path:
-    """Train, map and evaluate one unit of any kind and write its results files; returns the CSV path.
-    Reuses every finished stage, and returns at once when the unit's results match its identity."""
+    """Train, map and evaluate one unit of any kind and write its results files (and its training log,
+    `keep_training_log`); returns the CSV path. Reuses every finished stage, and returns at once when the
+    unit's results match its identity."""
+    csv = _run_unit(cfg, work_dir, unit, results_dir, progress)
+    if distributed.is_main():
+        keep_training_log(cfg, work_dir, csv.parent.parent, unit)
+    return csv
+
+
+def _run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_dir: str | Path | None,
+              progress: bool) -> Path:
     if unit.variant != SCCAM:
         return pipeline.run_unit(cfg, work_dir, unit, results_dir, progress)
     results_dir = Path(results_dir) if results_dir is not None else pipeline.results_dir_for(cfg.profile, work_dir)
@@ -116,3 +125,23 @@ def run_plan(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Pat
         done.append(run_unit(cfg, work_dir, unit, results_dir, progress))
         print(f"{tag} done in {time.perf_counter() - start:.0f}s", flush=True)
     return done
+
+
+def training_log_path(results_dir: str | Path, unit_name: str) -> Path:
+    """Where a unit's per-step training log is kept beside its results: `<results>/logs/<unit>.csv`."""
+    return Path(results_dir) / "logs" / f"{unit_name}.csv"
+
+
+def keep_training_log(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Path, unit: Unit) -> Path | None:
+    """Copy a finished unit's training log (`metrics.csv` of the run its results record as `train_key`) to
+    `training_log_path`, so its training curves are drawn from committed files once the run folder is
+    gone; the kept log's path, or None when neither the run folder nor a kept log is here."""
+    kept = training_log_path(results_dir, unit.name)
+    record_path = pipeline.unit_paths(Path(results_dir), unit)["json"]
+    run_dir = run_dir_for(pipeline.unit_config(cfg, unit), work_dir, unit.variant)
+    source = run_dir / "metrics.csv"
+    if record_path.exists() and source.exists() and read_json(record_path).get("train_key") == run_dir.name:
+        data = source.read_bytes()
+        if not kept.exists() or kept.read_bytes() != data:
+            atomic_write_bytes(kept, data)
+    return kept if kept.exists() else None

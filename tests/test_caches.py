@@ -175,3 +175,26 @@ def test_code_changes_ignore_docstrings_comments_and_layout(tmp_path: Path) -> N
     assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/maps.py"]
     assert provenance.stages_using(["sipe/maps.py"]) == ["maps", "eval"]
     assert provenance.stages_using(["sipe/figures.py"]) == []
+
+
+def test_a_units_training_log_is_kept_beside_its_results_and_read_without_the_run(root: Path, tmp_path: Path) -> None:
+    from sipe import units
+    from sipe.study import UnitNotComputedError, setup
+
+    overrides = {"data.max_images": 4, "train.batch_size": 2, "train.max_steps": 2, "model.pretrained": False,
+                 "infer.max_images": 2, "study.selection_images": 2, "study.variants": ("sipe",)}
+    work, out = tmp_path / "work", tmp_path / "results"
+    study = setup("smoke", str(root), str(work), 0, "cpu", results_dir=str(out), compute=False, **overrides)
+    unit = pipeline.Unit("sipe", 0)
+    units.run_plan(study.cfg, work, out, [unit], progress=False)
+    kept = units.training_log_path(out, unit.name)
+    run = run_dir_for(pipeline.unit_config(study.cfg, unit), work, "sipe")
+    assert kept.read_bytes() == (run / "metrics.csv").read_bytes()
+    logged = study.metrics("sipe", 0)
+
+    shutil.rmtree(run)
+    assert study.metrics("sipe", 0).equals(logged)
+    stale = setup("smoke", str(root), str(work), 0, "cpu", results_dir=str(out), compute=False,
+                  **{**overrides, "train.max_steps": 3})
+    with pytest.raises(UnitNotComputedError):
+        stale.metrics("sipe", 0)
