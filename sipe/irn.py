@@ -2,8 +2,9 @@
 
 Three stages, each writing files and resuming where it stopped:
 
-1. IR labels (`make_ir_labels`): confident foreground / background regions of each train_aug image from
-   its maps with the two denseCRF runs of `sipe.crf` (void where they disagree).
+1. IR labels (`make_ir_labels`): confident foreground / background regions of each pseudo-labelled image
+   (train_aug; VOC train in the subset profile, `IRNConfig.pseudo_split`) from its maps with the two
+   denseCRF runs of `sipe.crf` (void where they disagree).
 2. IRN (`train_irn`): a class-boundary branch over the frozen ImageNet backbone's four stage features,
    at stride 4. Pairs of pixels within `train_radius` get relation labels from the IR labels (same class
    background / same class foreground / different classes; pairs touching void are not used); the
@@ -95,7 +96,10 @@ class IRNConfig:
     boundary grid is crop/4; train_radius / infer_radius: pair radius on that grid; beta, exp_times: the
     random walk (T^(2^exp_times)); infer_scale: image scale at which the boundary map is computed;
     rw_method: 'dense' (repeated squaring of the dense n x n transition matrix, IRN, for a GPU) or
-    'stencil' (2^exp_times steps with the banded transition weights: the same walk, linear memory, CPU).
+    'stencil' (2^exp_times steps with the banded transition weights: the same walk, linear memory, CPU);
+    pseudo_split: the split whose images are pseudo-labelled and train IRN and the segmentation nets:
+    '' = the data's training split (train_aug, the paper), else a split name (subset: 'train', the split
+    the classification units already map, so their maps are reused).
     """
 
     backbone: str = "resnet50"
@@ -118,6 +122,7 @@ class IRNConfig:
     rw_method: Literal["dense", "stencil"] = "dense"
     crf_iterations: int = 10
     crf_gt_prob: float = 0.7
+    pseudo_split: str = ""
     seed: int = 15
     checkpoint_every: int | None = None
     num_workers: int = 0
@@ -151,24 +156,23 @@ class IRNConfig:
         return replace(self, **values).validate()
 
 
-SUBSET_BUDGET = (
-    "measured on the real subset (benchmarks/bench_table2.py, 2 threads, machine at load 5-10, process CPU "
-    "seconds): IR labels 2.2 s/img (1,500 images: ~55 CPU-min, 2 workers), IRN training 1.1 s/img (one "
-    "epoch ~27 CPU-min), random walk at image scale 1.0 21 s/img (hence infer_scale 0.5 in the subset "
-    "profile: ~4x fewer pixels)"
-)
-"""The subset profile's CPU cost as measured (figures include start-up and the machine's contention)."""
+SUBSET_CPU_SECONDS = {"ir_labels": 1.02, "irn_epoch": 0.31, "random_walk": 0.29}
+"""The subset profile's process CPU seconds per image (IRN training: per image and epoch; random walk at
+image scale 0.5), measured by benchmarks/bench_table2.py on 4 VOC train images with one thread on a machine
+shared with a background job (2026-12-02): upper bounds. `sipe.segstudy.cpu_budget` sums them."""
 
 
 def profile_settings(profile: str) -> IRNConfig:
     """IRN settings of a profile. paper: IRN/SIPE (ResNet-50, crop 512, batch 32, 3 epochs, lr 0.1,
-    radius 10/5, beta 10, 2^8 steps, dense random walk). subset: EfficientNet-Lite0, crop 256, batch 8,
-    3 epochs, stencil random walk at half image scale (CPU budget: see `SUBSET_BUDGET`). smoke: seconds on synthetic data."""
+    radius 10/5, beta 10, 2^8 steps, dense random walk, pseudo labels for train_aug). subset: EfficientNet-Lite0,
+    crop 256, batch 8, stencil random walk at half image scale, pseudo labels for the 437 VOC train images
+    whose maps the classification units make, 10 epochs (about the samples of 3 epochs of the 1,500 train_aug
+    images; CPU budget: `sipe.segstudy.cpu_budget`). smoke: seconds on synthetic data."""
     if profile == "paper":
         return IRNConfig().validate()
     if profile == "subset":
-        return IRNConfig(backbone="efficientnet_lite0", crop_size=256, batch_size=8, epochs=3, infer_scale=0.5,
-                         rw_method="stencil", label_workers=2).validate()
+        return IRNConfig(backbone="efficientnet_lite0", crop_size=256, batch_size=8, epochs=10, infer_scale=0.5,
+                         rw_method="stencil", label_workers=2, pseudo_split="train").validate()
     if profile == "smoke":
         return IRNConfig(backbone="efficientnet_lite0", crop_size=64, batch_size=2, epochs=1, max_steps=2,
                          train_radius=5, infer_radius=5, exp_times=4, infer_scale=0.5, rw_method="stencil",

@@ -103,23 +103,23 @@ class SegConfig:
         return IMAGENET_STD if self.backbone == DEEPLAB_R101 else BACKBONES[self.backbone].std
 
 
-SUBSET_BUDGET = (
-    "measured on the real subset (benchmarks/bench_table2.py, 2 threads, machine at load 5-10, process CPU "
-    "seconds): training 1.1 s/img (one epoch of 1,500 images ~27 CPU-min), prediction on val 2.2 s/img "
-    "single scale, 3.4 multi-scale + flip, 10.3 with denseCRF (445 images: ~16 / 25 / 77 CPU-min)"
-)
-"""The subset profile's CPU cost as measured (figures include start-up and the machine's contention)."""
+SUBSET_CPU_SECONDS = {"train_epoch": 0.19, "ss": 0.16, "ms": 0.46, "ms_crf": 1.78}
+"""The subset profile's process CPU seconds per image (training: per image and epoch; prediction per val
+image and mode, 'ms_crf' including its multi-scale probabilities, which 'ms' shares when both are made),
+measured by benchmarks/bench_table2.py on 4 images with one thread on a machine shared with a background
+job (2026-12-02): upper bounds. `sipe.segstudy.cpu_budget` sums them."""
 
 
 def profile_settings(profile: str) -> SegConfig:
     """paper: DeepLab-v2 ResNet-101 (deeplab-pytorch's VOC recipe). subset: ASPP (rates 3/6/9/12 at OS 16,
-    the paper's receptive field) on EfficientNet-Lite0, crop 256, batch 8, 4 epochs of 1,500 images, lr 0.01
-    (CPU budget: see `SUBSET_BUDGET`). smoke: seconds."""
+    the paper's receptive field) on EfficientNet-Lite0, crop 256, batch 8, 12 epochs of the 437 pseudo-labelled
+    VOC train images (about the samples of 4 epochs of the 1,500 train_aug images), lr 0.01 (CPU budget:
+    `sipe.segstudy.cpu_budget`). smoke: seconds."""
     if profile == "paper":
         return SegConfig().validate()
     if profile == "subset":
         return SegConfig(backbone="efficientnet_lite0", aspp_rates=(3, 6, 9, 12), crop_size=256, batch_size=8,
-                         epochs=4, max_steps=None, lr=0.01, weight_decay=1e-4).validate()
+                         epochs=12, max_steps=None, lr=0.01, weight_decay=1e-4).validate()
     if profile == "smoke":
         return SegConfig(backbone="efficientnet_lite0", aspp_rates=(1, 2), crop_size=64, batch_size=2, epochs=1,
                          max_steps=2, lr=0.01, weight_decay=1e-4, eval_scales=(0.5, 1.0), crf_iterations=2,

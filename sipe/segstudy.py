@@ -2,10 +2,12 @@
 
 A unit `segmentation-s<seed>` runs after the classification units of `sipe.pipeline.plan` (`plan`,
 `stages_plan`). For SIPE and the CAM baseline (each with its label protocol, `sipe.irn.PROTOCOLS`): maps
-on the training split (train_aug), IR labels (denseCRF confident regions), IRN, random-walk pseudo labels,
-each evaluated on the pseudo-labelled images of the evaluated split (VOC train); then the segmentation
-net trained on SIPE's pseudo labels and once on the ground truth of the same images, evaluated on val
-single scale, multi-scale + flip, and + denseCRF.
+of the pseudo-labelled images (`pseudo_images`: train_aug in the paper; VOC train in the subset profile,
+where the classification units' maps of train are refined), IR labels (denseCRF confident regions), IRN,
+random-walk pseudo labels, each evaluated on the pseudo-labelled images of the evaluated split (VOC train);
+then the segmentation net trained on SIPE's pseudo labels and once on the ground truth of the same images,
+evaluated on val single scale, multi-scale + flip, and + denseCRF. `cpu_budget` estimates the subset
+profile's CPU time of a unit from measured per-image costs.
 
 Every stage is a folder `<work_dir>/segmentation/<stage>/<name>-s<seed>-<key>` keyed by its inputs and
 settings, locked while written, resumed when interrupted, with its wall time in `wall.json`. A finished
@@ -110,7 +112,7 @@ def run_plan(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Pat
             prepared = True
             for u in todo[i - 1:]:
                 for variant in refined_variants(cfg):
-                    pipeline.maps(maps_config(cfg, u.seed), work_dir, variant, (STRUCTURE,), progress)
+                    pipeline.maps(maps_config(cfg, u.seed), work_dir, variant, map_readings(cfg, variant), progress)
             if not distributed.is_main():
                 break
         t0 = time.perf_counter()
@@ -126,9 +128,33 @@ def settings(cfg: ExperimentConfig, seed: int) -> tuple[irn.IRNConfig, segmentat
             segmentation.profile_settings(cfg.profile).override(seed=seed))
 
 
+def pseudo_images(cfg: ExperimentConfig) -> tuple[str, int | None]:
+    """(split, image cap) of the images pseudo-labelled, which train IRN and the segmentation nets: the IRN
+    setting `pseudo_split` ('' = data.train_split); the training split is capped by data.max_images, the
+    evaluated split (infer.split) by the classification units' infer.max_images, so that their maps of it are
+    the maps refined."""
+    split = irn.profile_settings(cfg.profile).pseudo_split or cfg.data.train_split
+    if split == cfg.data.train_split:
+        return split, cfg.data.max_images
+    return split, cfg.infer.max_images if split == cfg.infer.split else None
+
+
+def reuses_unit_maps(cfg: ExperimentConfig) -> bool:
+    """True when the pseudo-labelled images are the classification units' evaluated split and not their
+    training split (COCO's Table 3 maps its training split itself): their maps are refined, none are made."""
+    split = pseudo_images(cfg)[0]
+    return split != cfg.data.train_split and split == cfg.infer.split
+
+
+def map_readings(cfg: ExperimentConfig, variant: str) -> tuple[str, ...]:
+    """The seed methods of the refined maps: the classification unit's (so its maps folder is the one
+    refined) when `reuses_unit_maps`, else structure-aware seeds only."""
+    return pipeline.unit_seed_methods(cfg, variant) if reuses_unit_maps(cfg) else (STRUCTURE,)
+
+
 def maps_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
-    """`cfg` with the seed, making maps on the training split (the images the pseudo labels are made for)."""
-    return pipeline.on_split(cfg.override(**{"train.seed": seed}), cfg.data.train_split, cfg.data.max_images)
+    """`cfg` with the seed, making maps of the pseudo-labelled images (`pseudo_images`)."""
+    return pipeline.on_split(cfg.override(**{"train.seed": seed}), *pseudo_images(cfg))
 
 
 def code_hashes() -> dict[str, str]:
@@ -146,12 +172,12 @@ def unit_identity(cfg: ExperimentConfig, seed: int) -> dict[str, str]:
     refined variants, the IRN and segmentation settings, and the fingerprints of the data read."""
     irn_cfg, seg_cfg = settings(cfg, seed)
     root = cfg.data.resolved_root()
-    upstream = {v: (variant_config(maps_config(cfg, seed), v).stage_hash("maps"), asdict(irn.PROTOCOLS[REFINED[v]]))
-                for v in refined_variants(cfg)}
+    upstream = {v: (variant_config(maps_config(cfg, seed), v).stage_hash("maps"), asdict(irn.PROTOCOLS[REFINED[v]]),
+                    map_readings(cfg, v)) for v in refined_variants(cfg)}
     return {
         "config_hash": irn.stage_key(upstream, irn_cfg.result_dict(), seg_cfg.result_dict(),
                                      cfg.eval.present_classes_only),
-        "data_train": voc.fingerprint(root, cfg.data.train_split, cfg.data.max_images),
+        "data_train": voc.fingerprint(root, *pseudo_images(cfg)),
         "data_eval": voc.fingerprint(root, cfg.infer.split),
         "data_val": voc.fingerprint(root, VAL_SPLIT, seg_cfg.max_eval_images),
     }
@@ -190,8 +216,9 @@ class _Stages:
         return self.cfg.device
 
     def train_ids(self) -> list[str]:
-        """The images the pseudo labels are made for and the segmentation net trains on."""
-        return voc.read_split(self.root, self.cfg.data.train_split)[: self.cfg.data.max_images]
+        """The images the pseudo labels are made for and the segmentation net trains on (`pseudo_images`)."""
+        split, cap = pseudo_images(self.cfg)
+        return voc.read_split(self.root, split)[:cap]
 
     def eval_ids(self) -> list[str]:
         """The pseudo-labelled images in the evaluated split (VOC train): where the pseudo labels are scored."""
@@ -199,7 +226,7 @@ class _Stages:
         wanted = set(voc.read_split(self.root, split))
         ids = [i for i in self.train_ids() if i in wanted]
         if not ids:
-            raise voc.DataError(f"none of the {self.cfg.data.train_split} images is listed in "
+            raise voc.DataError(f"none of the {pseudo_images(self.cfg)[0]} images is listed in "
                                 f"{voc.split_path(self.root, split)}; the pseudo labels are scored on the training "
                                 f"images that have {split} ground truth: rebuild the split lists (data_prep)")
         return ids
@@ -247,21 +274,23 @@ class _Stages:
     def loss_row(self, metrics: Path, reading: str, variant: str) -> None:
         m = pd.read_csv(metrics)
         tail = m["loss"].tail(max(1, len(m) // 10))
-        self.rows.append(_row("train_loss_last10pct", reading, variant, self.seed, self.cfg.data.train_split,
+        self.rows.append(_row("train_loss_last10pct", reading, variant, self.seed, pseudo_images(self.cfg)[0],
                               tail.mean(), None, ""))
 
     def maps(self, variant: str) -> Path:
-        """The variant's finished maps on the training split (trained and mapped now if needed; found without
+        """The variant's finished maps of the pseudo-labelled images (the classification unit's folder, its
+        wall time not counted again, when `reuses_unit_maps`; trained and mapped now if needed; found without
         touching the training stage when finished, so rank 0 alone can read them under torchrun)."""
         t0 = time.perf_counter()
         mcfg = maps_config(self.cfg, self.seed)
-        vcfg = variant_config(mcfg, variant)
+        vcfg, readings = variant_config(mcfg, variant), map_readings(self.cfg, variant)
         final = pipeline.run_dir_for(vcfg, self.work, variant) / "final.pt"
-        out = pipeline.maps_dir_for(vcfg, self.work, variant, pipeline.checkpoint_digest(final), (STRUCTURE,)) \
+        out = pipeline.maps_dir_for(vcfg, self.work, variant, pipeline.checkpoint_digest(final), readings) \
             if final.exists() else None
         if out is None or not (out / "DONE").exists():
-            out = pipeline.maps(mcfg, self.work, variant, (STRUCTURE,), self.progress)
-        self.wall[f"maps_{variant}"] = float(read_json(out / "DONE").get("seconds") or time.perf_counter() - t0)
+            out = pipeline.maps(mcfg, self.work, variant, readings, self.progress)
+        if not reuses_unit_maps(self.cfg):
+            self.wall[f"maps_{variant}"] = float(read_json(out / "DONE").get("seconds") or time.perf_counter() - t0)
         self.folders[f"maps_{variant}"] = str(out.relative_to(self.work))
         return out
 
@@ -465,11 +494,15 @@ def ratio_note(table2: pd.DataFrame) -> str:
 def setting(cfg: ExperimentConfig) -> str:
     """Where the segmentation path's setting differs from the paper, in one line to print beside a number."""
     i, s = irn.profile_settings(cfg.profile), segmentation.profile_settings(cfg.profile)
-    root = cfg.data.resolved_root()
-    n_train = len(voc.read_split(root, cfg.data.train_split)[: cfg.data.max_images])
+    root, (split, cap) = cfg.data.resolved_root(), pseudo_images(cfg)
+    n_train = len(voc.read_split(root, split)[:cap])
     n_val = len(voc.read_split(root, VAL_SPLIT)[: s.max_eval_images])
-    full_train = FULL_VOC_SIZES.get(cfg.data.train_split) if cfg.data.dataset == "voc" else None
+    voc_data = cfg.data.dataset == "voc"
+    full_train = FULL_VOC_SIZES.get(split) if voc_data else None
     full_val = FULL_VAL.get(cfg.data.dataset)
+    paper_train = "" if not voc_data or split == "train_aug" else \
+        f" (paper: the {FULL_VOC_SIZES['train_aug']:,} train_aug images)"
+    reused = ", refining the classification units' maps of them" if reuses_unit_maps(cfg) else ""
     net = "DeepLab-v2 ResNet-101 (ImageNet init; paper: COCO-pretrained)" if s.backbone == segmentation.DEEPLAB_R101 \
         else f"ASPP on {s.backbone} (paper: DeepLab-v2 ResNet-101)"
     def length(c: irn.IRNConfig | segmentation.SegConfig) -> str:
@@ -477,12 +510,48 @@ def setting(cfg: ExperimentConfig) -> str:
 
     return "; ".join([
         f"profile {cfg.profile}, classification backbone {cfg.model.backbone}",
-        f"pseudo labels for {n_train:,} {cfg.data.train_split} images" + (f" of {full_train:,}" if full_train else ""),
+        f"pseudo labels for {n_train:,} {split} images" + (f" of {full_train:,}" if full_train else "") + paper_train
+        + reused + "; IRN and both segmentation nets (on SIPE's pseudo labels, on ground truth) train on these images",
         f"IRN boundary branch on {i.backbone}, crop {i.crop_size}, {length(i)}; random walk ({i.rw_method}) "
         f"radius {i.infer_radius}, beta {i.beta:g}, 2^{i.exp_times} steps at image scale {i.infer_scale:g}",
         f"segmentation net: {net}, crop {s.crop_size}, {length(s)}",
         f"val {n_val:,} images" + (f" of {full_val:,}" if full_val else ""),
     ])
+
+
+def cpu_budget(cfg: ExperimentConfig) -> pd.DataFrame:
+    """One segmentation unit's estimated CPU time per stage (both refined variants, both segmentation nets):
+    images x passes x the measured CPU seconds per image of `irn.SUBSET_CPU_SECONDS` and
+    `segmentation.SUBSET_CPU_SECONDS`; columns stage, images, passes, cpu_s_per_img, cpu_min. Measured for the
+    subset profile on VOC, refining the classification units' maps (no maps of its own); empty otherwise."""
+    columns = ["stage", "images", "passes", "cpu_s_per_img", "cpu_min"]
+    if cfg.profile != "subset" or cfg.data.dataset != "voc" or not reuses_unit_maps(cfg):
+        return pd.DataFrame(columns=columns)
+    i, s = irn.profile_settings(cfg.profile), segmentation.profile_settings(cfg.profile)
+    ic, sc, root = irn.SUBSET_CPU_SECONDS, segmentation.SUBSET_CPU_SECONDS, cfg.data.resolved_root()
+    split, cap = pseudo_images(cfg)
+    n_train, n_val = len(voc.read_split(root, split)[:cap]), len(voc.read_split(root, VAL_SPLIT)[: s.max_eval_images])
+    variants = len(refined_variants(cfg))
+    rows = [("IR labels (2 denseCRF runs)", n_train, variants, ic["ir_labels"]),
+            (f"IRN training ({i.epochs} epochs)", n_train, variants * i.epochs, ic["irn_epoch"]),
+            (f"random walk (image scale {i.infer_scale:g})", n_train, variants, ic["random_walk"]),
+            (f"segmentation training (2 nets x {s.epochs} epochs)", n_train, 2 * s.epochs, sc["train_epoch"]),
+            ("val prediction (2 nets x every mode)", n_val, 2, sc["ss"] + sc["ms_crf"])]
+    return pd.DataFrame([(name, n, k, c, round(n * k * c / 60.0, 1)) for name, n, k, c in rows], columns=columns)
+
+
+def budget_note(cfg: ExperimentConfig) -> str:
+    """`cpu_budget` in one line: per stage and in total, with the wall time it implies on 2 cores."""
+    b = cpu_budget(cfg)
+    if b.empty:
+        return f"CPU budget of the segmentation unit: not measured for profile {cfg.profile} on {cfg.data.dataset}"
+    hours = b["cpu_min"].sum() / 60.0
+    stages = "; ".join(f"{r.stage} {r.cpu_min:.0f}" for r in b.itertuples())
+    return (f"CPU budget of one segmentation unit (estimated, CPU-min, SIPE and the CAM baseline refined): {stages}; "
+            f"total {hours:.1f} CPU-hours, "
+            f"{hours / 2:.1f}-{hours:.1f} h of wall time on 2 cores (per-image CPU seconds measured by "
+            "benchmarks/bench_table2.py with one thread on a machine shared with another job, so upper bounds; "
+            "scoring the labels and maps is not included)")
 
 
 def figure6(study: Any, r: res.StudyResults, n: int = 4):

@@ -46,7 +46,7 @@ def test_under_torchrun_every_rank_makes_the_maps_and_rank0_alone_runs_the_rest(
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     monkeypatch.setattr(distributed, "is_main", lambda: main_rank)
     monkeypatch.setattr(pipeline, "maps", lambda c, w, v, m, p: calls.append(("maps", v, c.train.seed, c.infer.split)))
-    monkeypatch.setattr(pipeline, "run_unit", lambda c, w, u, r, p: calls.append(("unit", u.name)))
+    monkeypatch.setattr(segstudy, "classification_unit", lambda c, w, u, r, p: calls.append(("unit", u.name)))
     monkeypatch.setattr(segstudy, "run_unit", lambda c, w, u, r, p: calls.append(("seg", u.name)))
     units = [segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), pipeline.Unit("sipe", 0), segstudy.SegUnit(segstudy.UNIT_VARIANT, 1)]
     segstudy.run_plan(cfg, "work", "results", units, progress=False)
@@ -218,3 +218,119 @@ def test_table3_runs_the_coco_path_and_writes_its_rows(tmp_path: Path) -> None:
     assert again["value"].tolist() == pytest.approx(table["value"].tolist())
     shown = results.summary("table3", table)
     assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "paper")] == "40.6"
+
+
+# --------------------------------------------------------------------------------- the subset budget
+
+
+def _pseudo_split(monkeypatch, split: str) -> None:
+    """Every profile's IRN settings with pseudo_split=split."""
+    from sipe import irn
+
+    profile_settings = irn.profile_settings
+    monkeypatch.setattr(irn, "profile_settings", lambda p: profile_settings(p).override(pseudo_split=split))
+
+
+def test_the_subset_pseudo_labels_voc_train_and_the_paper_train_aug(synthetic_root: Path, monkeypatch) -> None:
+    sets = {"data.root": str(synthetic_root), "device": "cpu"}
+    subset, paper_cfg = get_profile("subset", **sets), get_profile("paper", **sets)
+    assert segstudy.pseudo_images(subset) == ("train", None) and segstudy.reuses_unit_maps(subset)
+    assert segstudy.pseudo_images(paper_cfg) == ("train_aug", None) and not segstudy.reuses_unit_maps(paper_cfg)
+    assert segstudy.pseudo_images(smoke(synthetic_root)) == ("train_aug", 8)
+    assert segstudy.map_readings(subset, "sipe") == pipeline.unit_seed_methods(subset, "sipe")
+    assert segstudy.map_readings(paper_cfg, "sipe") == (pipeline.STRUCTURE,)
+    identity = segstudy.unit_identity(subset, 15)
+    assert identity["data_train"] == voc.fingerprint(synthetic_root, "train")
+    _pseudo_split(monkeypatch, "")
+    assert segstudy.pseudo_images(subset) == ("train_aug", None)
+    other = segstudy.unit_identity(subset, 15)
+    assert other["config_hash"] != identity["config_hash"] and other["data_train"] != identity["data_train"]
+
+
+def test_the_subset_unit_refines_the_classification_units_maps_of_train(synthetic_root: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    cfg = get_profile("subset", **{"data.root": str(synthetic_root), "device": "cpu"})
+    work = tmp_path / "work"
+    expected = {}
+    for v in ("sipe", "cam"):
+        ucfg = pipeline.unit_config(cfg, pipeline.Unit(v, 16))
+        final = pipeline.run_dir_for(ucfg, work, v) / "final.pt"
+        final.parent.mkdir(parents=True)
+        final.write_bytes(v.encode())
+        expected[v] = pipeline.maps_dir_for(ucfg, work, v, pipeline.checkpoint_digest(final),
+                                            pipeline.unit_seed_methods(cfg, v))
+        expected[v].mkdir(parents=True)
+        (expected[v] / "DONE").write_text(json.dumps({"seconds": 5.0}))
+
+    def no_new_maps(*args, **kwargs):
+        raise AssertionError("the segmentation unit made maps of its own")
+
+    monkeypatch.setattr(pipeline, "maps", no_new_maps)
+    st = segstudy._Stages(cfg, work, 16, progress=False)
+    for v in ("sipe", "cam"):
+        assert st.maps(v) == expected[v]
+        assert st.folders[f"maps_{v}"].startswith(f"maps/{v}-s16-train-") and f"maps_{v}" not in st.wall
+    train = voc.read_split(synthetic_root, "train")
+    assert st.train_ids() == train and st.eval_ids() == train
+
+
+def test_the_setting_says_which_images_are_pseudo_labelled(synthetic_root: Path) -> None:
+    cfg = get_profile("subset", **{"data.root": str(synthetic_root), "device": "cpu"})
+    text = segstudy.setting(cfg)
+    n_train = len(voc.read_split(synthetic_root, "train"))
+    assert (f"pseudo labels for {n_train} train images of 1,464 (paper: the 10,582 train_aug images), refining the "
+            "classification units' maps of them; IRN and both segmentation nets (on SIPE's pseudo labels, on ground "
+            "truth) train on these images") in text
+    assert "IRN boundary branch on efficientnet_lite0, crop 256, 10 epochs" in text
+    assert "segmentation net: ASPP on efficientnet_lite0 (paper: DeepLab-v2 ResNet-101), crop 256, 12 epochs" in text
+    paper_text = segstudy.setting(get_profile("paper", **{"data.root": str(synthetic_root)}))
+    assert "pseudo labels for 8 train_aug images of 10,582; IRN and both" in paper_text
+
+
+@pytest.mark.slow
+def test_a_unit_pseudo_labelling_the_evaluated_split_runs_on_the_classification_maps(synthetic_root: Path, tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    _pseudo_split(monkeypatch, "train")
+    cfg, work = smoke(synthetic_root), tmp_path / "work"
+    csv = segstudy.run_unit(cfg, work, segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
+    pipeline.run_unit(cfg, work, pipeline.Unit("sipe", 0), work / "results", progress=False)
+    record = json.loads(csv.with_suffix(".json").read_text())
+    train_maps = sorted(p.name for p in (work / "maps").glob("sipe-s0-train-*"))
+    assert len(train_maps) == 1 and record["stages"]["maps_sipe"] == f"maps/{train_maps[0]}"
+    assert not {"maps_sipe", "maps_cam"} & set(record["wall_seconds"])
+    rows = pd.read_csv(csv)
+    pseudo = rows[rows["reading"].str.startswith("pseudo/") & (rows["quantity"] == "miou")]
+    assert set(pseudo["n_images"]) == {4.0} and set(rows[rows["quantity"] == "train_loss_last10pct"]["split"]) == {"train"}
+    with np.load(work / "results" / "confusions" / "segmentation-s0.npz") as z:
+        assert z["train/ids"].tolist() == voc.read_split(synthetic_root, "train")
+
+
+def test_the_subset_cpu_budget_counts_every_stage_of_the_unit(synthetic_root: Path) -> None:
+    from sipe import irn, segmentation
+
+    cfg = get_profile("subset", **{"data.root": str(synthetic_root)})
+    b = segstudy.cpu_budget(cfg)
+    n_train, n_val = len(voc.read_split(synthetic_root, "train")), len(voc.read_split(synthetic_root, "val"))
+    irn_epochs, seg_epochs = irn.profile_settings("subset").epochs, segmentation.profile_settings("subset").epochs
+    assert b["images"].tolist() == [n_train] * 4 + [n_val]
+    assert b["passes"].tolist() == [2, 2 * irn_epochs, 2, 2 * seg_epochs, 2]
+    assert b.loc[1, "cpu_min"] == pytest.approx(n_train * 2 * irn_epochs * irn.SUBSET_CPU_SECONDS["irn_epoch"] / 60, abs=0.05)
+    hours = b["cpu_min"].sum() / 60
+    assert f"total {hours:.1f} CPU-hours, {hours / 2:.1f}-{hours:.1f} h of wall time" in segstudy.budget_note(cfg)
+    assert segstudy.cpu_budget(get_profile("paper", **{"data.root": str(synthetic_root)})).empty
+    assert "not measured for profile smoke" in segstudy.budget_note(smoke(synthetic_root))
+
+
+def test_the_subset_unit_fits_the_budget_on_the_real_subset(real_root: Path) -> None:
+    cfg = get_profile("subset", **{"data.root": str(real_root)})
+    b = segstudy.cpu_budget(cfg)
+    assert b["images"].tolist() == [len(voc.read_split(real_root, "train"))] * 4 + [len(voc.read_split(real_root, "val"))]
+    assert b["cpu_min"].sum() / 60 < 5.0
+
+
+def test_the_coco_path_pseudo_labels_its_training_split_with_its_own_maps(tmp_path: Path) -> None:
+    for profile in ("subset", "paper"):
+        cfg = get_profile(profile, **{"data.root": str(tmp_path), "data.dataset": "coco", "data.num_classes": 80,
+                                      "data.train_split": "train", "infer.split": "train", "data.max_images": 50})
+        assert segstudy.pseudo_images(cfg) == ("train", 50) and not segstudy.reuses_unit_maps(cfg)
+        assert segstudy.map_readings(cfg, "sipe") == (pipeline.STRUCTURE,)
