@@ -293,7 +293,7 @@ def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show
         if q in PAPER_ONLY_QUANTITIES.get(name, ()):
             continue
         out[(q, "ours")] = [fmt_mean_std(table[(table["row"] == r) & (table["quantity"] == q)]["value"]) for r in rows]
-    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    out.columns = pd.MultiIndex.from_tuples(out.columns) if len(out.columns) else pd.MultiIndex.from_arrays([[], []])
     return out
 
 

@@ -225,3 +225,11 @@ def test_table2_summary_shows_the_server_only_test_column_as_the_papers_alone():
     assert ("test_miou", "paper") in shown.columns and ("test_miou", "ours") not in shown.columns
     assert shown.loc["SIPE (ResNet101)", ("test_miou", "paper")] == "69.7"
     assert shown.loc["SIPE (ResNet101)", ("val_miou", "ours")] == "50.0 (n=1)"
+
+
+def test_summary_of_a_table_with_no_rows_and_no_paper_numbers_is_empty():
+    from sipe import segstudy
+
+    shown = results.summary("pseudo_labels", segstudy.empty_table())
+    assert shown.empty and shown.columns.nlevels == 2
+    assert ("val_miou", "paper") in results.summary("table2", segstudy.empty_table()).columns
