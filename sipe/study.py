@@ -21,9 +21,8 @@ from .errors import SipeError
 from .maps import STRUCTURE
 from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
 from .provenance import REPO_ROOT
-from .runtime import read_json
 from .train import TrainResult, run_dir_for
-from .units import run_plan, trained_sccam, training_log_path, unit_identity
+from .units import has_results, run_plan, trained_sccam, training_log_path
 
 
 class UnitNotComputedError(SipeError, FileNotFoundError):
@@ -148,9 +147,7 @@ class Study:
         unit = pipeline.Unit(variant, seed if seed is not None else self.cfg.study.seeds[0])
         run = run_dir_for(pipeline.unit_config(self.cfg, unit), self.work_dir, variant) / "metrics.csv"
         kept = training_log_path(self.results_dir, unit.name)
-        record = pipeline.unit_paths(self.results_dir, unit)["json"]
-        if not run.exists() and kept.exists() and record.exists() and \
-                all(read_json(record).get(k) == v for k, v in unit_identity(self.cfg, unit).items()):
+        if not run.exists() and kept.exists() and has_results(self.cfg, self.results_dir, unit):
             return pd.read_csv(kept)
         return pd.read_csv(self.trained(variant, unit.seed).metrics)
 

@@ -77,6 +77,16 @@ def trained_sccam(cfg: ExperimentConfig, work_dir: str | Path, seed: int | None 
     return TrainResult(unit_dir, unit_dir / "final.pt", unit_dir / "metrics.csv", result.reused), wall
 
 
+def has_results(cfg: ExperimentConfig, results_dir: str | Path, unit: Unit) -> bool:
+    """True when the unit's results files are in `results_dir` and their record matches its identity
+    under `cfg` (same configuration and data)."""
+    paths = pipeline.unit_paths(Path(results_dir), unit)
+    if not (paths["json"].exists() and paths["csv"].exists()):
+        return False
+    record = read_json(paths["json"])
+    return all(record.get(k) == v for k, v in unit_identity(cfg, unit).items())
+
+
 def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_dir: str | Path | None = None,
              progress: bool = True) -> Path:
     """Train, map and evaluate one unit of any kind and write its results files (and its training log,
@@ -96,9 +106,8 @@ def _run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_d
     paths = pipeline.unit_paths(results_dir, unit)
     identity = unit_identity(cfg, unit)
     with folder_lock(Path(work_dir) / "evals" / f"{unit.name}.sccam"):
-        if paths["json"].exists() and paths["csv"].exists():
-            if all(read_json(paths["json"]).get(k) == v for k, v in identity.items()):
-                return paths["csv"]
+        if has_results(cfg, results_dir, unit):
+            return paths["csv"]
         run, wall = trained_sccam(cfg, work_dir, unit.seed, progress)
         digest = checkpoint_digest(run.checkpoint)
         if paths["json"].exists() and read_json(paths["json"]).get("checkpoint_digest") != digest:
