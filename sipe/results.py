@@ -33,10 +33,10 @@ UNCHANGED_TOLERANCE = 1.0
 BOOTSTRAP_SAMPLES = 2000
 CLAIM_TABLES = ("table1", "table4", "table5", "fig8", "fig1", "bg_weight", "table2", "pseudo_labels")
 SEGMENTATION_TABLES = ("table2", "pseudo_labels")
+"""Tables of the segmentation units (`sipe.segstudy.table_cells`)."""
 PAPER_ONLY_QUANTITIES: dict[str, tuple[str, ...]] = {"table2": ("test_miou",)}
 """Quantities of a table that no profile can measure (VOC test labels are held by the evaluation server):
 their summaries show the paper's column alone."""
-"""Tables of the segmentation units (`sipe.segstudy.table_cells`)."""
 FIG8_BEST = "CAM threshold (best over sweep)"
 FIG8_ARGMAX = "CAM argmax"
 PROFILE_WEIGHT = "profile's background weight"

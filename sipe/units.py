@@ -92,17 +92,16 @@ def run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_di
     """Train, map and evaluate one unit of any kind and write its results files (and its training log,
     `keep_training_log`); returns the CSV path. Reuses every finished stage, and returns at once when the
     unit's results match its identity."""
+    results_dir = Path(results_dir) if results_dir is not None else pipeline.results_dir_for(cfg.profile, work_dir)
     csv = _run_unit(cfg, work_dir, unit, results_dir, progress)
     if distributed.is_main():
-        keep_training_log(cfg, work_dir, csv.parent.parent, unit)
+        keep_training_log(cfg, work_dir, results_dir, unit)
     return csv
 
 
-def _run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_dir: str | Path | None,
-              progress: bool) -> Path:
+def _run_unit(cfg: ExperimentConfig, work_dir: str | Path, unit: Unit, results_dir: Path, progress: bool) -> Path:
     if unit.variant != SCCAM:
         return pipeline.run_unit(cfg, work_dir, unit, results_dir, progress)
-    results_dir = Path(results_dir) if results_dir is not None else pipeline.results_dir_for(cfg.profile, work_dir)
     paths = pipeline.unit_paths(results_dir, unit)
     identity = unit_identity(cfg, unit)
     with folder_lock(Path(work_dir) / "evals" / f"{unit.name}.sccam"):
