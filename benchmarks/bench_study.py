@@ -1,6 +1,6 @@
 """The whole study's wall time, stage by stage, from the units' own records (results/<profile>/runs/*.json).
 
-    python benchmarks/bench_study.py [--results results/subset] [--profile subset] [--data-root DIR]
+    python benchmarks/bench_study.py [--results results/subset] [--profile subset] [--maps-speedup 3.1]
 
 Prints, per unit and stage (train, maps on the evaluated split, maps on the selection split, evaluations),
 the minutes recorded by `sipe.pipeline.run_unit`; then, per variant, its fastest unit (load only slows a
@@ -9,6 +9,12 @@ classification units of the profile's plan (each planned unit costs its variant'
 finished unit is left out and named), and the core study of issue #6 (SIPE and the CAM baseline with every
 seed, every other variant but SC-CAM with one). The records say nothing of the load they ran under: take the
 figures from runs on an idle machine.
+
+Then two levers, from the same records: the time each unit's training spent outside its steps (the training
+stage's wall time minus the sum of the per-step times of its kept log, `results/<profile>/logs/<unit>.csv`:
+decoding and augmenting images in the main process, checkpoints), which bounds what a loader worker
+(`data.num_workers`) can save; and, with --maps-speedup F (e.g. `bench_precision.py`'s bfloat16 figure), the
+core study with every maps stage F times faster.
 """
 from __future__ import annotations
 
@@ -37,10 +43,22 @@ def plan_estimate(per_variant: pd.Series, units: list[tuple[str, int]]) -> tuple
     return float(sum(per_variant[v] for v in known)), sorted({v for v, _s in units if v not in per_variant.index})
 
 
+def loading_minutes(results_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """Per unit with a kept training log: training minutes, minutes inside the steps, and the rest."""
+    rows = []
+    for unit, minutes in table[table["stage"] == "train"].set_index("unit")["minutes"].items():
+        log = results_dir / "logs" / f"{unit}.csv"
+        if log.exists():
+            inside = pd.read_csv(log)["seconds"].sum() / 60
+            rows.append({"unit": unit, "train": minutes, "in steps": inside, "outside steps": minutes - inside})
+    return pd.DataFrame(rows, columns=["unit", "train", "in steps", "outside steps"]).set_index("unit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(REPO / "results" / "subset"))
     parser.add_argument("--profile", default="subset")
+    parser.add_argument("--maps-speedup", type=float, default=0.0, help="also estimate the study with maps F times faster")
     args = parser.parse_args()
     table = stage_table(Path(args.results))
     if table.empty:
@@ -67,6 +85,20 @@ def main() -> None:
         print(f"\n{name}: {minutes:.0f} min = {minutes / 60:.2f} h of stage time"
               + (f" (not counted, no finished unit: {', '.join(unknown)})" if unknown else "")
               + "; the notebooks and the book add a few minutes")
+
+    loading = loading_minutes(Path(args.results), table)
+    if not loading.empty:
+        print("\ntraining time outside the steps (image decoding and augmentation, checkpoints), minutes:")
+        print(loading.round(2).to_string())
+        share = loading["outside steps"].sum() / loading["train"].sum()
+        print(f"{100 * share:.1f}% of the training time of these units: a loader worker saves at most that, "
+              f"{share * per_variant['train'].reindex([v for v, _ in core]).sum():.0f} min over the core study")
+    if args.maps_speedup > 0:
+        maps_cols = [c for c in per_variant.columns if c.startswith("maps_")]
+        faster = totals - per_variant[maps_cols].sum(axis=1) * (1 - 1 / args.maps_speedup)
+        minutes, _ = plan_estimate(faster, core)
+        print(f"\nthe core study with maps {args.maps_speedup:g}x faster: {minutes:.0f} min = {minutes / 60:.2f} h "
+              "of stage time")
 
 
 if __name__ == "__main__":

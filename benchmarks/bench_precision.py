@@ -1,0 +1,193 @@
+"""A speed lever for the CPU study: bfloat16 autocast against float32, for a training step and for one image's maps.
+
+Usage: python benchmarks/bench_precision.py [--batch 8] [--crop 256] [--size 375 500] [--block 2] [--repeats 5]
+       [--warmup 1] [--threads N] [--checkpoint final.pt] [--data-root D --images 4 --eval-images 100]
+
+Training: the loop body of `sipe.train` (train_step, backward, gradient clipping, SGD step) of the `subset`
+profile's SIPE model on a synthetic batch (as `bench_train_overhead.py`), with and without
+`torch.autocast("cpu", torch.bfloat16)` around the forward and the losses. Maps: `sipe.maps.infer_image` of one
+random image of --size at the profile's inference scales with flips (the stage-2 work per image), both ways.
+Both modes run in ONE process in interleaved blocks (the first mode of each repeat alternates), so slow
+drifts of the machine hit both; the ratio is the median of the per-repeat time ratios (float32 / bfloat16,
+above 1 = bfloat16 faster). Also printed: how far the bfloat16 maps are from the float32 ones (max and mean
+absolute difference of the max-normalised IS-CAM, share of pixels whose argmax label changes), which says
+whether the lever could be taken without recomputing the study (it cannot when labels change). Without
+--checkpoint the model is the ImageNet backbone with untrained heads (the timing is a trained model's; the
+differences are not meaningful, and IS-CAM is empty, so the CAM is compared); with --checkpoint (a unit's
+`final.pt`) and --data-root (the first --images images of the `train` split, as the maps stage reads them)
+they are real. --eval-images N (with both) then maps the first N `train` images both ways and prints the
+mIoU of IS-CAM with its estimated background against the ground truth: the lever's effect on a number the
+study publishes. Take the figures on an idle machine (the load average at start is printed).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench_train_overhead import synthetic_batch
+from sipe.checkpoint import load_trained
+from sipe.config import get_profile
+from sipe.data.datasets import InferenceDataset
+from sipe.maps import infer_image
+from sipe.models import BACKBONES, build_model
+from sipe.train import build_optimizer, train_step
+
+MODES = ("float32", "bfloat16")
+
+
+def precision(mode: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bfloat16" else contextlib.nullcontext()
+
+
+def interleaved(steps: dict[str, Callable[[], object]], block: int, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each step, `repeats` blocks of `block` calls each, modes alternating."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {m: [] for m in steps}
+    order = list(steps)
+    for r in range(repeats):
+        for mode in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(block):
+                steps[mode]()
+            times[mode].append((time.perf_counter() - t0) / block)
+    return times
+
+
+def report(what: str, times: dict[str, list[float]], unit: str, per_call: float) -> None:
+    ratios = [a / b for a, b in zip(times["float32"], times["bfloat16"])]
+    for mode in MODES:
+        ts = times[mode]
+        print(f"  {mode:<9} {statistics.median(ts):8.3f} s/call  ({per_call / statistics.median(ts):.2f} {unit}; "
+              f"min {min(ts):.3f}, max {max(ts):.3f})")
+    print(f"  {what}: float32 / bfloat16 time, median {statistics.median(ratios):.2f} "
+          f"(per-repeat {min(ratios):.2f}-{max(ratios):.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--size", type=int, nargs=2, default=(375, 500), help="image height width for the maps")
+    parser.add_argument("--block", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--checkpoint", help="a trained unit's final.pt for the maps (default: untrained heads)")
+    parser.add_argument("--data-root", help="VOC root: map real `train` images (default: one random image of --size)")
+    parser.add_argument("--images", type=int, default=4, help="images mapped per call with --data-root")
+    parser.add_argument("--eval-images", type=int, default=0, help="images scored both ways (needs --checkpoint, --data-root)")
+    args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_profile("subset", **{"data.crop_size": args.crop, "train.batch_size": args.batch, "device": "cpu"})
+    print(f"# bench_precision  {datetime.date.today()}  {platform.node()}  {platform.processor() or platform.machine()}"
+          f"  torch {torch.__version__}  threads {torch.get_num_threads()}  load average at start {load_at_start:.2f}")
+    print(f"backbone {cfg.model.backbone}, {args.repeats} interleaved blocks of {args.block} calls per mode")
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.num_classes).train()
+    opt, _ = build_optimizer(model, cfg, max_steps=10**6)
+    batch = synthetic_batch(args.batch, args.crop, cfg.data.num_classes)
+
+    def train_in(mode: str) -> Callable[[], None]:
+        def step() -> None:
+            with precision(mode):
+                out = train_step(model, batch, cfg, torch.device("cpu"))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=cfg.train.clip_grad_norm)
+            opt.step()
+        return step
+
+    print(f"training step, batch {args.batch}, crop {args.crop}, synthetic inputs:")
+    report("training", interleaved({m: train_in(m) for m in MODES}, args.block, args.repeats, args.warmup),
+           "img/s", args.batch)
+
+    if args.checkpoint:
+        model, cfg = load_trained(args.checkpoint)
+    model.eval()
+    if args.data_root:
+        spec = BACKBONES[cfg.model.backbone]
+        ds = InferenceDataset(args.data_root, "train", cfg.infer.scales, spec.mean, spec.std, cfg.infer.flip,
+                              max_images=args.images)
+        items = [ds[i] for i in range(len(ds))]
+    else:
+        h, w = args.size
+        image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+        label = torch.zeros(cfg.data.num_classes)
+        label[[4, 14]] = 1
+        views = [torch.nn.functional.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
+                 for s in cfg.infer.scales]
+        items = [{"images": [torch.cat([x, x.flip(-1)]) if cfg.infer.flip else x for x in views], "label": label,
+                  "size": (h, w)}]
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+
+    def maps_in(mode: str) -> Callable[[], None]:
+        def call() -> None:
+            with torch.inference_mode(), precision(mode):
+                outputs[mode] = [infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model)
+                                 for it in items]
+        return call
+
+    sizes = sorted({tuple(it["size"]) for it in items})
+    print(f"maps of {len(items)} image(s) of {sizes}, scales {tuple(cfg.infer.scales)}, flip {cfg.infer.flip}:")
+    report("maps", interleaved({m: maps_in(m) for m in MODES}, args.block, args.repeats, args.warmup), "img/s",
+           len(items))
+    for key in ("is_cam", "cam"):
+        pairs = [(a[key].float(), b[key].float()) for a, b in zip(outputs["float32"], outputs["bfloat16"])]
+        if all(a.max() > 0 for a, _ in pairs):
+            break
+    diffs = torch.cat([(x - y).abs().flatten() for x, y in pairs])
+    changed = torch.cat([(x.argmax(0) != y.argmax(0)).flatten() for x, y in pairs]).float().mean()
+    print(f"  {key}, bfloat16 vs float32: max |diff| {float(diffs.max()):.3f}, mean |diff| "
+          f"{float(diffs.mean()):.4f}, pixels whose argmax label changes {100 * float(changed):.2f}%"
+          + ("" if args.checkpoint else " (untrained heads)"))
+
+    if args.eval_images and args.checkpoint and args.data_root:
+        score(model, cfg, args.data_root, args.eval_images)
+
+
+def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
+    """mIoU (%) of IS-CAM (estimated background) on the first `n` `train` images, float32 and bfloat16 maps."""
+    from tqdm import tqdm
+
+    from sipe.data.voc import load_mask
+    from sipe.evaluation import confusion_matrix, iou_from_confusion, labels_from_maps
+    from sipe.maps import kept_channels
+
+    spec = BACKBONES[cfg.model.backbone]
+    ds = InferenceDataset(root, "train", cfg.infer.scales, spec.mean, spec.std, cfg.infer.flip, max_images=n)
+    conf = {m: np.zeros((21, 21), np.int64) for m in MODES}
+    changed = total = 0
+    for i in tqdm(range(len(ds)), desc="scoring", unit="img"):
+        it = ds[i]
+        gt = load_mask(root, it["id"])
+        keys = np.asarray(kept_channels(it["label"]))
+        labels = {}
+        for mode in MODES:
+            with torch.inference_mode(), precision(mode):
+                maps = infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model)
+            labels[mode] = labels_from_maps(maps["is_cam"].float().numpy(), keys)
+            conf[mode] += confusion_matrix(labels[mode], gt)
+        changed += int((labels["float32"] != labels["bfloat16"]).sum())
+        total += labels["float32"].size
+    mious = {m: 100 * float(np.nanmean(iou_from_confusion(c))) for m, c in conf.items()}
+    print(f"IS-CAM (estimated background) on the first {len(ds)} train images: mIoU float32 {mious['float32']:.2f}, "
+          f"bfloat16 {mious['bfloat16']:.2f} (difference {mious['bfloat16'] - mious['float32']:+.2f}); "
+          f"labels differ at {100 * changed / total:.2f}% of the pixels")
+
+
+if __name__ == "__main__":
+    main()
