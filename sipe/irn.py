@@ -46,6 +46,7 @@ from .data import transforms as T
 from .data import voc
 from .data.labelled import LabelledCropDataset, check_same_size, save_label_atomic
 from .evaluation import load_map
+from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, DivergenceGuard, chain
 from .fit import FitResult, LoopSettings, fit
 from .models.backbones import BACKBONES, Backbone, build_backbone, stage_channels
 from .runtime import atomic_write_json, resolve_device, seed_everything
@@ -458,8 +459,13 @@ def train_irn(
     device: str = "auto",
     progress: bool = True,
     on_step=None,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
+    divergence_window: int = DIVERGENCE_WINDOW,
 ) -> FitResult:
-    """Train the boundary branch on the IR labels of `ids` in `run_dir` (resumable; final.pt when done)."""
+    """Train the boundary branch on the IR labels of `ids` in `run_dir` (resumable; final.pt when done).
+
+    Stops with DivergenceError when the loss's mean over `divergence_window` steps exceeds
+    `divergence_factor` x its start (`sipe.divergence.DivergenceGuard`; None: never)."""
     cfg.validate()
     dev = resolve_device(device)
     spec = BACKBONES[cfg.backbone]
@@ -471,8 +477,10 @@ def train_irn(
                             cfg.max_steps, cfg.seed, cfg.checkpoint_every, cfg.num_workers)
     config = {"stage": "irn", "irn": cfg.result_dict(), "ids": _digest(ids), "ir_labels": folder_id(ir_label_dir)}
     index = dataset.index
+    guard = None if divergence_factor is None else \
+        DivergenceGuard(run_dir, "IRN lr", divergence_factor, divergence_window)
     return fit(model, [(model.head_parameters(), 1.0)], dataset, partial(_irn_step, index=index), run_dir,
-               settings, config, IRN_METRICS, dev, progress, desc="IRN", on_step=on_step)
+               settings, config, IRN_METRICS, dev, progress, desc="IRN", on_step=chain(guard, on_step))
 
 
 def load_irn(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[BoundaryNet, IRNConfig]:

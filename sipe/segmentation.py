@@ -31,6 +31,7 @@ from .config import ConfigError, ModelConfig
 from .data import transforms as T
 from .data import voc
 from .data.labelled import GROUND_TRUTH, LabelledCropDataset, save_label_atomic
+from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, DivergenceGuard, chain
 from .fit import FitResult, LoopSettings, fit
 from .models.backbones import BACKBONES, WeightsError, build_backbone, stage_channels, torch_checkpoint_dir
 from .runtime import atomic_write_json, resolve_device, seed_everything
@@ -259,8 +260,13 @@ def train_segmentation(
     device: str = "auto",
     progress: bool = True,
     on_step=None,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
+    divergence_window: int = DIVERGENCE_WINDOW,
 ) -> FitResult:
-    """Train on the label maps `labels` ('gt' or a folder of PNGs) of `ids` in `run_dir` (resumable)."""
+    """Train on the label maps `labels` ('gt' or a folder of PNGs) of `ids` in `run_dir` (resumable).
+
+    Stops with DivergenceError when the loss's mean over `divergence_window` steps exceeds
+    `divergence_factor` x its start (`sipe.divergence.DivergenceGuard`; None: never)."""
     cfg.validate()
     dev = resolve_device(device)
     seed_everything(cfg.seed)
@@ -271,8 +277,10 @@ def train_segmentation(
     labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else f"{Path(labels).parent.name}/{Path(labels).name}"
     config = {"stage": "segmentation", "seg": cfg.result_dict(), "num_classes": num_classes, "labels": labels_id,
               "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
+    guard = None if divergence_factor is None else \
+        DivergenceGuard(run_dir, "segmentation lr (lr, head_lr_mult)", divergence_factor, divergence_window)
     return fit(model, model.param_groups(cfg.head_lr_mult), dataset, seg_step, run_dir, settings, config,
-               ("loss",), dev, progress, desc="segmentation", on_step=on_step)
+               ("loss",), dev, progress, desc="segmentation", on_step=chain(guard, on_step))
 
 
 def load_segnet(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[SegNet, SegConfig]:
