@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import SipeError
 
@@ -158,6 +158,27 @@ class StudyConfig:
     fig8_alphas: tuple[float, ...] = (1.0,)
     crf_variants: tuple[str, ...] = ("sipe", "cam", "sccam")
     irn_threshold: float = 0.15
+
+
+class StageSettings:
+    """Mixin for the frozen dataclass of one later stage's settings (IRN, segmentation): `result_dict` (the
+    settings a stage hash covers) and a checked `override`. Subclasses set `WHAT` (for messages) and
+    `NON_RESULT_FIELDS`, and define `validate()`."""
+
+    WHAT: ClassVar[str] = "stage"
+    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that can change a result (what the stage hash covers)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NON_RESULT_FIELDS}
+
+    def override(self, **values: Any):
+        """A copy with `values` set, validated; ConfigError naming the unknown settings."""
+        known = {f.name for f in fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown {self.WHAT} setting(s) {sorted(unknown)}; {type(self).__name__} has: {sorted(known)}")
+        return replace(self, **values).validate()
 
 
 @dataclass(frozen=True)

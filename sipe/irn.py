@@ -29,10 +29,10 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, StageSettings
 from .crf import crf_labels
 from .data import transforms as T
 from .data import voc
@@ -86,11 +86,8 @@ PROTOCOLS: dict[str, LabelProtocol] = {
 }
 """'sipe': SIPE's cam2ir / make_seg_labels on IS-CAM; 'irn': IRN's on its CAM of the image's classes (baseline)."""
 
-NON_RESULT_FIELDS = ("checkpoint_every", "num_workers", "label_workers")
-
-
 @dataclass(frozen=True)
-class IRNConfig:
+class IRNConfig(StageSettings):
     """IRN settings (paper profile = IRN's / SIPE's released settings).
 
     backbone: registry name (frozen, ImageNet weights); crop_size: training crops (multiple of 16), so the
@@ -102,6 +99,9 @@ class IRNConfig:
     '' = the data's training split (train_aug, the paper), else a split name (subset: 'train', the split
     the classification units already map, so their maps are reused).
     """
+
+    WHAT: ClassVar[str] = "IRN"
+    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers", "label_workers")
 
     backbone: str = "resnet50"
     pretrained: bool = True
@@ -145,16 +145,6 @@ class IRNConfig:
             raise ConfigError("irn.beta and irn.infer_scale must be positive, irn.exp_times >= 0")
         return self
 
-    def result_dict(self) -> dict[str, Any]:
-        """The settings that can change a result (what the stage hash covers)."""
-        return {k: v for k, v in asdict(self).items() if k not in NON_RESULT_FIELDS}
-
-    def override(self, **values: Any) -> "IRNConfig":
-        known = {f.name for f in fields(self)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown IRN setting(s) {sorted(unknown)}; IRNConfig has: {sorted(known)}")
-        return replace(self, **values).validate()
 
 
 SUBSET_CPU_SECONDS = {"ir_labels": 1.02, "irn_epoch": 0.31, "random_walk": 0.29}

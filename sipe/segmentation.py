@@ -17,9 +17,9 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, StageSettings
 from .data import transforms as T
 from .data import voc
 from .data.labelled import GROUND_TRUTH, LabelledCropDataset, save_label_atomic
@@ -40,14 +40,14 @@ DEEPLAB_R101 = "deeplab_r101"
 RESNET101_FILE = "resnet101-63fe2227.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NON_RESULT_FIELDS = ("checkpoint_every", "num_workers")
-
-
 @dataclass(frozen=True)
-class SegConfig:
+class SegConfig(StageSettings):
     """Segmentation settings. backbone: 'deeplab_r101' (DeepLab-v2 ResNet-101, OS 8) or a registry backbone
     name (its semantic stage at OS 16 feeds the ASPP head). CRF: deeplab-pytorch's (10 iterations,
     Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4)."""
+
+    WHAT: ClassVar[str] = "segmentation"
+    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers")
 
     backbone: str = DEEPLAB_R101
     pretrained: bool = True
@@ -84,16 +84,6 @@ class SegConfig:
         if not self.aspp_rates or not self.eval_scales:
             raise ConfigError("seg.aspp_rates and seg.eval_scales must not be empty")
         return self
-
-    def result_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in NON_RESULT_FIELDS}
-
-    def override(self, **values: Any) -> "SegConfig":
-        known = {f.name for f in fields(self)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown segmentation setting(s) {sorted(unknown)}; SegConfig has: {sorted(known)}")
-        return replace(self, **values).validate()
 
     @property
     def mean(self) -> tuple[float, float, float]:
