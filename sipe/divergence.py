@@ -31,8 +31,8 @@ class DivergenceGuard:
     A run resumed from a checkpoint takes its reference from the steps after the resume.
     """
 
-    def __init__(self, run_dir: str | Path, setting: str, factor: float = DIVERGENCE_FACTOR, window: int = DIVERGENCE_WINDOW,
-                 key: str = "loss") -> None:
+    def __init__(self, run_dir: str | Path, setting: str, factor: float = DIVERGENCE_FACTOR,
+                 window: int = DIVERGENCE_WINDOW, key: str = "loss") -> None:
         if factor <= 1 or window < 1:
             raise ValueError(f"factor must be > 1 and window >= 1, got factor={factor}, window={window}")
         self.run_dir, self.setting, self.factor, self.window, self.key = Path(run_dir), setting, factor, window, key

@@ -86,6 +86,7 @@ PROTOCOLS: dict[str, LabelProtocol] = {
 }
 """'sipe': SIPE's cam2ir / make_seg_labels on IS-CAM; 'irn': IRN's on its CAM of the image's classes (baseline)."""
 
+
 @dataclass(frozen=True)
 class IRNConfig(StageSettings):
     """IRN settings (paper profile = IRN's / SIPE's released settings).
@@ -144,7 +145,6 @@ class IRNConfig(StageSettings):
         if self.beta <= 0 or self.exp_times < 0 or self.infer_scale <= 0:
             raise ConfigError("irn.beta and irn.infer_scale must be positive, irn.exp_times >= 0")
         return self
-
 
 
 SUBSET_CPU_SECONDS = {"ir_labels": 1.02, "irn_epoch": 0.31, "random_walk": 0.29}

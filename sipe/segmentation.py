@@ -40,6 +40,8 @@ DEEPLAB_R101 = "deeplab_r101"
 RESNET101_FILE = "resnet101-63fe2227.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class SegConfig(StageSettings):
     """Segmentation settings. backbone: 'deeplab_r101' (DeepLab-v2 ResNet-101, OS 8) or a registry backbone
