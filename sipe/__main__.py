@@ -4,6 +4,7 @@ Examples::
 
   python -m sipe stages --profile subset                  # every unit of the study, in turn (resumable)
   python -m sipe stages --profile subset --units sipe-s15 cam-s15 segmentation-s15
+  python -m sipe stages --profile subset --recompute --units sipe-s15   # again from training (old folders kept)
   python -m sipe train --profile subset --variant sipe
   python -m sipe train --profile subset --variant sccam   # the CAM baseline (round 0), then SC-CAM's rounds
   python -m sipe maps  --profile subset --variant cam
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crf", action="store_true", help="eval: also denseCRF post-processing")
     parser.add_argument("--units", nargs="+", default=None, metavar="VARIANT-sSEED",
                         help="stages: only these units (default: the profile's whole plan, segmentation units last)")
+    parser.add_argument("--recompute", action="store_true", help="stages: compute the --units again from their "
+                        "training on (e.g. after their stage code changed); their old folders are renamed, not deleted")
     parser.add_argument("--results-dir", default="", help="stages: results folder (default: results/<profile> "
                         "for subset/paper, <work dir>/results for smoke)")
     parser.add_argument("--no-progress", action="store_true")
@@ -108,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
             todo = [by_name[n] for n in args.units]
+        if args.recompute:
+            if not args.units:
+                raise ConfigError("--recompute needs --units: name the units to compute again")
+            results_dir = Path(args.results_dir) if args.results_dir else pipeline.results_dir_for(cfg.profile, work)
+            for unit in todo:
+                moved = units.set_aside(cfg, work, results_dir, unit)
+                print(f"{unit.name}: results record removed; set aside: {', '.join(str(m) for m in moved) or 'no folder'}")
         segstudy.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
         return 0
     sccam = units.trained_sccam(cfg, work, progress=progress)[0] if args.variant == SCCAM else None

@@ -135,6 +135,38 @@ def run_plan(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Pat
     return done
 
 
+def set_aside(cfg: ExperimentConfig, work_dir: str | Path, results_dir: str | Path, unit: Unit) -> list[Path]:
+    """Make `unit` be computed again from its training on, deleting nothing: its results record
+    (`runs/<unit>.json`) is removed and the folders its results came from are renamed
+    `<folder>.replaced-<UTC time>`: a classification unit's training run (an SC-CAM unit's rounds; its round 0,
+    the CAM unit's run, stays), a segmentation unit's own stage folders as its record lists them (IR labels,
+    IRN, random walk, nets, predictions; the classification units' maps stay). Maps are keyed by their
+    checkpoint's digest, so a retrained model gets new ones. Returns the renamed folders; FolderBusyError
+    when the unit or one of its folders is being computed."""
+    work = Path(work_dir)
+    paths = pipeline.unit_paths(Path(results_dir), unit)
+    record = read_json(paths["json"]) if paths["json"].exists() else {}
+    if hasattr(unit, "identity"):
+        folders = [work / f for f in record.get("stages", {}).values() if str(f).startswith("segmentation/")]
+    else:
+        folders = [run_dir_for(pipeline.unit_config(cfg, unit), work, unit.variant)]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    with folder_lock(work / "evals" / unit.name, wait=False):
+        for folder in (f for f in folders if f.is_dir()):
+            with folder_lock(folder, wait=False):
+                pass
+            target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+            n = 1
+            while target.exists():
+                n += 1
+                target = folder.with_name(f"{folder.name}.replaced-{stamp}-{n}")
+            folder.rename(target)
+            moved.append(target)
+        paths["json"].unlink(missing_ok=True)
+    return moved
+
+
 def training_log_path(results_dir: str | Path, unit_name: str) -> Path:
     """Where a unit's per-step training log is kept beside its results: `<results>/logs/<unit>.csv`."""
     return Path(results_dir) / "logs" / f"{unit_name}.csv"

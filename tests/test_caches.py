@@ -132,6 +132,7 @@ def test_unit_results_are_reused_and_published_only_for_their_configuration(root
     assert again.code_changed(["sipe"]) == ["sipe-s0"] and again.units["sipe-s0"]["code_changed"] == ["maps"]
     note = results.code_note(again, ["sipe"])
     assert "stage code has changed since (sipe-s0: maps stage" in note and "-- sipe/maps.py`" in note
+    assert "`python -m sipe stages --profile smoke --recompute --units sipe-s0`" in note
     monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
     assert not results.load(cfg, out).code_changed(["sipe"])
 
@@ -198,3 +199,59 @@ def test_a_units_training_log_is_kept_beside_its_results_and_read_without_the_ru
                   **{**overrides, "train.max_steps": 3})
     with pytest.raises(UnitNotComputedError):
         stale.metrics("sipe", 0)
+
+
+def test_recompute_sets_a_units_folders_aside_and_computes_it_again(root: Path, tmp_path: Path) -> None:
+    from sipe import units
+    from sipe.__main__ import main
+
+    cfg = tiny(root)
+    work, out = tmp_path / "work", tmp_path / "results"
+    unit = pipeline.Unit("sipe", 0)
+    csv = units.run_unit(cfg, work, unit, out, progress=False)
+    first = json.loads(csv.with_suffix(".json").read_text())
+    run = run_dir_for(pipeline.unit_config(cfg, unit), work, "sipe")
+
+    with folder_lock(work / "evals" / unit.name):
+        with pytest.raises(FolderBusyError, match="sipe-s0"):
+            units.set_aside(cfg, work, out, unit)
+    assert csv.with_suffix(".json").exists() and run.is_dir()
+
+    moved = units.set_aside(cfg, work, out, unit)
+    assert moved == [run.with_name(moved[0].name)] and moved[0].name.startswith(f"{run.name}.replaced-")
+    assert (moved[0] / "final.pt").exists() and not run.exists() and not csv.with_suffix(".json").exists()
+    assert results.load(cfg, out).missing == ["sipe-s0"]
+
+    sets = ["--set", "data.max_images=4", "--set", "train.batch_size=2", "--set", "train.max_steps=1",
+            "--set", "model.pretrained=false", "--set", "infer.max_images=2", "--set", "study.selection_images=2",
+            "--set", "study.seeds=0", "--set", "study.variants=sipe", "--set", "study.multi_seed=sipe"]
+    common = ["stages", "--profile", "smoke", "--data-root", str(root), "--work-dir", str(work), "--device", "cpu",
+              "--results-dir", str(out), "--no-progress", *sets]
+    assert main([*common, "--units", "sipe-s0"]) == 0
+    second = json.loads(csv.with_suffix(".json").read_text())
+    assert second["finished"] >= first["finished"] and (run / "final.pt").exists() and moved[0].is_dir()
+    assert main([*common, "--recompute"]) == 2  # --recompute without --units is refused
+    assert main([*common, "--recompute", "--units", "sipe-s0"]) == 0
+    third = json.loads(csv.with_suffix(".json").read_text())
+    assert third["finished"] >= second["finished"] and (run / "final.pt").exists()
+    assert len(list(run.parent.glob(f"{run.name}.replaced-*"))) == 2  # the second run was set aside in turn
+
+
+def test_recompute_sets_aside_a_segmentation_units_own_stage_folders_only(root: Path, tmp_path: Path) -> None:
+    from sipe import units
+    from sipe.segstudy import SegUnit
+
+    work, out = tmp_path / "work", tmp_path / "results"
+    unit = SegUnit("segmentation", 0)
+    stages = {"maps_sipe": "maps/sipe-s0-train-abc", "irn_sipe": "segmentation/irn/sipe-s0-def",
+              "segnet_sipe": "segmentation/segnet/sipe-s0-123", "predict_sipe": "segmentation/predict/sipe-s0-456"}
+    for folder in stages.values():
+        (work / folder).mkdir(parents=True)
+        (work / folder / "DONE").write_text("{}")
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "segmentation-s0.json").write_text(json.dumps({"stages": stages}))
+    moved = units.set_aside(tiny(root), work, out, unit)
+    assert sorted(m.parent.name for m in moved) == ["irn", "predict", "segnet"]
+    assert all((m / "DONE").exists() and ".replaced-" in m.name for m in moved)
+    assert (work / stages["maps_sipe"]).is_dir() and not (work / stages["irn_sipe"]).exists()
+    assert not (out / "runs" / "segmentation-s0.json").exists()
