@@ -60,18 +60,23 @@ def main() -> None:
     parser.add_argument("--profile", default="subset")
     parser.add_argument("--maps-speedup", type=float, default=0.0, help="also estimate the study with maps F times faster")
     args = parser.parse_args()
+    from sipe import pipeline, segstudy
+    from sipe.config import SCCAM, get_profile
+
     table = stage_table(Path(args.results))
     if table.empty:
         raise SystemExit(f"no unit records in {args.results}/runs: run `make stages` first")
+    seg = table[table["variant"] == segstudy.UNIT_VARIANT]
+    shared = (table["variant"] == SCCAM) & (table["stage"] == "train_round0")
+    table = table[(table["variant"] != segstudy.UNIT_VARIANT) & ~shared]
+    if shared.any():
+        print("(an SC-CAM unit's train_round0 is the CAM unit of its seed, counted there, not here)")
     wide = table.pivot_table(index=["variant", "unit"], columns="stage", values="minutes", aggfunc="sum").fillna(0.0)
     wide["total"] = wide.sum(axis=1)
     print(wide.round(1).to_string())
     per_variant = wide.loc[wide.groupby(level="variant")["total"].idxmin()].droplevel("unit")
     print("\nthe fastest unit of each variant (minutes):")
     print(per_variant.round(1).to_string())
-
-    from sipe import pipeline
-    from sipe.config import SCCAM, get_profile
 
     cfg = get_profile(args.profile)
     st = cfg.study
@@ -93,6 +98,17 @@ def main() -> None:
         share = loading["outside steps"].sum() / loading["train"].sum()
         print(f"{100 * share:.1f}% of the training time of these units: a loader worker saves at most that, "
               f"{share * per_variant['train'].reindex([v for v, _ in core]).sum():.0f} min over the core study")
+    if not seg.empty:
+        per_stage = seg.pivot_table(index="stage", columns="unit", values="minutes", aggfunc="sum")
+        print("\nsegmentation units, minutes per stage as recorded (a stage resumed after an interruption records "
+              "only its last piece):")
+        print(per_stage.round(1).to_string())
+        fastest = float(per_stage.sum().min())
+        n_seg = len(segstudy.plan(cfg))
+        minutes, unknown = plan_estimate(totals, planned)
+        print(f"the whole {args.profile} plan ({len(planned)} classification + {n_seg} segmentation units at "
+              f"{fastest:.0f} min each): {minutes + n_seg * fastest:.0f} min = {(minutes + n_seg * fastest) / 60:.2f} h"
+              + (f" (not counted, no finished unit: {', '.join(unknown)})" if unknown else ""))
     if args.maps_speedup > 0:
         maps_cols = [c for c in per_variant.columns if c.startswith("maps_")]
         faster = totals - per_variant[maps_cols].sum(axis=1) * (1 - 1 / args.maps_speedup)
