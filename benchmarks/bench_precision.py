@@ -27,16 +27,15 @@ import datetime
 import os
 import platform
 import statistics
-import time
 from typing import Callable
 
 import numpy as np
 import torch
 
-from bench_train_overhead import synthetic_batch
+from bench_train_overhead import synthetic_batch, time_block
 from sipe.checkpoint import load_trained
 from sipe.config import get_profile
-from sipe.data.datasets import InferenceDataset
+from sipe.data.datasets import InferenceDataset, scale_views
 from sipe.maps import infer_image
 from sipe.models import BACKBONES, build_model
 from sipe.train import build_optimizer, train_step
@@ -57,10 +56,7 @@ def interleaved(steps: dict[str, Callable[[], object]], block: int, repeats: int
     order = list(steps)
     for r in range(repeats):
         for mode in order if r % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            for _ in range(block):
-                steps[mode]()
-            times[mode].append((time.perf_counter() - t0) / block)
+            times[mode].append(time_block(steps[mode], block))
     return times
 
 
@@ -118,20 +114,18 @@ def main() -> None:
     if args.checkpoint:
         model, cfg = load_trained(args.checkpoint)
     model.eval()
+    spec = BACKBONES[cfg.model.backbone]
     if args.data_root:
-        spec = BACKBONES[cfg.model.backbone]
         ds = InferenceDataset(args.data_root, "train", cfg.infer.scales, spec.mean, spec.std, cfg.infer.flip,
                               max_images=args.images)
         items = [ds[i] for i in range(len(ds))]
     else:
         h, w = args.size
-        image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+        image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
         label = torch.zeros(cfg.data.num_classes)
         label[[4, 14]] = 1
-        views = [torch.nn.functional.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
-                 for s in cfg.infer.scales]
-        items = [{"images": [torch.cat([x, x.flip(-1)]) if cfg.infer.flip else x for x in views], "label": label,
-                  "size": (h, w)}]
+        items = [{"images": [scale_views(image, s, spec.mean, spec.std, cfg.infer.flip) for s in cfg.infer.scales],
+                  "label": label, "size": (h, w)}]
     outputs: dict[str, dict[str, torch.Tensor]] = {}
 
     def maps_in(mode: str) -> Callable[[], None]:
@@ -164,12 +158,13 @@ def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
     from tqdm import tqdm
 
     from sipe.data.voc import load_mask
-    from sipe.evaluation import confusion_matrix, iou_from_confusion, labels_from_maps
+    from sipe.evaluation import confusion_matrix, labels_from_maps, miou_result
     from sipe.maps import kept_channels
 
     spec = BACKBONES[cfg.model.backbone]
     ds = InferenceDataset(root, "train", cfg.infer.scales, spec.mean, spec.std, cfg.infer.flip, max_images=n)
-    conf = {m: np.zeros((21, 21), np.int64) for m in MODES}
+    n_classes = cfg.data.num_classes + 1
+    conf = {m: np.zeros((n_classes, n_classes), np.int64) for m in MODES}
     changed = total = 0
     for i in tqdm(range(len(ds)), desc="scoring", unit="img"):
         it = ds[i]
@@ -180,10 +175,10 @@ def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
             with torch.inference_mode(), precision(mode):
                 maps = infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model)
             labels[mode] = labels_from_maps(maps["is_cam"].float().numpy(), keys)
-            conf[mode] += confusion_matrix(labels[mode], gt)
+            conf[mode] += confusion_matrix(labels[mode], gt, n_classes)
         changed += int((labels["float32"] != labels["bfloat16"]).sum())
         total += labels["float32"].size
-    mious = {m: 100 * float(np.nanmean(iou_from_confusion(c))) for m, c in conf.items()}
+    mious = {m: miou_result(c, present_classes=None).miou for m, c in conf.items()}
     print(f"IS-CAM (estimated background) on the first {len(ds)} train images: mIoU float32 {mious['float32']:.2f}, "
           f"bfloat16 {mious['bfloat16']:.2f} (difference {mious['bfloat16'] - mious['float32']:+.2f}); "
           f"labels differ at {100 * changed / total:.2f}% of the pixels")
