@@ -639,9 +639,9 @@ def code_note(r: StudyResults, variants: Sequence[str]) -> str:
             files = p.get("code_changed_files")
             detail.append(f"{unit}: {', '.join(p['code_changed'])} stage"
                           + (f", `git diff {str(p['git_revision'])[:12]} -- {' '.join(files)}`" if files else ""))
-        profile = next((str(r.units[u].get("profile")) for u in changed), "subset")
         parts.append(f"stage code has changed since ({'; '.join(detail)}); to refresh, compute them again: "
-                     f"`python -m sipe stages --profile {profile} --recompute --units {' '.join(changed)}`")
+                     f"`python -m sipe stages --profile {r.units[changed[0]]['profile']} --recompute "
+                     f"--units {' '.join(changed)}`")
     else:
         parts.append("stage code unchanged since")
     absent = [u for u in r.missing + r.stale if u.rsplit("-s", 1)[0] in variants]
