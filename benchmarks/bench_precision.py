@@ -18,11 +18,15 @@ differences are not meaningful, and IS-CAM is empty, so the CAM is compared); wi
 they are real. --eval-images N (with both) then maps the first N `train` images both ways and prints the
 mIoU of IS-CAM with its estimated background against the ground truth: the lever's effect on a number the
 study publishes. Take the figures on an idle machine (the load average at start is printed).
+
+--compare FLOAT32_DIR BFLOAT16_DIR [--units U...]: no timing; the claims that the classification units decide
+(`sipe.results.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
+BFLOAT16_DIR (maps in bfloat16, the profile's setting), side by side: what the lever does to every claim. Give the
+units whose weights both folders share (the same training runs, mapped both ways), e.g. one seed's units.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import platform
@@ -38,13 +42,10 @@ from sipe.config import get_profile
 from sipe.data.datasets import InferenceDataset, scale_views
 from sipe.maps import infer_image
 from sipe.models import BACKBONES, build_model
+from sipe.runtime import precision_context
 from sipe.train import build_optimizer, train_step
 
 MODES = ("float32", "bfloat16")
-
-
-def precision(mode: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bfloat16" else contextlib.nullcontext()
 
 
 def interleaved(steps: dict[str, Callable[[], object]], block: int, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -83,7 +84,13 @@ def main() -> None:
     parser.add_argument("--data-root", help="VOC root: map real `train` images (default: one random image of --size)")
     parser.add_argument("--images", type=int, default=4, help="images mapped per call with --data-root")
     parser.add_argument("--eval-images", type=int, default=0, help="images scored both ways (needs --checkpoint, --data-root)")
+    parser.add_argument("--compare", nargs=2, metavar=("FLOAT32_DIR", "BFLOAT16_DIR"),
+                        help="compare the claims of two results folders instead of timing")
+    parser.add_argument("--units", nargs="+", help="with --compare: the units to compare (default: every unit found)")
     args = parser.parse_args()
+    if args.compare:
+        compare_claims(*args.compare, units=args.units, data_root=args.data_root)
+        return
     load_at_start = os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +106,7 @@ def main() -> None:
 
     def train_in(mode: str) -> Callable[[], None]:
         def step() -> None:
-            with precision(mode):
+            with precision_context(mode, "cpu"):
                 out = train_step(model, batch, cfg, torch.device("cpu"))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -130,7 +137,7 @@ def main() -> None:
 
     def maps_in(mode: str) -> Callable[[], None]:
         def call() -> None:
-            with torch.inference_mode(), precision(mode):
+            with torch.inference_mode(), precision_context(mode, "cpu"):
                 outputs[mode] = [infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model)
                                  for it in items]
         return call
@@ -153,6 +160,31 @@ def main() -> None:
         score(model, cfg, args.data_root, args.eval_images)
 
 
+def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None, data_root: str | None) -> None:
+    """Print the unit-decided claims of the `subset` study from maps in float32 and in bfloat16, side by side."""
+    import pandas as pd
+
+    from sipe.pipeline import plan
+    from sipe.results import unit_claims
+
+    over = {"data.root": data_root} if data_root else {}
+    tables = {}
+    for mode, folder in zip(MODES, (float32_dir, bfloat16_dir)):
+        cfg = get_profile("subset", **over, **{"infer.precision": mode})
+        chosen = [u for u in plan(cfg) if units is None or u.name in units]
+        tables[mode] = unit_claims(cfg, folder, chosen).set_index("claim")
+    cols = ["ours_mean", "ci_low", "ci_high", "n_seeds", "verdict"]
+    both = pd.concat({m: t[cols] for m, t in tables.items()}, axis=1)
+    both[("", "same verdict")] = both[("float32", "verdict")] == both[("bfloat16", "verdict")]
+    both[("", "delta moved")] = both[("bfloat16", "ours_mean")] - both[("float32", "ours_mean")]
+    with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.float_format", "{:+.2f}".format):
+        print(f"# claims from float32 maps ({float32_dir}) and bfloat16 maps ({bfloat16_dir}); units: "
+              f"{', '.join(units) if units else 'all found'}")
+        print(both.to_string())
+    print(f"{int(both[('', 'same verdict')].sum())} of {len(both)} claims keep their verdict; the deltas moved by "
+          f"{both[('', 'delta moved')].abs().mean():.2f} points on average (max {both[('', 'delta moved')].abs().max():.2f})")
+
+
 def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
     """mIoU (%) of IS-CAM (estimated background) on the first `n` `train` images, float32 and bfloat16 maps."""
     from tqdm import tqdm
@@ -172,7 +204,7 @@ def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
         keys = np.asarray(kept_channels(it["label"]))
         labels = {}
         for mode in MODES:
-            with torch.inference_mode(), precision(mode):
+            with torch.inference_mode(), precision_context(mode, "cpu"):
                 maps = infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model)
             labels[mode] = labels_from_maps(maps["is_cam"].float().numpy(), keys)
             conf[mode] += confusion_matrix(labels[mode], gt, n_classes)

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal
 from .errors import SipeError
 
 FeatureName = Literal["semantic", "hierarchical"]
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS = ("float32", "bfloat16")
 PROFILES = ("smoke", "subset", "paper")
 DATA_ROOT_ENV = "SIPE_DATA_ROOT"
 WORK_DIR_ENV = "SIPE_WORK_DIR"
@@ -112,13 +114,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Multi-scale + flip map generation."""
+    """Multi-scale + flip map generation.
+
+    precision: 'float32' (as the paper), or 'bfloat16' (autocast around the model and the IPE operations; the
+    maps are stored in float16 either way). It changes the maps, so it is part of the maps key.
+    """
 
     split: str = "train"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
     max_images: int | None = None
     save_cam: bool = True
+    precision: Precision = "float32"
 
 
 @dataclass(frozen=True)
@@ -291,6 +298,8 @@ class ExperimentConfig:
             raise ConfigError(f"data.resize_long={self.data.resize_long}; need 0 < low <= high")
         if not self.infer.scales:
             raise ConfigError("infer.scales is empty")
+        if self.infer.precision not in PRECISIONS:
+            raise ConfigError(f"infer.precision={self.infer.precision!r}; choose one of {list(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         self.sccam.validate()
@@ -302,7 +311,9 @@ class ExperimentConfig:
         sections = {"train": ("data", "model", "train"), "maps": ("data", "model", "train", "infer"),
                     "eval": ("data", "model", "train", "infer", "eval")}[stage]
         parts: dict[str, Any] = {
-            s: {k: v for k, v in d[s].items() if k not in NON_RESULT_FIELDS.get(s, ())} for s in sections}
+            s: {k: v for k, v in d[s].items()
+                if k not in NON_RESULT_FIELDS.get(s, ()) and HASH_NEUTRAL.get(s, {}).get(k, _UNSET) != v}
+            for s in sections}
         parts["inputs"] = list(inputs)
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
@@ -314,6 +325,11 @@ NON_RESULT_FIELDS: dict[str, tuple[str, ...]] = {
     "train": ("log_every", "checkpoint_every_steps"),
 }
 """Settings that change how a stage runs (paths, logging cadence, chunking, workers), never its output."""
+
+_UNSET = object()
+HASH_NEUTRAL: dict[str, dict[str, Any]] = {"infer": {"precision": "float32"}}
+"""Settings added after results were published, with the value those results had: at that value they stay out
+of the stage hash, so earlier results keep their keys."""
 
 
 def cls_field_type(cls: type, name: str) -> Any:
@@ -387,7 +403,7 @@ def _subset() -> ExperimentConfig:
         data=DataConfig(resize_long=(256, 384), crop_size=256),
         model=ModelConfig(backbone="efficientnet_lite0", semantic_layer="conv_head", bg_scale=1.0),
         train=TrainConfig(batch_size=8, epochs=5, lr=0.01, momentum=0.9, log_every=5),
-        infer=InferConfig(scales=(1.0, 0.5, 1.5)),
+        infer=InferConfig(scales=(1.0, 0.5, 1.5), precision="bfloat16"),
     )
 
 

@@ -32,7 +32,7 @@ from .config import ExperimentConfig, ModelConfig
 from .data.datasets import InferenceDataset
 from .errors import SipeError
 from .models import BACKBONES, Features, SIPENet
-from .runtime import atomic_savez, atomic_write_json, file_digest, read_json, resolve_device
+from .runtime import atomic_savez, atomic_write_json, file_digest, precision_context, read_json, resolve_device
 from .checkpoint import load_trained
 
 STRUCTURE = "structure"
@@ -221,9 +221,10 @@ def make_maps(
         t0 = time.perf_counter()
         shown = progress and distributed.is_main()
         for item in tqdm(loader, total=len(mine), disable=not shown, desc="maps", unit="img"):
-            maps = infer_image(model, item["images"], item["label"], tuple(item["size"]), mcfg, seed_methods)
+            with precision_context(cfg.infer.precision, device):
+                maps = infer_image(model, item["images"], item["label"], tuple(item["size"]), mcfg, seed_methods)
             keys = kept_channels(item["label"])
-            arrays = {k: v.cpu().numpy() for k, v in maps.items()}
+            arrays = {k: (v if v.dtype == torch.uint8 else v.float()).cpu().numpy() for k, v in maps.items()}
             arrays = {k: v if v.dtype == np.uint8 else v.astype(np.float16) for k, v in arrays.items()}
             if not cfg.infer.save_cam:
                 arrays.pop("cam")

@@ -561,6 +561,19 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
     return claims(tables, pair, claim_list, interval=fig1_interval)
 
 
+UNIT_TABLES = ("table1", "table4", "table5", "fig8", "bg_weight")
+"""The claim tables made from the classification units' records alone (no notebook, no segmentation)."""
+
+
+def unit_claims(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | None = None) -> pd.DataFrame:
+    """The claims (CLAIM_COLUMNS) that the units of `cfg` found in `results_dir` decide, from `UNIT_TABLES`
+    built afresh; the other claims are left out. Compares two configurations' studies claim by claim."""
+    r = load(cfg, results_dir, units)
+    tables = {name: tidy(name, r, cfg) for name in UNIT_TABLES}
+    decided = [c for c in CLAIMS if c.better[0] in UNIT_TABLES and c.baseline[0] in UNIT_TABLES]
+    return study_claims(r, cfg, tables, decided)
+
+
 def units_table(r: StudyResults, variants: Sequence[str] | None = None) -> pd.DataFrame:
     """Provenance of the published units: revision, whether stage code changed since, config hash, data
     fingerprints, checkpoint, device, wall time per stage (minutes)."""

@@ -35,6 +35,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def precision_context(precision: str, device: torch.device | str):
+    """A context computing in `precision`: bfloat16 autocast on `device`'s type, or nothing for float32."""
+    import contextlib
+
+    import torch
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "bfloat16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"precision={precision!r}; choose 'float32' or 'bfloat16'")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     import torch

@@ -112,6 +112,7 @@ def test_list_overrides_become_tuples() -> None:
         ("data.resize_long", "(96, 64)"),
         ("data.crop_size", "0"),
         ("device", "tpu"),
+        ("infer.precision", "float16"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_the_field(key: str, value: str) -> None:
@@ -145,6 +146,27 @@ def test_stage_hash_tracks_model_settings_not_data_root() -> None:
     assert thresholds.stage_hash("maps") == base.stage_hash("maps")
     assert thresholds.stage_hash("eval") != base.stage_hash("eval")
     assert len(base.stage_hash("train")) == 12
+
+
+def test_maps_precision_enters_the_maps_hash_and_float32_keeps_earlier_keys() -> None:
+    import hashlib
+    import json
+
+    from sipe.config import NON_RESULT_FIELDS
+
+    base = get_profile("smoke")
+    assert base.infer.precision == "float32" and get_profile("paper").infer.precision == "float32"
+    assert get_profile("subset").infer.precision == "bfloat16"
+    bf16 = base.override(**{"infer.precision": "bfloat16"})
+    assert bf16.stage_hash("train") == base.stage_hash("train")
+    assert bf16.stage_hash("maps") != base.stage_hash("maps")
+    d = base.to_dict()
+    del d["infer"]["precision"]
+    parts = {s: {k: v for k, v in d[s].items() if k not in NON_RESULT_FIELDS.get(s, ())}
+             for s in ("data", "model", "train", "infer", "eval")}
+    parts["inputs"] = ["x"]
+    before = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert base.stage_hash("eval", "x") == before
 
 
 @pytest.mark.parametrize("profile", PROFILES)

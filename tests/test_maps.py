@@ -172,6 +172,29 @@ def test_rerun_skips_finished_images_and_recomputes_deleted_ones(maps_run: MapsR
     }
 
 
+def test_bfloat16_maps_are_a_separate_cache_close_to_float32(maps_run: MapsResult, tmp_path: Path, synthetic_root: Path) -> None:
+    from sipe.maps import checkpoint_digest, maps_dir_for
+
+    checkpoint = json.loads((maps_run.maps_dir / "config.json").read_text())["checkpoint"]
+    cfg = tiny_cfg(synthetic_root)
+    bf16 = cfg.override(**{"infer.precision": "bfloat16"})
+    digest = checkpoint_digest(checkpoint)
+    assert maps_dir_for(bf16, tmp_path, "sipe", digest, METHODS) != maps_dir_for(cfg, tmp_path, "sipe", digest, METHODS)
+    made = make_maps(bf16, checkpoint, tmp_path / "bf16", seed_methods=METHODS, progress=False)
+    assert made.n_computed == 3
+    assert json.loads((made.maps_dir / "config.json").read_text())["config"]["infer"]["precision"] == "bfloat16"
+    differs = []
+    for path in sorted(maps_run.maps_dir.glob("*.npz")):
+        with np.load(path) as a, np.load(made.maps_dir / path.name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for key in ("cam", "is_cam", "cam_irn"):
+                assert b[key].dtype == np.float16 and b[key].shape == a[key].shape
+                diff = np.abs(a[key].astype(np.float32) - b[key].astype(np.float32))
+                assert diff.mean() < 0.05, (path.name, key, diff.mean())  # untrained heads: small raw sums, normalised
+                differs.append(diff.max() > 0)
+    assert any(differs), "bfloat16 autocast left every map bit-identical: it did not run"
+
+
 def test_training_pass_without_bpm_has_background_one_minus_max_foreground() -> None:
     torch.manual_seed(0)
     net = build_model(ModelConfig(backbone="efficientnet_lite0", pretrained=False, background_prototype=False))
