@@ -19,7 +19,7 @@ from .config import SCCAM, SELECTION_SPLIT, ExperimentConfig, default_work_dir, 
 from .data import voc
 from .errors import SipeError
 from .maps import STRUCTURE
-from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE
+from .paper import FULL_VOC_SIZES, PAPER_BACKBONE, PAPER_BG_SCALE, PAPER_SCALES
 from .provenance import REPO_ROOT
 from .train import TrainResult, run_dir_for
 from .units import has_results, run_plan, trained_sccam, training_log_path
@@ -189,6 +189,11 @@ class Study:
         parts.append(f"{n_train} training images" + (f" of {FULL_VOC_SIZES[c.data.train_split]:,}"
                                                      if c.data.train_split in FULL_VOC_SIZES else ""))
         parts.append(f"crop {c.data.crop_size}, {c.train.epochs} epochs")
+        if tuple(c.infer.scales) != PAPER_SCALES:
+            parts.append(f"map scales {', '.join(f'{x:g}' for x in c.infer.scales)} "
+                         f"(paper: {', '.join(f'{x:g}' for x in PAPER_SCALES)})")
+        if c.infer.precision != "float32":
+            parts.append(f"maps in {c.infer.precision} (paper: float32)")
         if c.model.bg_scale != PAPER_BG_SCALE:
             parts.append(f"background weight {c.model.bg_scale:g} (paper: {PAPER_BG_SCALE:g})")
         parts.append(f"thresholds chosen on {len(self.selection_ids())} selection-split images")

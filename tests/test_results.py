@@ -233,3 +233,19 @@ def test_summary_of_a_table_with_no_rows_and_no_paper_numbers_is_empty():
     shown = results.summary("pseudo_labels", segstudy.empty_table())
     assert shown.empty and shown.columns.nlevels == 2
     assert ("val_miou", "paper") in results.summary("table2", segstudy.empty_table()).columns
+
+
+def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path, tmp_path: Path) -> None:
+    from sipe.study import Study
+
+    def setting(profile: str, **over) -> str:
+        cfg = get_profile(profile, **{"data.root": str(synthetic_root), **over})
+        return Study(cfg, tmp_path / "work", tmp_path / "results").setting()
+
+    subset = setting("subset")
+    assert "maps in bfloat16 (paper: float32)" in subset
+    assert "map scales 1, 0.5, 1.5 (paper: 1, 0.5, 1.5, 2)" in subset
+    assert "backbone efficientnet_lite0 (paper: ResNet-50)" in subset
+    assert "float32" not in setting("subset", **{"infer.precision": "float32"})
+    paper = setting("paper")
+    assert "bfloat16" not in paper and "map scales" not in paper and "(paper: ResNet-50)" not in paper
