@@ -65,3 +65,10 @@ def chain(*callbacks: StepCallback | None) -> StepCallback:
             c(step, row)
 
     return call
+
+
+def guarded(on_step: StepCallback | None, run_dir: str | Path, setting: str, factor: float | None = DIVERGENCE_FACTOR,
+            window: int = DIVERGENCE_WINDOW) -> StepCallback:
+    """`on_step` preceded by a `DivergenceGuard` over `run_dir` (none when `factor` is None)."""
+    guard = None if factor is None else DivergenceGuard(run_dir, setting, factor, window)
+    return chain(guard, on_step)

@@ -46,7 +46,7 @@ from .data import transforms as T
 from .data import voc
 from .data.labelled import LabelledCropDataset, check_same_size, save_label_atomic
 from .evaluation import load_map
-from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, DivergenceGuard, chain
+from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, guarded
 from .fit import FitResult, LoopSettings, fit
 from .models.backbones import BACKBONES, Backbone, build_backbone, stage_channels
 from .runtime import atomic_write_json, resolve_device, seed_everything
@@ -467,10 +467,9 @@ def train_irn(
                             cfg.max_steps, cfg.seed, cfg.checkpoint_every, cfg.num_workers)
     config = {"stage": "irn", "irn": cfg.result_dict(), "ids": _digest(ids), "ir_labels": folder_id(ir_label_dir)}
     index = dataset.index
-    guard = None if divergence_factor is None else \
-        DivergenceGuard(run_dir, "IRN lr", divergence_factor, divergence_window)
     return fit(model, [(model.head_parameters(), 1.0)], dataset, partial(_irn_step, index=index), run_dir,
-               settings, config, IRN_METRICS, dev, progress, desc="IRN", on_step=chain(guard, on_step))
+               settings, config, IRN_METRICS, dev, progress, desc="IRN",
+               on_step=guarded(on_step, run_dir, "IRN lr", divergence_factor, divergence_window))
 
 
 def load_irn(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[BoundaryNet, IRNConfig]:

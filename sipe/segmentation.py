@@ -31,9 +31,9 @@ from .config import ConfigError, ModelConfig, StageSettings
 from .data import transforms as T
 from .data import voc
 from .data.labelled import GROUND_TRUTH, LabelledCropDataset, save_label_atomic
-from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, DivergenceGuard, chain
+from .divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, guarded
 from .fit import FitResult, LoopSettings, fit
-from .models.backbones import BACKBONES, WeightsError, build_backbone, stage_channels, torch_checkpoint_dir
+from .models.backbones import BACKBONES, build_backbone, imagenet_state_dict, stage_channels
 from .runtime import atomic_write_json, resolve_device, seed_everything
 
 DEEPLAB_R101 = "deeplab_r101"
@@ -183,26 +183,8 @@ class _ResNetBody(nn.Module):
 
 
 def resnet101_state_dict(weights: str = "") -> dict[str, torch.Tensor]:
-    """torchvision ImageNet ResNet-101 weights: a given file, else the torch cache, else a download."""
-    from torchvision.models import ResNet101_Weights
-
-    url = ResNet101_Weights.IMAGENET1K_V1.url
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"seg.weights={weights!r} does not exist; give the path of a ResNet-101 ImageNet state "
-                               f"dict (torchvision's {RESNET101_FILE}, from {url}).")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    cached = torch_checkpoint_dir() / RESNET101_FILE
-    if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
-    try:
-        return ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except Exception as e:  # noqa: BLE001 - any download failure gets the same instructions
-        raise WeightsError(
-            f"ResNet-101 ImageNet weights are not available ({type(e).__name__}: {e}). Download {url} on a machine "
-            f"with internet and put it at {cached} (or pass seg.weights=/path/to/{RESNET101_FILE})."
-        ) from e
+    """torchvision ImageNet ResNet-101 weights: a given file (`seg.weights`), else the torch cache, else a download."""
+    return imagenet_state_dict("resnet101", RESNET101_FILE, weights, "seg.weights")
 
 
 def deeplab_r101(num_classes: int, pretrained: bool = True, weights: str = "",
@@ -269,10 +251,9 @@ def train_segmentation(
     labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else f"{Path(labels).parent.name}/{Path(labels).name}"
     config = {"stage": "segmentation", "seg": cfg.result_dict(), "num_classes": num_classes, "labels": labels_id,
               "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
-    guard = None if divergence_factor is None else \
-        DivergenceGuard(run_dir, "segmentation lr (lr, head_lr_mult)", divergence_factor, divergence_window)
     return fit(model, model.param_groups(cfg.head_lr_mult), dataset, seg_step, run_dir, settings, config,
-               ("loss",), dev, progress, desc="segmentation", on_step=chain(guard, on_step))
+               ("loss",), dev, progress, desc="segmentation",
+               on_step=guarded(on_step, run_dir, "segmentation lr (lr, head_lr_mult)", divergence_factor, divergence_window))
 
 
 def load_segnet(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[SegNet, SegConfig]:

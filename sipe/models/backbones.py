@@ -72,26 +72,27 @@ def torch_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _resnet50_state_dict(weights: str) -> dict[str, torch.Tensor]:
-    """torchvision ImageNet ResNet-50 weights: a given file, else the torch cache, else a download."""
-    from torchvision.models import ResNet50_Weights
+def imagenet_state_dict(arch: str, file_name: str, weights: str = "", setting: str = "model.weights") -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of `arch` ('resnet50', 'resnet101'): the file `weights` when given, else
+    `file_name` in the torch cache, else a download; WeightsError naming the file, the place and `setting`."""
+    from torchvision.models import get_model_weights
 
+    url = get_model_weights(arch).IMAGENET1K_V1.url
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsError(f"model.weights={weights!r} does not exist; give the path of a ResNet-50 "
-                               f"ImageNet state dict (torchvision's {RESNET50_FILE}).")
+            raise WeightsError(f"{setting}={weights!r} does not exist; give the path of a {arch} ImageNet state "
+                               f"dict (torchvision's {file_name}, from {url}).")
         return torch.load(path, map_location="cpu", weights_only=True)
-    cached = torch_checkpoint_dir() / RESNET50_FILE
+    cached = torch_checkpoint_dir() / file_name
     if cached.is_file():
         return torch.load(cached, map_location="cpu", weights_only=True)
     try:
-        return ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        return get_model_weights(arch).IMAGENET1K_V1.get_state_dict(progress=False)
     except Exception as e:  # noqa: BLE001 - any download failure gets the same instructions
         raise WeightsError(
-            f"ResNet-50 ImageNet weights are not available ({type(e).__name__}: {e}). Download "
-            f"{ResNet50_Weights.IMAGENET1K_V1.url} on a machine with internet and put it at {cached} "
-            f"(or pass model.weights=/path/to/{RESNET50_FILE})."
+            f"{arch} ImageNet weights are not available ({type(e).__name__}: {e}). Download {url} on a machine "
+            f"with internet and put it at {cached} (or pass {setting}=/path/to/{file_name})."
         ) from e
 
 
@@ -108,7 +109,7 @@ class ResNet50Backbone(Backbone):
 
         net = resnet50(weights=None)
         if cfg.pretrained:
-            net.load_state_dict(_resnet50_state_dict(cfg.weights))
+            net.load_state_dict(imagenet_state_dict("resnet50", RESNET50_FILE, cfg.weights))
         net.layer4[0].conv2.stride = (1, 1)
         net.layer4[0].downsample[0].stride = (1, 1)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
