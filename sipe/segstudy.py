@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -59,6 +60,8 @@ RATIO_ROW = "Pseudo-label model / fully supervised model"
 FULL_VAL = {"voc": 1449, "coco": 40137}
 CODE_SOURCES = ("sipe/segstudy.py", "sipe/irn.py", "sipe/segmentation.py", "sipe/data/labelled.py")
 WALL_FILE = "wall.json"
+WALL_HEARTBEAT_S = 60.0
+"""How often a running stage rewrites its `wall.json`: a killed session loses at most this much of its wall time."""
 NOTEBOOK = "10_table2_table3_segmentation"
 
 
@@ -193,6 +196,29 @@ def _row(quantity: str, reading: str, variant: str, seed: int, split: str, value
             "class": cls, "variant": variant, "seed": seed, "split": split, "value": float(value), "n_images": n}
 
 
+class _Heartbeat:
+    """A context calling `beat()` every `period` seconds from a daemon thread while its block runs (None: nothing)."""
+
+    def __init__(self, beat: Callable[[], None] | None, period: float) -> None:
+        self.beat, self.period = beat, period
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            self.beat()
+
+    def __enter__(self) -> "_Heartbeat":
+        if self.beat is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
 class _Stages:
     """The cached stages of one seed: folders, wall times and the results rows and confusions they give."""
 
@@ -242,13 +268,17 @@ class _Stages:
         with folder_lock(folder):
             before = read_json(record) if record.exists() else {"seconds": 0.0, "finished": False}
             t0, finished = time.perf_counter(), False
+
+            def write() -> None:
+                atomic_write_json(record, {"seconds": before["seconds"] + time.perf_counter() - t0, "finished": finished})
+
             try:
-                out = fn(folder)
+                with _Heartbeat(write if not before["finished"] else None, WALL_HEARTBEAT_S):
+                    out = fn(folder)
                 finished = True
             finally:
                 if not before["finished"]:
-                    atomic_write_json(record, {"seconds": before["seconds"] + time.perf_counter() - t0,
-                                               "finished": finished})
+                    write()
         self.wall[f"{kind}_{name}"] = float(read_json(record)["seconds"])
         self.folders[f"{kind}_{name}"] = str(folder.relative_to(self.work))
         return out

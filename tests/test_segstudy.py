@@ -334,3 +334,30 @@ def test_the_coco_path_pseudo_labels_its_training_split_with_its_own_maps(tmp_pa
                                       "data.train_split": "train", "infer.split": "train", "data.max_images": 50})
         assert segstudy.pseudo_images(cfg) == ("train", 50) and not segstudy.reuses_unit_maps(cfg)
         assert segstudy.map_readings(cfg, "sipe") == (pipeline.STRUCTURE,)
+
+
+def test_a_running_stage_keeps_its_wall_time_on_disk_and_a_resumed_one_adds_to_it(synthetic_root: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    import time
+
+    monkeypatch.setattr(segstudy, "WALL_HEARTBEAT_S", 0.05)
+    cfg = get_profile("smoke", **{"data.root": str(synthetic_root), "device": "cpu"})
+    stages = segstudy._Stages(cfg, tmp_path, 0, progress=False)
+    seen = []
+
+    def killed(folder: Path) -> None:
+        time.sleep(0.3)
+        seen.append(json.loads((folder / segstudy.WALL_FILE).read_text()))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage("nets", "demo", ("k",), killed)
+    assert seen and 0.1 < seen[0]["seconds"] < 1.0 and not seen[0]["finished"]
+    (folder,) = (tmp_path / segstudy.UNIT_VARIANT / "nets").iterdir()
+    first = json.loads((folder / segstudy.WALL_FILE).read_text())
+    assert not first["finished"] and first["seconds"] >= 0.3
+
+    stages.stage("nets", "demo", ("k",), lambda folder: time.sleep(0.1))
+    done = json.loads((folder / segstudy.WALL_FILE).read_text())
+    assert done["finished"] and done["seconds"] >= first["seconds"] + 0.1
+    assert stages.wall["nets_demo"] == done["seconds"]
