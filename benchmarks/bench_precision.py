@@ -22,14 +22,17 @@ study publishes. Take the figures on an idle machine (the load average at start 
 --compare FLOAT32_DIR BFLOAT16_DIR [--units U...]: no timing; the claims that the classification units decide
 (`sipe.results.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
 BFLOAT16_DIR (maps in bfloat16, the profile's setting), side by side: what the lever does to every claim. Give the
-units whose weights both folders share (the same training runs, mapped both ways), e.g. one seed's units.
+units to compare, else every unit of the plan; only those whose records name the same checkpoint in both
+folders (the same training run, mapped both ways) are compared.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import datetime
 import os
 import platform
+from pathlib import Path
 import statistics
 from typing import Callable
 
@@ -168,11 +171,20 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
     from sipe.results import unit_claims
 
     over = {"data.root": data_root} if data_root else {}
+    cfg = get_profile("subset", **over)
+    shared, unshared = [], []
+    for u in plan(cfg):
+        if units is not None and u.name not in units:
+            continue
+        digests = [json.loads(p.read_text()).get("checkpoint_digest") if p.exists() else None
+                   for p in (Path(d) / "runs" / f"{u.name}.json" for d in (float32_dir, bfloat16_dir))]
+        (shared if digests[0] is not None and digests[0] == digests[1] else unshared).append(u)
+    print(f"units with the same checkpoint in both folders: {', '.join(u.name for u in shared) or 'none'}; "
+          f"left out (missing or trained apart): {', '.join(u.name for u in unshared) or 'none'}")
     tables = {}
     for mode, folder in zip(MODES, (float32_dir, bfloat16_dir)):
-        cfg = get_profile("subset", **over, **{"infer.precision": mode})
-        chosen = [u for u in plan(cfg) if units is None or u.name in units]
-        tables[mode] = unit_claims(cfg, folder, chosen).set_index("claim")
+        mcfg = cfg.override(**{"infer.precision": mode})
+        tables[mode] = unit_claims(mcfg, folder, shared).set_index("claim")
     cols = ["ours_mean", "ci_low", "ci_high", "n_seeds", "verdict"]
     both = pd.concat({m: t[cols] for m, t in tables.items()}, axis=1)
     both[("", "same verdict")] = both[("float32", "verdict")] == both[("bfloat16", "verdict")]

@@ -27,11 +27,19 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stage_table(results_dir: Path) -> pd.DataFrame:
-    """One row per (unit, stage): unit, variant, stage, minutes."""
+def record_precision(record: dict) -> str:
+    """The maps precision a unit record was computed with (records from before the setting: float32)."""
+    return record.get("config", {}).get("infer", {}).get("precision", "float32")
+
+
+def stage_table(results_dir: Path, precision: str | None = None) -> pd.DataFrame:
+    """One row per (unit, stage): unit, variant, stage, minutes; only units whose maps were made in `precision`
+    (None: every unit)."""
     rows = []
     for path in sorted((results_dir / "runs").glob("*.json")):
         record = json.loads(path.read_text())
+        if precision is not None and record_precision(record) != precision:
+            continue
         for stage, seconds in record.get("wall_seconds", {}).items():
             rows.append({"unit": record["unit"], "variant": record["variant"], "stage": stage, "minutes": seconds / 60})
     return pd.DataFrame(rows, columns=["unit", "variant", "stage", "minutes"])
@@ -59,13 +67,19 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "results" / "subset"))
     parser.add_argument("--profile", default="subset")
     parser.add_argument("--maps-speedup", type=float, default=0.0, help="also estimate the study with maps F times faster")
+    parser.add_argument("--precision", help="only units whose maps were made in this precision (default: the "
+                        "profile's infer.precision; 'any': every unit)")
     args = parser.parse_args()
     from sipe import pipeline, segstudy
     from sipe.config import SCCAM, get_profile
 
-    table = stage_table(Path(args.results))
+    cfg = get_profile(args.profile)
+    precision = None if args.precision == "any" else args.precision or cfg.infer.precision
+    table = stage_table(Path(args.results), precision)
     if table.empty:
-        raise SystemExit(f"no unit records in {args.results}/runs: run `make stages` first")
+        raise SystemExit(f"no unit records in {args.results}/runs with maps in {precision}: run `make stages` first, "
+                         "or give --precision")
+    print(f"units with maps in {precision or 'any precision'}, from {args.results}")
     seg = table[table["variant"] == segstudy.UNIT_VARIANT]
     shared = (table["variant"] == SCCAM) & (table["stage"] == "train_round0")
     table = table[(table["variant"] != segstudy.UNIT_VARIANT) & ~shared]
@@ -78,7 +92,6 @@ def main() -> None:
     print("\nthe fastest unit of each variant (minutes):")
     print(per_variant.round(1).to_string())
 
-    cfg = get_profile(args.profile)
     st = cfg.study
     planned = [(u.variant, u.seed) for u in pipeline.plan(cfg)]
     core = [(v, s) for v, s in planned if v != SCCAM and (s == st.seeds[0] or v in ("sipe", "cam"))]
