@@ -116,8 +116,8 @@ def infer_image(
     present classes): {'cam', 'cam_irn', 'is_cam'} each (M,H,W), and 'labels@<method>' (H,W).
 
     images: per scale a (2,3,h,w) image + flip pair (or (1,3,h,w)); label: (K,) 0/1. Each scale's maps
-    are computed on all C channels, then only the kept ones are upsampled to `size`, summed over scales and
-    max-normalised per channel; 'labels@<method>' are the estimated-background label maps (class indices)
+    are computed on all C channels (under bfloat16 autocast, in bfloat16), then only the kept ones are upsampled
+    to `size` in float32, summed over scales and max-normalised per channel; 'labels@<method>' are the estimated-background label maps (class indices)
     of those IS-CAMs, and 'cam_irn' is IRN's protocol (`sipe.cams.irn_cam`) with channel 0 = 1 - max.
     """
     device = next(model.parameters()).device
@@ -135,8 +135,8 @@ def infer_image(
         for method in seed_methods:
             outs[seed_method_key(method)] = _reading(method, s, lm, mcfg)
         for key, value in outs.items():
-            add(key, F.interpolate(value[:, keys], size, mode="bilinear", align_corners=False)[0])
-        irn_views.append(s.view_logits[:, keys[1:] - 1])
+            add(key, F.interpolate(value[:, keys].float(), size, mode="bilinear", align_corners=False)[0])
+        irn_views.append(s.view_logits[:, keys[1:] - 1].float())
     maps = {k: ipe.max_normalize(v) for k, v in sums.items()}
     fg = irn_cam(irn_views, size)
     background = 1.0 - fg.amax(0, keepdim=True) if len(fg) else torch.ones(1, *size, device=device)
@@ -144,8 +144,14 @@ def infer_image(
     for method in seed_methods:
         key = seed_method_key(method)
         if key != "is_cam":
-            maps[key] = keys[maps[key].argmax(0)].to(torch.uint8)
+            maps[key] = keys[channel_argmax(maps[key])].to(torch.uint8)
     return maps
+
+
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """(M,H,W) -> (H,W) index of the largest channel (the first on ties), as `x.argmax(0)`: reduced over a
+    contiguous last axis, which is 5-20x faster on the CPU than over the leading one."""
+    return x.movedim(0, -1).contiguous().argmax(-1)
 
 
 def kept_channels(label: torch.Tensor) -> np.ndarray:
@@ -260,5 +266,5 @@ def checkpoint_digest(path: str | Path) -> str:
 
 
 __all__ = ["STRUCTURE", "MapsResult", "ScaleOutput", "StaleMapsError", "checkpoint_digest", "fuse_flip", "infer_image",
-           "infer_scale", "kept_channels", "make_maps", "maps_dir_for", "maps_key", "parse_reading",
+           "infer_scale", "channel_argmax", "kept_channels", "make_maps", "maps_dir_for", "maps_key", "parse_reading",
            "seed_method_key"]

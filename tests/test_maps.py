@@ -14,7 +14,7 @@ from sipe import ipe
 from sipe.config import ExperimentConfig, ModelConfig, get_profile
 from sipe.data.datasets import InferenceDataset
 from sipe.data.voc import load_cls_labels, load_image
-from sipe.maps import MapsResult, fuse_flip, infer_image, kept_channels, make_maps, seed_method_key
+from sipe.maps import MapsResult, channel_argmax, fuse_flip, infer_image, kept_channels, make_maps, seed_method_key
 from sipe.models import BACKBONES, SIPENet, build_model
 from sipe.train import train
 
@@ -103,6 +103,18 @@ def test_threshold_above_every_cam_value_gives_only_a_background_prototype(model
 def test_unknown_seed_method_is_rejected(model: SIPENet, item: dict) -> None:
     with pytest.raises(ValueError, match="random"):
         infer_image(model, item["images"][:1], item["label"], item["size"], model.cfg, seed_methods=("random",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_argmax_is_argmax_over_the_first_axis_ties_included(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m in (1, 2, 3, 6):
+        x = torch.rand(m, 37, 53, generator=g).to(dtype)
+        x[:, :5] = 0.5
+        x[:, 5:9, :7] = torch.rand(1, 4, 7, generator=g).to(dtype)
+        got = channel_argmax(x)
+        assert got.shape == (37, 53) and torch.equal(got, x.argmax(0))
+    assert int(channel_argmax(torch.tensor([[[0.2]], [[0.7]], [[0.7]]]))[0, 0]) == 1
 
 
 def test_kept_channels() -> None:
