@@ -1,7 +1,7 @@
 """A speed lever for the CPU study: bfloat16 autocast against float32, for a training step and for one image's maps.
 
 Usage: python benchmarks/bench_precision.py [--batch 8] [--crop 256] [--size 375 500] [--block 2] [--repeats 5]
-       [--warmup 1] [--threads N] [--checkpoint final.pt] [--data-root D --images 4 --eval-images 100]
+       [--warmup 1] [--threads N] [--checkpoint final.pt] [--data-root D --images 4 --eval-images 100] [--fig8]
 
 Training: the loop body of `sipe.train` (train_step, backward, gradient clipping, SGD step) of the `subset`
 profile's SIPE model on a synthetic batch (as `bench_train_overhead.py`), with and without
@@ -43,7 +43,8 @@ from bench_train_overhead import synthetic_batch, time_block
 from sipe.checkpoint import load_trained
 from sipe.config import get_profile
 from sipe.data.datasets import InferenceDataset, scale_views
-from sipe.maps import infer_image
+from sipe.maps import STRUCTURE, infer_image
+from sipe.pipeline import fig8_methods
 from sipe.models import BACKBONES, build_model
 from sipe.runtime import precision_context
 from sipe.train import build_optimizer, train_step
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--data-root", help="VOC root: map real `train` images (default: one random image of --size)")
     parser.add_argument("--images", type=int, default=4, help="images mapped per call with --data-root")
     parser.add_argument("--eval-images", type=int, default=0, help="images scored both ways (needs --checkpoint, --data-root)")
+    parser.add_argument("--fig8", action="store_true", help="maps with Fig. 8's readings, as a SIPE unit makes them "
+                        "(default: structure-aware seeds only, as the other units)")
     parser.add_argument("--compare", nargs=2, metavar=("FLOAT32_DIR", "BFLOAT16_DIR"),
                         help="compare the claims of two results folders instead of timing")
     parser.add_argument("--units", nargs="+", help="with --compare: the units to compare (default: every unit found)")
@@ -138,15 +141,18 @@ def main() -> None:
                   "label": label, "size": (h, w)}]
     outputs: dict[str, dict[str, torch.Tensor]] = {}
 
+    methods = fig8_methods(get_profile("subset")) if args.fig8 else (STRUCTURE,)
+
     def maps_in(mode: str) -> Callable[[], None]:
         def call() -> None:
             with torch.inference_mode(), precision_context(mode, "cpu"):
-                outputs[mode] = [infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model)
+                outputs[mode] = [infer_image(model, it["images"], it["label"], tuple(it["size"]), cfg.model, methods)
                                  for it in items]
         return call
 
     sizes = sorted({tuple(it["size"]) for it in items})
-    print(f"maps of {len(items)} image(s) of {sizes}, scales {tuple(cfg.infer.scales)}, flip {cfg.infer.flip}:")
+    print(f"maps of {len(items)} image(s) of {sizes}, scales {tuple(cfg.infer.scales)}, flip {cfg.infer.flip}, "
+          f"{len(methods)} seed reading(s):")
     report("maps", interleaved({m: maps_in(m) for m in MODES}, args.block, args.repeats, args.warmup), "img/s",
            len(items))
     for key in ("is_cam", "cam"):
@@ -176,25 +182,31 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
     for u in plan(cfg):
         if units is not None and u.name not in units:
             continue
-        digests = [json.loads(p.read_text()).get("checkpoint_digest") if p.exists() else None
+        records = [json.loads(p.read_text()) if p.exists() else {}
                    for p in (Path(d) / "runs" / f"{u.name}.json" for d in (float32_dir, bfloat16_dir))]
-        (shared if digests[0] is not None and digests[0] == digests[1] else unshared).append(u)
-    print(f"units with the same checkpoint in both folders: {', '.join(u.name for u in shared) or 'none'}; "
-          f"left out (missing or trained apart): {', '.join(u.name for u in unshared) or 'none'}")
+        digests = [r.get("checkpoint_digest") for r in records]
+        precisions = [r.get("config", {}).get("infer", {}).get("precision", "float32") for r in records]
+        same = digests[0] is not None and digests[0] == digests[1] and precisions == list(MODES)
+        (shared if same else unshared).append(u)
+    print(f"units mapped both ways from the same checkpoint: {', '.join(u.name for u in shared) or 'none'}; "
+          f"left out (missing, not yet mapped in both precisions, or trained apart): "
+          f"{', '.join(u.name for u in unshared) or 'none'}")
     tables = {}
     for mode, folder in zip(MODES, (float32_dir, bfloat16_dir)):
         mcfg = cfg.override(**{"infer.precision": mode})
         tables[mode] = unit_claims(mcfg, folder, shared).set_index("claim")
     cols = ["ours_mean", "ci_low", "ci_high", "n_seeds", "verdict"]
     both = pd.concat({m: t[cols] for m, t in tables.items()}, axis=1)
+    decided = (both[("float32", "n_seeds")] > 0) & (both[("bfloat16", "n_seeds")] > 0)
+    both = both[decided]
     both[("", "same verdict")] = both[("float32", "verdict")] == both[("bfloat16", "verdict")]
     both[("", "delta moved")] = both[("bfloat16", "ours_mean")] - both[("float32", "ours_mean")]
     with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.float_format", "{:+.2f}".format):
-        print(f"# claims from float32 maps ({float32_dir}) and bfloat16 maps ({bfloat16_dir}); units: "
-              f"{', '.join(units) if units else 'all found'}")
+        print(f"# the claims these units decide, from float32 maps ({float32_dir}) and bfloat16 maps ({bfloat16_dir})")
         print(both.to_string())
-    print(f"{int(both[('', 'same verdict')].sum())} of {len(both)} claims keep their verdict; the deltas moved by "
-          f"{both[('', 'delta moved')].abs().mean():.2f} points on average (max {both[('', 'delta moved')].abs().max():.2f})")
+    moved = both[("", "delta moved")].abs()
+    print(f"{int(both[('', 'same verdict')].sum())} of {len(both)} claims keep their verdict; their deltas moved by "
+          f"{moved.mean():.2f} points on average (max {moved.max():.2f})")
 
 
 def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
