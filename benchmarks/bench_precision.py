@@ -28,17 +28,18 @@ folders (the same training run, mapped both ways) are compared.
 from __future__ import annotations
 
 import argparse
-import json
 import datetime
+import json
 import os
 import platform
-from pathlib import Path
 import statistics
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from bench_study import record_precision
 from bench_train_overhead import synthetic_batch, time_block
 from sipe.checkpoint import load_trained
 from sipe.config import get_profile
@@ -185,7 +186,7 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
         records = [json.loads(p.read_text()) if p.exists() else {}
                    for p in (Path(d) / "runs" / f"{u.name}.json" for d in (float32_dir, bfloat16_dir))]
         digests = [r.get("checkpoint_digest") for r in records]
-        precisions = [r.get("config", {}).get("infer", {}).get("precision", "float32") for r in records]
+        precisions = [record_precision(r) for r in records]
         same = digests[0] is not None and digests[0] == digests[1] and precisions == list(MODES)
         (shared if same else unshared).append(u)
     print(f"units mapped both ways from the same checkpoint: {', '.join(u.name for u in shared) or 'none'}; "
