@@ -7,7 +7,7 @@ the minutes recorded by `sipe.pipeline.run_unit`; then, per variant, its fastest
 stage, so the fastest is the nearest to an idle machine's), and the estimate of a plan from them: the
 classification units of the profile's plan (each planned unit costs its variant's fastest; a variant with no
 finished unit is left out and named), and the core study of issue #6 (SIPE and the CAM baseline with every
-seed, every other variant but SC-CAM with one). The records say nothing of the load they ran under: take the
+seed, every other variant but SC-CAM with one), estimated so and summed as its units ran. The records say nothing of the load they ran under: take the
 figures from runs on an idle machine.
 
 Then two levers, from the same records: the time each unit's training spent outside its steps (the training
@@ -103,6 +103,9 @@ def main() -> None:
         print(f"\n{name}: {minutes:.0f} min = {minutes / 60:.2f} h of stage time"
               + (f" (not counted, no finished unit: {', '.join(unknown)})" if unknown else "")
               + "; the notebooks and the book add a few minutes")
+    ran = wide["total"].droplevel("variant").reindex([f"{v}-s{s}" for v, s in core])
+    print(f"the core study as its units ran (the sum of their records, load included): {ran.sum():.0f} min = "
+          f"{ran.sum() / 60:.2f} h" + (f" (not finished: {', '.join(ran.index[ran.isna()])})" if ran.isna().any() else ""))
 
     loading = loading_minutes(Path(args.results), table)
     if not loading.empty:
