@@ -469,32 +469,27 @@ def _paper_number(cell: tuple[str, str, str]) -> float:
         return float("nan")
 
 
-def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[np.ndarray, np.ndarray] | None] | None = None,
+def claims(tables: dict[str, pd.DataFrame],
+           confusions: Callable[[Claim, int], tuple[np.ndarray, np.ndarray] | None] | None = None,
            claim_list: Sequence[Claim] = CLAIMS,
            interval: Callable[[Claim], tuple[float, float] | None] | None = None) -> pd.DataFrame:
     """Check every claim on tidy tables {name: frame with row, quantity, seed, value}: CLAIM_COLUMNS.
 
-    Deltas are paired by seed (the i-th seed of one variant with the i-th of the other). For a one-seed
-    claim, `confusions` returns the two readings' per-image confusions (for its bootstrap interval), or
-    `interval` returns the 95% interval itself (tried first)."""
+    Deltas are paired by seed value (a seed only one of the two cells has is left out). For a one-seed
+    claim, `interval(claim)` returns the 95% interval itself (tried first), or `confusions(claim, seed)` the
+    two readings' per-image confusions for its bootstrap interval."""
     records = []
     for c in claim_list:
-        def values(cell: tuple[str, str, str]) -> list[float]:
-            t = tables.get(cell[0])
-            if t is None or t.empty:
-                return []
-            sel = t[(t["row"] == cell[1]) & (t["quantity"] == cell[2])].sort_values("seed")
-            return sel["value"].astype(float).tolist()
-
-        better, base = values(c.better), values(c.baseline)
-        n = min(len(better), len(base))
-        deltas = [better[i] - base[i] for i in range(n)]
+        better, base = _by_seed(tables, c.better), _by_seed(tables, c.baseline)
+        seeds = better.index.intersection(base.index).sort_values()
+        deltas = (better[seeds] - base[seeds]).tolist()
+        n = len(deltas)
         paper_better, paper_baseline = c.paper or (c.better, c.baseline)
         paper_delta = _paper_number(paper_better) - _paper_number(paper_baseline)
         sign = 1.0 if math.isnan(paper_delta) or paper_delta >= 0 or c.unchanged else -1.0
         ci = interval(c) if n == 1 and interval is not None else None
         if ci is None and n == 1 and confusions is not None:
-            pair = confusions(c)
+            pair = confusions(c, int(seeds[0]))
             if pair is not None:
                 _, lo, hi = bootstrap_delta(*pair)
                 ci = (lo, hi)
@@ -509,6 +504,18 @@ def claims(tables: dict[str, pd.DataFrame], confusions: Callable[[Claim], tuple[
     return pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
 
 
+def _by_seed(tables: dict[str, pd.DataFrame], cell: tuple[str, str, str]) -> pd.Series:
+    """The values of a (table, row, quantity) cell indexed by seed (empty when the table lacks it)."""
+    t = tables.get(cell[0])
+    if t is None or t.empty:
+        return pd.Series(dtype=float)
+    sel = t[(t["row"] == cell[1]) & (t["quantity"] == cell[2])]
+    if sel["seed"].duplicated().any():
+        raise ValueError(f"{cell[0]}: row {cell[1]!r}, {cell[2]} has several values for one seed "
+                         f"({sorted(sel.loc[sel['seed'].duplicated(), 'seed'])}); a claim pairs one value per seed")
+    return sel.set_index("seed")["value"].astype(float)
+
+
 def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame],
                  claim_list: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
     """`claims` over the study's tidy tables, with bootstrap intervals for one-seed claims drawn from the
@@ -517,32 +524,23 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
     for name in ("table1", "table4", "table5", "fig8", "bg_weight", *SEGMENTATION_TABLES):
         cells.update({(name, c.row, c.quantity): c for c in table_cells(name, cfg)})
 
-    def first_seed(cell: tuple[str, str, str]) -> int | None:
-        t = tables.get(cell[0])
-        if t is None:
-            return None
-        sel = t[(t["row"] == cell[1]) & (t["quantity"] == cell[2])]
-        return int(sel["seed"].min()) if not sel.empty else None
-
-    def underlying(cell: tuple[str, str, str]) -> tuple[str, str, str]:
-        """The measured cell behind a derived Fig. 8 row (the sweep's best t; argmax at the first alpha)."""
+    def underlying(cell: tuple[str, str, str], seed: int) -> tuple[str, str, str]:
+        """The measured cell behind a derived Fig. 8 row (the sweep's best t of `seed`; argmax at the first alpha)."""
         name, row, q = cell
         t = tables.get(name)
         if name != "fig8" or t is None or row not in (FIG8_BEST, FIG8_ARGMAX):
             return cell
         if row == FIG8_ARGMAX:
             return name, f"CAM argmax (alpha = {cfg.study.fig8_alphas[0]:g})", q
-        curve = t[t["row"].str.startswith("CAM threshold t = ") & (t["quantity"] == q)]
-        curve = curve[curve["seed"] == curve["seed"].min()]
+        curve = t[t["row"].str.startswith("CAM threshold t = ") & (t["quantity"] == q) & (t["seed"] == seed)]
         return (name, str(curve.loc[curve["value"].idxmax(), "row"]), q) if not curve.empty else cell
 
-    def pair(c: Claim) -> tuple[np.ndarray, np.ndarray] | None:
-        a, b = cells.get(underlying(c.better)), cells.get(underlying(c.baseline))
-        sa, sb = first_seed(c.better), first_seed(c.baseline)
-        if a is None or b is None or a.conf is None or b.conf is None or sa is None or sb is None:
+    def pair(c: Claim, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        a, b = cells.get(underlying(c.better, seed)), cells.get(underlying(c.baseline, seed))
+        if a is None or b is None or a.conf is None or b.conf is None:
             return None
         try:
-            return a.conf(r, sa), b.conf(r, sb)
+            return a.conf(r, seed), b.conf(r, seed)
         except (KeyError, FileNotFoundError):
             return None
 

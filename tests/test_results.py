@@ -249,3 +249,20 @@ def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path,
     assert "float32" not in setting("subset", **{"infer.precision": "float32"})
     paper = setting("paper")
     assert "bfloat16" not in paper and "map scales" not in paper and "(paper: ResNet-50)" not in paper
+
+
+def test_claims_pair_the_two_cells_by_seed_value_not_by_position():
+    """SC-CAM has seeds 16 and 17 only: SIPE's seed 15 must not be set against SC-CAM's seed 16."""
+    values = {("SIPE", 15): 40.0, ("SIPE", 16): 43.0, ("SIPE", 17): 45.0,
+              (results.SCCAM_ROW, 16): 41.0, (results.SCCAM_ROW, 17): 42.0}
+    t1 = pd.DataFrame([{"row": row, "quantity": "loc_maps_miou", "variant": "", "seed": seed, "split": "train",
+                        "reading": "", "value": v} for (row, seed), v in values.items()])
+    seen = []
+    out = results.claims({"table1": t1}, lambda c, seed: seen.append(seed)).set_index("claim")
+    beat = out.loc["SIPE beats SC-CAM (localization maps)"]
+    assert beat["n_seeds"] == 2 and beat["ours_mean"] == pytest.approx(2.5)
+    assert beat["ours_std"] == pytest.approx(np.std([2.0, 3.0], ddof=1))
+    one = results.claims({"table1": t1[t1["seed"] != 17]}, lambda c, seed: seen.append(seed)).set_index("claim")
+    assert one.loc["SIPE beats SC-CAM (localization maps)", "ours_mean"] == pytest.approx(2.0) and 16 in seen
+    with pytest.raises(ValueError, match="several values for one seed"):
+        results.claims({"table1": pd.concat([t1, t1.iloc[:1]])})
