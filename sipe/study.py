@@ -192,8 +192,7 @@ class Study:
         if tuple(c.infer.scales) != PAPER_SCALES:
             parts.append(f"map scales {', '.join(f'{x:g}' for x in c.infer.scales)} "
                          f"(paper: {', '.join(f'{x:g}' for x in PAPER_SCALES)})")
-        if c.infer.precision != "float32":
-            parts.append(f"maps in {c.infer.precision} (paper: float32)")
+        parts.append(f"maps in {c.infer.precision}" + ("" if c.infer.precision == "float32" else " (paper: float32)"))
         if c.model.bg_scale != PAPER_BG_SCALE:
             parts.append(f"background weight {c.model.bg_scale:g} (paper: {PAPER_BG_SCALE:g})")
         parts.append(f"thresholds chosen on {len(self.selection_ids())} selection-split images")

@@ -194,13 +194,14 @@ def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
         ["Option (4) beats option (1), estimated background", "Table 5", 4.0, 1.5, np.nan, 1, 0.4, 2.6, "holds", "05"],
         ["Structure-aware seeds beat the best CAM threshold", "Fig. 8", 5.3, np.nan, np.nan, 0, np.nan, np.nan, "not yet run", "06"],
     ], columns=CLAIM_COLUMNS)
-    page = claims_markdown(table, "subset", "results/subset")
+    page = claims_markdown(table, "subset", "results/subset", "profile subset; maps in bfloat16 (paper: float32)")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in page.splitlines() if line.startswith("| ") and "---" not in line}
     assert rows["SIPE beats the CAM baseline (localization maps)"][1:5] == ["+8.5", "+5.0 ± 1.0 (n=3)", "–", "holds"]
     assert rows["Option (4) beats option (1), estimated background"][2:5] == ["+1.5 (n=1)", "[+0.4, +2.6]", "holds"]
     assert rows["Structure-aware seeds beat the best CAM threshold"][2:5] == ["–", "–", "not yet run"]
     assert "`subset`" in page and "results/subset" in page
+    assert "Setting: profile subset; maps in bfloat16 (paper: float32)." in page
 
 
 def test_git_revision(tmp_path):

@@ -204,7 +204,9 @@ def test_one_seed_fig8_and_fig1_claims_get_bootstrap_intervals(tmp_path: Path):
     out = results.study_claims(r, cfg, {"fig8": results.tidy("fig8", r, cfg), "fig1": fig1}).set_index("claim")
     structure = out.loc["Structure-aware seeds beat the best CAM threshold"]
     assert structure["ci_low"] > 0 and structure["verdict"] == "holds"
-    assert out.loc["CAM argmax beats the best CAM threshold", "ci_high"] == pytest.approx(0.0)
+    argmax = out.loc["CAM argmax beats the best CAM threshold"]
+    assert argmax["ci_high"] == pytest.approx(0.0) and argmax["verdict"] == results.NOT_TESTABLE, \
+        "alpha = 1 makes argmax the sweep's t = 0.5: the claim is decided by construction"
     proto = out.loc["The image-specific prototype is closer to its image's pixels than the class centre"]
     assert 0.3 < proto["ci_low"] < proto["ci_high"] < 0.8 and proto["verdict"] == "holds"
 
@@ -246,9 +248,9 @@ def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path,
     assert "maps in bfloat16 (paper: float32)" in subset
     assert "map scales 1, 0.5, 1.5 (paper: 1, 0.5, 1.5, 2)" in subset
     assert "backbone efficientnet_lite0 (paper: ResNet-50)" in subset
-    assert "float32" not in setting("subset", **{"infer.precision": "float32"})
+    assert "maps in float32;" in setting("subset", **{"infer.precision": "float32"})
     paper = setting("paper")
-    assert "bfloat16" not in paper and "map scales" not in paper and "(paper: ResNet-50)" not in paper
+    assert "maps in float32;" in paper and "bfloat16" not in paper and "map scales" not in paper and "(paper: ResNet-50)" not in paper
 
 
 def test_claims_pair_the_two_cells_by_seed_value_not_by_position():
@@ -266,3 +268,10 @@ def test_claims_pair_the_two_cells_by_seed_value_not_by_position():
     assert one.loc["SIPE beats SC-CAM (localization maps)", "ours_mean"] == pytest.approx(2.0) and 16 in seen
     with pytest.raises(ValueError, match="several values for one seed"):
         results.claims({"table1": pd.concat([t1, t1.iloc[:1]])})
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 0.5, 4.0])
+def test_argmax_threshold_solves_t_equals_one_minus_t_to_the_alpha(alpha):
+    t = results.argmax_threshold(alpha)
+    assert 0 < t < 1 and t == pytest.approx((1 - t) ** alpha, abs=1e-9)
+    assert results.argmax_threshold(1.0) == pytest.approx(0.5) and results.argmax_threshold(2.0) == pytest.approx((3 - 5 ** 0.5) / 2)

@@ -134,14 +134,17 @@ def test_sccam_rows_in_table1_its_claims_and_its_cost(study_dirs, synthetic_root
 
     claims = results.study_claims(r, cfg, {"table1": t1}).set_index("claim")
     for name, better, base in (("SC-CAM beats the CAM baseline (localization maps)", results.SCCAM_ROW, "Baseline (CAM)"),
-                               ("SC-CAM beats the CAM baseline with denseCRF", results.SCCAM_ROW, "Baseline (CAM)")):
+                               ("SC-CAM beats the CAM baseline with denseCRF (void as background)", results.SCCAM_ROW, "Baseline (CAM)"),
+                               ("SC-CAM beats the CAM baseline with denseCRF (void ignored)", results.SCCAM_ROW, "Baseline (CAM)")):
         c = claims.loc[name]
-        q = "loc_maps_crf_miou" if "denseCRF" in name else "loc_maps_miou"
-        assert c["paper_delta"] == pytest.approx(paper_value("table1", better, q) - paper_value("table1", base, q))
+        q = "loc_maps_crf_void_ignored_miou" if "void ignored" in name else "loc_maps_crf_miou" if "denseCRF" in name else "loc_maps_miou"
+        paper_q = "loc_maps_crf_miou" if "denseCRF" in name else q
+        assert c["paper_delta"] == pytest.approx(paper_value("table1", better, paper_q) - paper_value("table1", base, paper_q))
         ours = t1.set_index(["row", "quantity"])["value"]
         assert c["n_seeds"] == 1 and c["ours_mean"] == pytest.approx(ours[(better, q)] - ours[(base, q)])
         assert c["ci_low"] <= c["ours_mean"] <= c["ci_high"] and c["verdict"] in ("holds", "mixed", "fails")
-    for name, delta in (("SIPE beats SC-CAM (localization maps)", 58.6 - 50.9), ("SIPE beats SC-CAM with denseCRF", 64.7 - 55.3)):
+    for name, delta in (("SIPE beats SC-CAM (localization maps)", 58.6 - 50.9), ("SIPE beats SC-CAM with denseCRF (void as background)", 64.7 - 55.3),
+                        ("SIPE beats SC-CAM with denseCRF (void ignored)", 64.7 - 55.3)):
         assert claims.loc[name, "paper_delta"] == pytest.approx(delta) and claims.loc[name, "verdict"] == "not yet run"
 
     minutes = results.stage_minutes(r, ["cam", SCCAM]).set_index("unit")
