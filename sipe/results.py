@@ -236,7 +236,8 @@ def table_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
 
 def tidy(name: str, r: StudyResults, cfg: ExperimentConfig) -> pd.DataFrame:
     """One row per (table row, quantity, seed) of table `name`: TIDY_COLUMNS. Fig. 8 also gets the rows
-    the paper plots: the best CAM threshold of each seed's curve and the CAM argmax at the first alpha."""
+    the paper plots: the best CAM threshold of each seed's curve and the CAM argmax at the first alpha (which
+    replaces its alpha row when the study has one alpha)."""
     records = []
     for c in table_cells(name, cfg):
         for seed, value in c.get(r).items():
@@ -249,8 +250,12 @@ def tidy(name: str, r: StudyResults, cfg: ExperimentConfig) -> pd.DataFrame:
         best = curve.loc[curve.groupby("seed")["value"].idxmax()].copy()
         best["reading"] = "IS-CAM from CAM-threshold seeds, best t of the sweep on " + r.eval_split + " (the paper's reading)"
         best["row"] = FIG8_BEST
-        argmax = table[table["row"] == f"CAM argmax (alpha = {cfg.study.fig8_alphas[0]:g})"].copy()
+        first_alpha = table["row"] == f"CAM argmax (alpha = {cfg.study.fig8_alphas[0]:g})"
+        argmax = table[first_alpha].copy()
         argmax["row"] = FIG8_ARGMAX
+        argmax["reading"] = argmax["reading"] + f" (alpha = {cfg.study.fig8_alphas[0]:g})"
+        if len(cfg.study.fig8_alphas) == 1:
+            table = table[~first_alpha]
         table = pd.concat([table, best, argmax], ignore_index=True)
     return table
 
@@ -455,7 +460,7 @@ CLAIMS: tuple[Claim, ...] = (
     *(Claim(f"(1) -> (2) is basically unchanged, {col} background", "Table 5",
             ("table5", "Semantic w/ BPM", q), ("table5", "Semantic w/o BPM", q), unchanged=True, evidence="05_table5_bpm")
       for col, q in (("threshold", "threshold_miou"), ("estimated", "estimated_miou"))),
-    *(Claim(f"(1) -> (3) drops, {col} background", "Table 5",
+    *(Claim(f"Option (1) beats option (3) (the paper: (1) -> (3) drops), {col} background", "Table 5",
             ("table5", "Semantic w/o BPM", q), ("table5", "Hierarchical w/o BPM", q), evidence="05_table5_bpm")
       for col, q in (("threshold", "threshold_miou"), ("estimated", "estimated_miou"))),
     Claim("Estimated background beats the threshold for option (4)", "Table 5",
@@ -585,6 +590,39 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
     return frame
 
 
+def claims_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """A claims frame (CLAIM_COLUMNS) as shown in the book: claim, source, the paper's delta, ours as
+    mean ± std (n), the one-seed 95% interval over images, verdict and evidence, all strings."""
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        return f"{v:+.1f}" if isinstance(v, float) else str(v)
+
+    shown = frame.copy()
+    shown["ours (mean ± std, n)"] = [
+        "–" if math.isnan(m) else f"{m:+.1f}" + ("" if math.isnan(sd) else f" ± {sd:.1f}") + f" (n={n})"
+        for m, sd, n in zip(shown["ours_mean"], shown["ours_std"], shown["n_seeds"])]
+    shown["95% interval over images (one seed)"] = [
+        "–" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]" for lo, hi in zip(shown["ci_low"], shown["ci_high"])]
+    shown = shown[["claim", "source", "paper_delta", "ours (mean ± std, n)", "95% interval over images (one seed)",
+                   "verdict", "evidence"]].rename(columns={"paper_delta": "paper: better - baseline"})
+    return shown.astype(object).map(fmt)
+
+
+def verdict_note(frame: pd.DataFrame) -> str:
+    """One sentence counting the verdicts of a claims frame and naming the claims that fail or are mixed."""
+    counts = frame["verdict"].value_counts()
+    parts = [f"{counts[v]} {word}" for v, word in (("holds", "hold"), ("mixed", "are mixed"), ("fails", "fail"),
+                                                   (NOT_TESTABLE, "are not testable here"),
+                                                   ("not yet run", "are not yet run")) if counts.get(v, 0)]
+    text = f"Of the {len(frame)} claims this chapter checks, " + (", ".join(parts) if parts else "none is decided") + "."
+    for v, word in (("fails", "Failing"), ("mixed", "Mixed")):
+        names = frame.loc[frame["verdict"] == v, "claim"].tolist()
+        if names:
+            text += f" {word}: " + "; ".join(names) + "."
+    return text
+
+
 UNIT_TABLES = ("table1", "table4", "table5", "fig8", "bg_weight")
 """The claim tables made from the classification units' records alone (no notebook, no segmentation)."""
 
@@ -670,15 +708,16 @@ def code_note(r: StudyResults, variants: Sequence[str]) -> str:
     changed = r.code_changed(variants)
     parts = [f"computed at revision {', '.join(revs) or '–'}"]
     if changed:
-        detail = []
+        groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
         for unit in changed:
             p = r.units[unit]
-            files = p.get("code_changed_files")
-            detail.append(f"{unit}: {', '.join(p['code_changed'])} stage"
-                          + (f", `git diff {str(p['git_revision'])[:12]} -- {' '.join(files)}`" if files else ""))
-        parts.append(f"stage code has changed since ({'; '.join(detail)}); to refresh, compute them again: "
-                     f"`python -m sipe stages --profile {r.units[changed[0]]['profile']} --recompute "
-                     f"--units {' '.join(changed)}`")
+            key = (str(p["git_revision"])[:12], tuple(p["code_changed"]), tuple(p.get("code_changed_files") or ()))
+            groups.setdefault(key, []).append(unit)
+        detail = [f"{', '.join(units)}: {', '.join(stages)} stage" + (f", `git diff {rev} -- {' '.join(files)}`" if files else "")
+                  for (rev, stages, files), units in groups.items()]
+        parts.append(f"stage code has changed since ({'; '.join(detail)}); a change need not move a number, and "
+                     f"computing the units again shows whether it does: `python -m sipe stages --profile "
+                     f"{r.units[changed[0]]['profile']} --recompute --units {' '.join(changed)}`")
     else:
         parts.append("stage code unchanged since")
     absent = [u for u in r.missing + r.stale if u.rsplit("-s", 1)[0] in variants]

@@ -111,6 +111,16 @@ class Study:
         results.write_table(self.results_dir, "claims", table)
         return table
 
+    def chapter_claims(self, evidence: str, tables: dict[str, pd.DataFrame],
+                       r: results.StudyResults | None = None) -> pd.DataFrame:
+        """The claims chapter `evidence` (its notebook's name) checks, on the tidy tables it made, as the book
+        shows them (`results.claims_display`)."""
+        chapter = [c for c in results.CLAIMS if c.evidence == evidence]
+        if not chapter:
+            raise ValueError(f"no claim names {evidence!r} as its evidence; see sipe.results.CLAIMS")
+        frame = results.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables, chapter)
+        return results.claims_display(frame)
+
     def trained(self, variant: str = "sipe", seed: int | None = None) -> TrainResult:
         """The finished training run of a variant (seed: the plan's first seed by default)."""
         cfg = self.cfg.override(**{"train.seed": seed if seed is not None else self.cfg.study.seeds[0]})

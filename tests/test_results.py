@@ -275,3 +275,27 @@ def test_argmax_threshold_solves_t_equals_one_minus_t_to_the_alpha(alpha):
     t = results.argmax_threshold(alpha)
     assert 0 < t < 1 and t == pytest.approx((1 - t) ** alpha, abs=1e-9)
     assert results.argmax_threshold(1.0) == pytest.approx(0.5) and results.argmax_threshold(2.0) == pytest.approx((3 - 5 ** 0.5) / 2)
+
+
+def test_verdict_note_counts_verdicts_and_names_failing_and_mixed_claims():
+    frame = pd.DataFrame({"claim": ["a", "b", "c", "d", "e"],
+                          "verdict": ["holds", "fails", "mixed", "holds", results.NOT_TESTABLE]})
+    note = results.verdict_note(frame)
+    assert note.startswith("Of the 5 claims this chapter checks, 2 hold, 1 are mixed, 1 fail, 1 are not testable here.")
+    assert note.endswith("Failing: b. Mixed: c.")
+    shown = results.claims_display(pd.DataFrame([["x", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"]],
+                                                columns=results.CLAIM_COLUMNS))
+    assert shown.iloc[0].tolist() == ["x", "Table 1", "+8.5", "+5.0 ± 1.0 (n=3)", "–", "holds", "03"]
+
+
+def test_code_note_gives_one_diff_per_revision_and_changed_files():
+    def unit(variant: str, rev: str, files: list[str]) -> dict:
+        return {"variant": variant, "git_revision": rev, "profile": "subset", "code_changed": ["maps"],
+                "code_changed_files": files}
+    units = {"sipe-s15": unit("sipe", "a" * 40, ["sipe/maps.py"]), "sipe-s16": unit("sipe", "a" * 40, ["sipe/maps.py"]),
+             "sipe-s17": unit("sipe", "b" * 40, ["sipe/maps.py"])}
+    r = results.StudyResults(pd.DataFrame(columns=list(RESULT_COLUMNS)), units, Path("."), "train")
+    note = results.code_note(r, ["sipe"])
+    assert note.count("git diff") == 2
+    assert f"sipe-s15, sipe-s16: maps stage, `git diff {'a' * 12} -- sipe/maps.py`" in note
+    assert "--recompute --units sipe-s15 sipe-s16 sipe-s17`" in note
