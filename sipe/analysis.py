@@ -291,10 +291,12 @@ def pick_example_images(
 def prototype_vs_centre(model: SIPENet, cfg: ExperimentConfig, root: str | os.PathLike, ids: Sequence[str],
                         feature: FeatureName = "semantic") -> pd.DataFrame:
     """Fig. 1's statistic over many images: per (image, present class), the mean cosine of the class's
-    pixels (GT cells) to the class centre (classifier weight) and to the image-specific prototype (mean
-    feature over the class's seeds), and the share of pixels closer to the prototype. Classes without a
-    seed are skipped. Columns: id, class_name, n_pixels, centre_mean, prototype_mean, share_closer_to_prototype."""
-    rows = []
+    pixels (GT cells) to the class centre (classifier weight), to the image-specific prototype (mean
+    feature over the class's seeds) and to the class's feature centroid over the *other* images of `ids`
+    (mean feature of their GT cells of the class; nan when no other image has the class), and the share of
+    pixels closer to the prototype than to the centre. Classes without a seed are skipped. Columns: id,
+    class_name, n_pixels, centre_mean, prototype_mean, centroid_mean, share_closer_to_prototype."""
+    rows, pixels = [], []
     for image_id in ids:
         a = analyze_image(model, cfg, root, image_id)
         for k in np.flatnonzero(a.label > 0.5) + 1:
@@ -308,8 +310,18 @@ def prototype_vs_centre(model: SIPENet, cfg: ExperimentConfig, root: str | os.Pa
             rows.append({"id": image_id, "class_name": voc.CLASS_NAMES[k], "n_pixels": len(cos_c),
                          "centre_mean": float(cos_c.mean()), "prototype_mean": float(cos_p.mean()),
                          "share_closer_to_prototype": float((cos_p > cos_c).mean())})
+            pixels.append(pf.features.astype(np.float64))
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for row, f in zip(rows, pixels):
+        sums[row["class_name"]] = sums.get(row["class_name"], 0.0) + f.sum(0)
+        counts[row["class_name"]] = counts.get(row["class_name"], 0) + len(f)
+    for row, f in zip(rows, pixels):
+        others = counts[row["class_name"]] - len(f)
+        row["centroid_mean"] = (float(cosine_to(f, (sums[row["class_name"]] - f.sum(0)) / others).mean())
+                                if others > 0 else float("nan"))
     return pd.DataFrame(rows, columns=["id", "class_name", "n_pixels", "centre_mean", "prototype_mean",
-                                       "share_closer_to_prototype"])
+                                       "centroid_mean", "share_closer_to_prototype"])
 
 
 VISUAL_KINDS = ("small object", "large object", "several classes", "crowded scene")

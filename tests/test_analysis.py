@@ -179,3 +179,25 @@ def test_pick_example_images(synthetic_root):
     assert again.equals(picked)
     with pytest.raises(ValueError, match="unknown class names"):
         A.pick_example_images(synthetic_root, ids, class_names=["kitten"])
+
+
+def test_prototype_vs_centre_compares_with_the_class_centroid_of_the_other_images(monkeypatch):
+    """Two images of class 1 with orthogonal features: each prototype matches its own pixels (cosine 1), the
+    centroid of the other image is orthogonal to them (0), the classifier weight (1, 1) is at 45 degrees; a
+    class seen in one image only has no centroid."""
+    def toy(direction: list[float], cls: int) -> A.ImageAnalysis:
+        feature = np.asarray(direction, np.float32)[:, None, None] * np.ones((2, 1, 2), np.float32)
+        seeds = np.zeros((3, 1, 2), np.float32)
+        seeds[cls] = 1
+        a = toy_analysis(np.full((1, 2), cls, np.uint8), np.zeros((3, 1, 2), np.float32), feature, seeds)
+        label = np.zeros(2, np.float32)
+        label[cls - 1] = 1
+        return replace(a, label=label)
+
+    images = {"a": toy([1.0, 0.0], 1), "b": toy([0.0, 2.0], 1), "c": toy([1.0, 1.0], 2)}
+    monkeypatch.setattr(A, "analyze_image", lambda model, cfg, root, image_id: images[image_id])
+    out = A.prototype_vs_centre(None, None, "", ["a", "b", "c"]).set_index("id")
+    np.testing.assert_allclose(out.loc[["a", "b"], "prototype_mean"], [1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(out.loc[["a", "b"], "centroid_mean"], [0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(out.loc[["a", "b"], "centre_mean"], [2 ** -0.5] * 2, atol=1e-6)
+    assert np.isnan(out.loc["c", "centroid_mean"]) and out.loc["c", "prototype_mean"] == pytest.approx(1.0)

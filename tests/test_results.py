@@ -196,11 +196,13 @@ def test_one_seed_fig8_and_fig1_claims_get_bootstrap_intervals(tmp_path: Path):
     (tmp_path / "confusions").mkdir()
     np.savez(tmp_path / "confusions" / "sipe-s0.npz", **arrays)
     pd.DataFrame({"id": [f"i{k}" for k in range(15)], "seed": 0, "centre_mean": rng.uniform(0.0, 0.2, 15),
-                  "prototype_mean": rng.uniform(0.5, 0.8, 15)}).to_csv(tmp_path / f"{results.FIG1_PAIRS}.csv", index=False)
+                  "prototype_mean": rng.uniform(0.5, 0.8, 15), "centroid_mean": [np.nan, *rng.uniform(0.2, 0.4, 14)]}
+                 ).to_csv(tmp_path / f"{results.FIG1_PAIRS}.csv", index=False)
     r = results.StudyResults(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), {"sipe-s0": {"variant": "sipe", "code_changed": []}},
                              tmp_path, "train")
     fig1 = pd.DataFrame([{"row": row, "quantity": "mean_cosine", "variant": "cam", "seed": 0, "split": "train",
-                          "reading": "", "value": v} for row, v in (("prototype", 0.65), ("class centre", 0.1))])
+                          "reading": "", "value": v} for row, v in (("prototype", 0.65), ("class centre", 0.1),
+                                                                    (results.FIG1_CENTROID, 0.3))])
     out = results.study_claims(r, cfg, {"fig8": results.tidy("fig8", r, cfg), "fig1": fig1}).set_index("claim")
     structure = out.loc["Structure-aware seeds beat the best CAM threshold"]
     assert structure["ci_low"] > 0 and structure["verdict"] == "holds"
@@ -209,6 +211,9 @@ def test_one_seed_fig8_and_fig1_claims_get_bootstrap_intervals(tmp_path: Path):
         "alpha = 1 makes argmax the sweep's t = 0.5: the claim is decided by construction"
     proto = out.loc["The image-specific prototype is closer to its image's pixels than the class centre"]
     assert 0.3 < proto["ci_low"] < proto["ci_high"] < 0.8 and proto["verdict"] == "holds"
+    centroid = out.loc["The image-specific prototype is closer to its image's pixels than the class's centroid over other images"]
+    assert 0.1 < centroid["ci_low"] < centroid["ci_high"] < 0.6 and centroid["verdict"] == "holds", \
+        "the pair without a centroid (nan) is left out of the interval"
 
 
 def test_bootstrap_mean_delta_is_paired():
