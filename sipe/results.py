@@ -286,7 +286,9 @@ def fmt_mean_std(values: Sequence[float]) -> str:
 def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show_paper_only: bool = True) -> pd.DataFrame:
     """Paper vs ours for reading: one row per table row; per quantity the paper's number and ours as
     mean ± std over seeds (n). Rows without a measured number show '–' (show_paper_only: the paper's
-    rows we do not measure are listed too); quantities of PAPER_ONLY_QUANTITIES have no 'ours' column."""
+    rows we do not measure are listed too); quantities of PAPER_ONLY_QUANTITIES have no 'ours' column. A
+    table with rows trained on saliency maps gets a first column 'supervision' (I: image-level labels,
+    I+S: and saliency maps; '–' for rows of ours only)."""
     paper_values = _paper_lookup(paper_table or name)
     rows = list(dict.fromkeys(table["row"]))
     rows += list(dict.fromkeys(r for (r, _q) in paper_values if r not in rows and show_paper_only))
@@ -298,8 +300,24 @@ def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show
         if q in PAPER_ONLY_QUANTITIES.get(name, ()):
             continue
         out[(q, "ours")] = [fmt_mean_std(table[(table["row"] == r) & (table["quantity"] == q)]["value"]) for r in rows]
+    supervision = _paper_supervision(paper_table or name)
+    if supervision:
+        out[("supervision", "paper")] = [supervision.get(r, "I") if any((r, q) in paper_values for q in quantities)
+                                         else "–" for r in rows]
+        out = out[[("supervision", "paper"), *[c for c in out.columns if c != ("supervision", "paper")]]]
     out.columns = pd.MultiIndex.from_tuples(out.columns) if len(out.columns) else pd.MultiIndex.from_arrays([[], []])
     return out
+
+
+def _paper_supervision(table: str) -> dict[str, str]:
+    """{row: 'I+S'} for the rows of a paper table noted as trained with saliency maps besides image-level
+    labels (empty when no row of the table is)."""
+    try:
+        rows = paper.paper_rows(table)
+    except KeyError:
+        return {}
+    noted = rows[rows["note"].fillna("").str.startswith("Sup. I+S")]
+    return {r: "I+S" for r in noted["row"]}
 
 
 def readings(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
@@ -620,9 +638,10 @@ def claims_display(frame: pd.DataFrame) -> pd.DataFrame:
 def verdict_note(frame: pd.DataFrame) -> str:
     """One sentence counting the verdicts of a claims frame and naming the claims that fail or are mixed."""
     counts = frame["verdict"].value_counts()
-    parts = [f"{counts[v]} {word}" for v, word in (("holds", "hold"), ("mixed", "are mixed"), ("fails", "fail"),
-                                                   (NOT_TESTABLE, "are not testable here"),
-                                                   ("not yet run", "are not yet run")) if counts.get(v, 0)]
+    words = {"holds": ("holds", "hold"), "mixed": ("is mixed", "are mixed"), "fails": ("fails", "fail"),
+             NOT_TESTABLE: ("is not testable here", "are not testable here"),
+             "not yet run": ("is not yet run", "are not yet run")}
+    parts = [f"{counts[v]} {one if counts[v] == 1 else many}" for v, (one, many) in words.items() if counts.get(v, 0)]
     text = f"Of the {len(frame)} claims this chapter checks, " + (", ".join(parts) if parts else "none is decided") + "."
     for v, word in (("fails", "Failing"), ("mixed", "Mixed")):
         names = frame.loc[frame["verdict"] == v, "claim"].tolist()

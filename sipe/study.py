@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from . import distributed, pipeline, results
@@ -195,6 +196,8 @@ class Study:
         parts = [f"profile {c.profile}", f"backbone {c.model.backbone}"
                  + ("" if c.model.backbone == PAPER_BACKBONE else " (paper: ResNet-50)")]
         parts.append(f"{n_eval} VOC12 {c.infer.split} images" + (f" of {full:,}" if full else ""))
+        if c.eval.present_classes_only:
+            parts.append(self._classes_counted())
         n_train = len(voc.read_split(self.root, c.data.train_split)[: c.data.max_images])
         parts.append(f"{n_train} training images" + (f" of {FULL_VOC_SIZES[c.data.train_split]:,}"
                                                      if c.data.train_split in FULL_VOC_SIZES else ""))
@@ -207,6 +210,28 @@ class Study:
             parts.append(f"background weight {c.model.bg_scale:g} (paper: {PAPER_BG_SCALE:g})")
         parts.append(f"thresholds chosen on {len(self.selection_ids())} selection-split images")
         return "; ".join(parts)
+
+    def _classes_counted(self) -> str:
+        """Which classes an mIoU of the evaluated split averages: background and the object classes its images'
+        labels hold, and those it lacks."""
+        labels = voc.load_cls_labels(self.root)
+        held = [labels[i] for i in self.eval_ids() if i in labels]
+        present = np.flatnonzero(np.sum(held, axis=0) > 0) if held else np.array([], int)
+        absent = [name for k, name in enumerate(voc.CLASS_NAMES[1:]) if k not in set(present.tolist())]
+        return (f"mIoU over {len(present) + 1} classes (paper: {len(voc.CLASS_NAMES)}; background and the "
+                f"{len(present)} object classes present" + (f"; absent: {', '.join(absent)})" if absent else ")"))
+
+    def foreground_share(self, split: str | None = None) -> float:
+        """The share of the valid (non-void) ground-truth pixels of `split`'s images (default: the training
+        split) that are foreground; images without a mask are skipped."""
+        fg = valid = 0
+        for image_id in voc.read_split(self.root, split or self.cfg.data.train_split)[: self.cfg.data.max_images]:
+            if not voc.mask_path(self.root, image_id).is_file():
+                continue
+            mask = voc.load_mask(self.root, image_id)
+            ok = mask != voc.IGNORE_INDEX
+            fg, valid = fg + int(((mask > 0) & ok).sum()), valid + int(ok.sum())
+        return fg / valid if valid else float("nan")
 
     def splits(self, names: Sequence[str] = ("train_aug", "train", "val")) -> pd.DataFrame:
         """Split sizes of the data root beside full VOC 2012's: columns split, images, full_voc."""

@@ -239,7 +239,11 @@ def test_summary_of_a_table_with_no_rows_and_no_paper_numbers_is_empty():
 
     shown = results.summary("pseudo_labels", segstudy.empty_table())
     assert shown.empty and shown.columns.nlevels == 2
-    assert ("val_miou", "paper") in results.summary("table2", segstudy.empty_table()).columns
+    t2 = results.summary("table2", segstudy.empty_table())
+    assert ("val_miou", "paper") in t2.columns and t2.columns[0] == ("supervision", "paper")
+    assert t2.loc["EPS CVPR21 (ResNet101)", ("supervision", "paper")] == "I+S"
+    assert t2.loc["IRN CVPR19 (ResNet50)", ("supervision", "paper")] == "I"
+    assert ("supervision", "paper") not in results.summary("table1", segstudy.empty_table()).columns
 
 
 def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path, tmp_path: Path) -> None:
@@ -251,6 +255,8 @@ def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path,
 
     subset = setting("subset")
     assert "maps in bfloat16 (paper: float32)" in subset
+    counted = re.search(r"mIoU over (\d+) classes \(paper: 21; background and the (\d+) object classes present", subset)
+    assert counted and int(counted[1]) == int(counted[2]) + 1 <= 21
     assert "map scales 1, 0.5, 1.5 (paper: 1, 0.5, 1.5, 2)" in subset
     assert "backbone efficientnet_lite0 (paper: ResNet-50)" in subset
     assert "maps in float32;" in setting("subset", **{"infer.precision": "float32"})
@@ -286,7 +292,7 @@ def test_verdict_note_counts_verdicts_and_names_failing_and_mixed_claims():
     frame = pd.DataFrame({"claim": ["a", "b", "c", "d", "e"],
                           "verdict": ["holds", "fails", "mixed", "holds", results.NOT_TESTABLE]})
     note = results.verdict_note(frame)
-    assert note.startswith("Of the 5 claims this chapter checks, 2 hold, 1 are mixed, 1 fail, 1 are not testable here.")
+    assert note.startswith("Of the 5 claims this chapter checks, 2 hold, 1 is mixed, 1 fails, 1 is not testable here.")
     assert note.endswith("Failing: b. Mixed: c.")
     shown = results.claims_display(pd.DataFrame([["x", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"]],
                                                 columns=results.CLAIM_COLUMNS))
@@ -304,3 +310,15 @@ def test_code_note_gives_one_diff_per_revision_and_changed_files():
     assert note.count("git diff") == 2
     assert f"sipe-s15, sipe-s16: maps stage, `git diff {'a' * 12} -- sipe/maps.py`" in note
     assert "--recompute --units sipe-s15 sipe-s16 sipe-s17`" in note
+
+
+def test_study_foreground_share_counts_valid_ground_truth_pixels(synthetic_root: Path, tmp_path: Path) -> None:
+    from sipe.data import voc
+    from sipe.study import Study
+
+    cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
+    masks = [voc.load_mask(synthetic_root, i) for i in voc.read_split(synthetic_root, cfg.data.train_split)[: cfg.data.max_images]]
+    fg = sum(int(((m > 0) & (m != 255)).sum()) for m in masks)
+    valid = sum(int((m != 255).sum()) for m in masks)
+    share = Study(cfg, tmp_path / "work", tmp_path / "results").foreground_share()
+    assert 0 < share < 1 and share == pytest.approx(fg / valid)
