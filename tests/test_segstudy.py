@@ -361,3 +361,18 @@ def test_a_running_stage_keeps_its_wall_time_on_disk_and_a_resumed_one_adds_to_i
     done = json.loads((folder / segstudy.WALL_FILE).read_text())
     assert done["finished"] and done["seconds"] >= first["seconds"] + 0.1
     assert stages.wall["nets_demo"] == done["seconds"]
+
+
+def test_ratio_and_refinement_notes_read_every_reading_per_seed() -> None:
+    def row(r: str, q: str, seed: int, v: float) -> dict:
+        return {"row": r, "quantity": q, "variant": "", "seed": seed, "split": "val", "reading": "", "value": v}
+
+    t2 = pd.DataFrame([row(segstudy.RATIO_ROW, "val_miou_ratio_pct", 0, 80.0),
+                       row("SIPE pseudo labels, single scale", "val_miou", 0, 23.0), row("Fully supervised, single scale", "val_miou", 0, 25.0),
+                       row("SIPE pseudo labels, multi-scale + flip", "val_miou", 0, 24.0), row("Fully supervised, multi-scale + flip", "val_miou", 0, 30.0)])
+    note = segstudy.ratio_note(t2)
+    assert "ours 80.0 (n=1) %" in note and "single scale 92.0 (n=1) %" in note and "multi-scale + flip 80.0 (n=1) %" in note
+    tp = pd.DataFrame([row("SIPE", "maps_miou", 0, 35.0), row("SIPE", "random_walk_miou", 0, 36.0),
+                       row("SIPE", "maps_miou", 1, 34.0), row("SIPE", "random_walk_miou", 1, 34.5)])
+    assert segstudy.refinement_note(tp) == "The random walk moves the pseudo labels' mIoU by: SIPE 0.8 ± 0.4 (n=2) (34.5 -> 35.2)."
+    assert segstudy.refinement_note(segstudy.empty_table()) == "The random walk has not run yet."
