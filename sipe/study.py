@@ -213,13 +213,13 @@ class Study:
 
     def _classes_counted(self) -> str:
         """Which classes an mIoU of the evaluated split averages: background and the object classes its images'
-        labels hold, and those it lacks."""
+        labels hold (no '; ': the setting line is split there), and those it lacks."""
         labels = voc.load_cls_labels(self.root)
         held = [labels[i] for i in self.eval_ids() if i in labels]
         present = np.flatnonzero(np.sum(held, axis=0) > 0) if held else np.array([], int)
         absent = [name for k, name in enumerate(voc.CLASS_NAMES[1:]) if k not in set(present.tolist())]
-        return (f"mIoU over {len(present) + 1} classes (paper: {len(voc.CLASS_NAMES)}; background and the "
-                f"{len(present)} object classes present" + (f"; absent: {', '.join(absent)})" if absent else ")"))
+        return (f"mIoU over {len(present) + 1} of the {len(voc.CLASS_NAMES)} classes"
+                + (f" (absent from its labels: {', '.join(absent)})" if absent else ""))
 
     def foreground_share(self, split: str | None = None) -> float:
         """The share of the valid (non-void) ground-truth pixels of `split`'s images (default: the training
