@@ -23,7 +23,10 @@ study publishes. Take the figures on an idle machine (the load average at start 
 (`sipe.results.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
 BFLOAT16_DIR (maps in bfloat16, the profile's setting), side by side: what the lever does to every claim. Give the
 units to compare, else every unit of the plan; only those whose records name the same checkpoint in both
-folders (the same training run, mapped both ways) are compared.
+folders (the same training run, mapped both ways) are compared. With --same-training, units whose records share
+the training key (training config and data) are paired although trained in separate runs: training on the CPU
+is deterministic here (sipe-s15 and cam-s15, trained again at later revisions, gave bit-identical per-image
+confusions), so the whole study's claims can be set side by side.
 """
 from __future__ import annotations
 
@@ -94,9 +97,12 @@ def main() -> None:
     parser.add_argument("--compare", nargs=2, metavar=("FLOAT32_DIR", "BFLOAT16_DIR"),
                         help="compare the claims of two results folders instead of timing")
     parser.add_argument("--units", nargs="+", help="with --compare: the units to compare (default: every unit found)")
+    parser.add_argument("--same-training", action="store_true",
+                        help="with --compare: pair units by training key (same training config and data, trained "
+                             "in separate runs) instead of by checkpoint file")
     args = parser.parse_args()
     if args.compare:
-        compare_claims(*args.compare, units=args.units, data_root=args.data_root)
+        compare_claims(*args.compare, units=args.units, data_root=args.data_root, same_training=args.same_training)
         return
     load_at_start = os.getloadavg()[0]
     if args.threads:
@@ -170,8 +176,10 @@ def main() -> None:
         score(model, cfg, args.data_root, args.eval_images)
 
 
-def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None, data_root: str | None) -> None:
-    """Print the unit-decided claims of the `subset` study from maps in float32 and in bfloat16, side by side."""
+def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None, data_root: str | None,
+                   same_training: bool = False) -> None:
+    """Print the unit-decided claims of the `subset` study from maps in float32 and in bfloat16, side by side
+    (units mapped from the same checkpoint file, or with `same_training` from the same training key)."""
     import pandas as pd
 
     from sipe.pipeline import plan
@@ -185,11 +193,12 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
             continue
         records = [json.loads(p.read_text()) if p.exists() else {}
                    for p in (Path(d) / "runs" / f"{u.name}.json" for d in (float32_dir, bfloat16_dir))]
-        digests = [r.get("checkpoint_digest") for r in records]
+        digests = [r.get("train_key" if same_training else "checkpoint_digest") for r in records]
         precisions = [record_precision(r) for r in records]
         same = digests[0] is not None and digests[0] == digests[1] and precisions == list(MODES)
         (shared if same else unshared).append(u)
-    print(f"units mapped both ways from the same checkpoint: {', '.join(u.name for u in shared) or 'none'}; "
+    how = "the same training key (config and data; runs apart)" if same_training else "the same checkpoint"
+    print(f"units mapped both ways from {how}: {', '.join(u.name for u in shared) or 'none'}; "
           f"left out (missing, not yet mapped in both precisions, or trained apart): "
           f"{', '.join(u.name for u in unshared) or 'none'}")
     tables = {}
