@@ -94,7 +94,7 @@ def main() -> None:
 
     st = cfg.study
     planned = [(u.variant, u.seed) for u in pipeline.plan(cfg)]
-    core = [(v, s) for v, s in planned if v != SCCAM and (s == st.seeds[0] or v in ("sipe", "cam"))]
+    core = [(u.variant, u.seed) for u in pipeline.core_plan(cfg)]
     totals = per_variant["total"]
     for name, units in ((f"the {args.profile} plan's {len(planned)} classification units", planned),
                         (f"issue #6's study ({len(core)} units: SIPE and the CAM baseline x {len(st.seeds)} seeds, "

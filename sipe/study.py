@@ -188,6 +188,17 @@ class Study:
                 for stage, s in p.get("wall_seconds", {}).items()]
         return pd.DataFrame(rows, columns=["unit", "stage", "seconds"])
 
+    def core_study_note(self, times: pd.DataFrame) -> str:
+        """One sentence: the stage time of the core study (`pipeline.core_plan`) as its units ran, from
+        `stage_times`, naming its units not computed yet."""
+        core = [u.name for u in pipeline.core_plan(self.cfg)]
+        minutes = times.groupby("unit")["seconds"].sum().reindex(core) / 60
+        missing = minutes.index[minutes.isna()].tolist()
+        return (f"The core study ({len(core)} units: SIPE and the CAM baseline with {len(self.cfg.study.seeds)} "
+                f"seeds, every other variant but SC-CAM with one) took {minutes.sum():.0f} min = "
+                f"{minutes.sum() / 60:.2f} h of stage time as its units ran"
+                + (f"; not computed yet: {', '.join(missing)}" if missing else "") + ".")
+
     def setting(self, variant: str = "sipe") -> str:
         """Where our setting differs from the paper, in one line to print beside a number."""
         c = self.config(variant)

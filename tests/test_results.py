@@ -322,3 +322,18 @@ def test_study_foreground_share_counts_valid_ground_truth_pixels(synthetic_root:
     valid = sum(int((m != 255).sum()) for m in masks)
     share = Study(cfg, tmp_path / "work", tmp_path / "results").foreground_share()
     assert 0 < share < 1 and share == pytest.approx(fg / valid)
+
+
+def test_core_study_note_sums_the_core_plan_as_run(synthetic_root: Path, tmp_path: Path) -> None:
+    from sipe import pipeline
+    from sipe.config import SCCAM
+    from sipe.study import Study
+
+    cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
+    core = pipeline.core_plan(cfg)
+    assert core and all(u.variant != SCCAM for u in core) and len(core) == len(pipeline.plan(cfg)) - sum(
+        u.variant == SCCAM for u in pipeline.plan(cfg))
+    times = pd.DataFrame([{"unit": u.name, "stage": st, "seconds": 60.0} for u in core[1:] for st in ("train", "maps_eval")]
+                         + [{"unit": f"{SCCAM}-s0", "stage": "train_round1", "seconds": 6000.0}])
+    note = Study(cfg, tmp_path / "work", tmp_path / "results").core_study_note(times)
+    assert f"took {2 * (len(core) - 1)} min" in note and note.endswith(f"not computed yet: {core[0].name}.")
