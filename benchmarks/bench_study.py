@@ -14,7 +14,8 @@ Then two levers, from the same records: the time each unit's training spent outs
 stage's wall time minus the sum of the per-step times of its kept log, `results/<profile>/logs/<unit>.csv`:
 decoding and augmenting images in the main process, checkpoints), which bounds what a loader worker
 (`data.num_workers`) can save; and, with --maps-speedup F (e.g. `bench_precision.py`'s bfloat16 figure), the
-core study with every maps stage F times faster.
+core study with every maps stage F times faster. With --train-from DIR each variant's training stage is the
+fastest of both folders (training is the same in either maps precision), for a figure nearer an idle machine's.
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "results" / "subset"))
     parser.add_argument("--profile", default="subset")
     parser.add_argument("--maps-speedup", type=float, default=0.0, help="also estimate the study with maps F times faster")
+    parser.add_argument("--train-from", help="also take each variant's fastest training stage from this results "
+                        "folder (e.g. results/subset-float32: the same training, mapped in the other precision)")
     parser.add_argument("--precision", help="only units whose maps were made in this precision (default: the "
                         "profile's infer.precision; 'any': every unit)")
     args = parser.parse_args()
@@ -91,6 +94,15 @@ def main() -> None:
     per_variant = wide.loc[wide.groupby(level="variant")["total"].idxmin()].droplevel("unit")
     print("\nthe fastest unit of each variant (minutes):")
     print(per_variant.round(1).to_string())
+    if args.train_from:
+        other = stage_table(Path(args.train_from))
+        other = other[other["stage"] == "train"].groupby("variant")["minutes"].min()
+        faster = other.reindex(per_variant.index).lt(per_variant["train"]).fillna(False)
+        per_variant.loc[faster, "train"] = other[faster[faster].index]
+        per_variant["total"] = per_variant.drop(columns="total").sum(axis=1)
+        print(f"\nwith the fastest training of each variant in either folder ({args.train_from} too; training does not "
+              "depend on the maps precision):")
+        print(per_variant.round(1).to_string())
 
     st = cfg.study
     planned = [(u.variant, u.seed) for u in pipeline.plan(cfg)]
