@@ -75,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     from sipe import pipeline, segstudy
     from sipe.config import SCCAM, get_profile
+    from sipe.study import core_plan
 
     cfg = get_profile(args.profile)
     precision = None if args.precision == "any" else args.precision or cfg.infer.precision
@@ -106,7 +107,7 @@ def main() -> None:
 
     st = cfg.study
     planned = [(u.variant, u.seed) for u in pipeline.plan(cfg)]
-    core = [(u.variant, u.seed) for u in pipeline.core_plan(cfg)]
+    core = [(u.variant, u.seed) for u in core_plan(cfg)]
     totals = per_variant["total"]
     for name, units in ((f"the {args.profile} plan's {len(planned)} classification units", planned),
                         (f"issue #6's study ({len(core)} units: SIPE and the CAM baseline x {len(st.seeds)} seeds, "

@@ -26,7 +26,7 @@ import torch
 
 from . import distributed
 from . import provenance as prov
-from .config import SCCAM, SELECTION_SPLIT, ExperimentConfig, variant_config
+from .config import SELECTION_SPLIT, ExperimentConfig, variant_config
 from .data import voc
 from .evaluation import Reading, evaluate_readings, miou_result
 from .maps import STRUCTURE, checkpoint_digest, make_maps, maps_dir_for, seed_method_key
@@ -68,12 +68,6 @@ def plan(cfg: ExperimentConfig) -> list[Unit]:
     st = cfg.study
     first = [Unit(v, st.seeds[0]) for v in st.variants]
     return first + [Unit(v, s) for s in st.seeds[1:] for v in st.variants if v in st.multi_seed]
-
-
-def core_plan(cfg: ExperimentConfig) -> list[Unit]:
-    """The units of the study the 3-hour budget covers: the plan without SC-CAM (SIPE and the CAM baseline with
-    every seed, every other variant with the first)."""
-    return [u for u in plan(cfg) if u.variant != SCCAM]
 
 
 def unit_config(cfg: ExperimentConfig, unit: Unit) -> ExperimentConfig:

@@ -189,9 +189,9 @@ class Study:
         return pd.DataFrame(rows, columns=["unit", "stage", "seconds"])
 
     def core_study_note(self, times: pd.DataFrame) -> str:
-        """One sentence: the stage time of the core study (`pipeline.core_plan`) as its units ran, from
+        """One sentence: the stage time of the core study (`core_plan`) as its units ran, from
         `stage_times`, naming its units not computed yet."""
-        core = [u.name for u in pipeline.core_plan(self.cfg)]
+        core = [u.name for u in core_plan(self.cfg)]
         minutes = times.groupby("unit")["seconds"].sum().reindex(core) / 60
         missing = minutes.index[minutes.isna()].tolist()
         return (f"The core study ({len(core)} units: SIPE and the CAM baseline with {len(self.cfg.study.seeds)} "
@@ -264,6 +264,12 @@ class Study:
 
     def __str__(self) -> str:
         return "\n".join(self.setting().split("; "))
+
+
+def core_plan(cfg: ExperimentConfig) -> list[pipeline.Unit]:
+    """The units of the study the 3-hour budget covers: the plan without SC-CAM (SIPE and the CAM baseline with
+    every seed, every other variant with the first)."""
+    return [u for u in pipeline.plan(cfg) if u.variant != SCCAM]
 
 
 def setup(

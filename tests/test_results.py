@@ -327,10 +327,10 @@ def test_study_foreground_share_counts_valid_ground_truth_pixels(synthetic_root:
 def test_core_study_note_sums_the_core_plan_as_run(synthetic_root: Path, tmp_path: Path) -> None:
     from sipe import pipeline
     from sipe.config import SCCAM
-    from sipe.study import Study
+    from sipe.study import Study, core_plan
 
     cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
-    core = pipeline.core_plan(cfg)
+    core = core_plan(cfg)
     assert core and all(u.variant != SCCAM for u in core) and len(core) == len(pipeline.plan(cfg)) - sum(
         u.variant == SCCAM for u in pipeline.plan(cfg))
     times = pd.DataFrame([{"unit": u.name, "stage": st, "seconds": 60.0} for u in core[1:] for st in ("train", "maps_eval")]
