@@ -542,8 +542,8 @@ def refinement_note(pseudo_labels: pd.DataFrame) -> str:
 
 
 def _by_seed(table: pd.DataFrame, row: str, quantity: str = "val_miou") -> pd.Series:
-    sel = table[(table["row"] == row) & (table["quantity"] == quantity)]
-    return sel.set_index("seed")["value"].astype(float)
+    """The values of (row, quantity) of a tidy table, indexed by seed (`results._by_seed`)."""
+    return res._by_seed({"table": table}, ("table", row, quantity))
 
 
 def setting(cfg: ExperimentConfig) -> str:
