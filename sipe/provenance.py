@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import platform
 import subprocess
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -75,19 +76,26 @@ def stage_code_hash(stage: str, repo: Path = REPO_ROOT) -> str:
     return h.hexdigest()[:12]
 
 
-def changed_stage_files(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
-    """The source files of `stages` (and of the stages before them) that differ between `revision` and the
-    working tree (`git diff --name-only`); None when git or the revision is unavailable."""
-    patterns = stage_patterns(stages)
+def changed_files(revision: str, patterns: Sequence[str], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The files matching `patterns` that differ between `revision` and the working tree (`git diff
+    --name-only`); None when git or the revision is unavailable."""
     rev = revision.removesuffix("-dirty")
-    if not patterns or not rev or rev == "unknown":
-        return [] if not patterns else None
+    if not patterns:
+        return []
+    if not rev or rev == "unknown":
+        return None
     try:
         out = subprocess.run(["git", "diff", "--name-only", rev, "--", *patterns], cwd=repo, capture_output=True,
                              text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return sorted(line for line in out.splitlines() if line)
+
+
+def changed_stage_files(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The source files of `stages` (and of the stages before them) that differ between `revision` and the
+    working tree; None when git or the revision is unavailable."""
+    return changed_files(revision, stage_patterns(stages), repo)
 
 
 def normalized_source(text: str) -> str:
@@ -106,10 +114,10 @@ def normalized_source(text: str) -> str:
     return ast.dump(tree)
 
 
-def code_changes(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
-    """The stage source files of `stages` whose code (not docstrings, comments or layout) differs between
+def source_code_changes(revision: str, patterns: Sequence[str], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The files matching `patterns` whose code (not docstrings, comments or layout) differs between
     `revision` and the working tree; None when git or the revision is unavailable."""
-    files = changed_stage_files(revision, stages, repo)
+    files = changed_files(revision, patterns, repo)
     if not files:
         return files
     rev = revision.removesuffix("-dirty")
@@ -125,6 +133,12 @@ def code_changes(revision: str, stages: list[str] | tuple[str, ...], repo: Path 
         if old is None or new is None or normalized_source(old) != normalized_source(new):
             changed.append(name)
     return changed
+
+
+def code_changes(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The stage source files of `stages` (and of the stages before them) whose code differs between
+    `revision` and the working tree (`source_code_changes`); None when git or the revision is unavailable."""
+    return source_code_changes(revision, stage_patterns(stages), repo)
 
 
 def stages_using(files: list[str]) -> list[str]:

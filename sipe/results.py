@@ -101,8 +101,8 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
     """The results of `cfg`'s plan (or `units`) found in `results_dir`: a unit counts only when its
     recorded configuration hash and data fingerprints equal those of `cfg` (else it is listed as stale).
     A unit with `identity(cfg)` and `code_hashes()` methods (`sipe.segstudy.SegUnit`) supplies its own."""
-    from .pipeline import RESULT_COLUMNS, plan, unit_paths
-    from .units import unit_identity
+    from .pipeline import RESULT_COLUMNS, Unit, plan, unit_paths
+    from .units import unit_identity, unit_sources
 
     results_dir = Path(results_dir)
     frames, meta, stale, missing = [], {}, [], []
@@ -124,6 +124,11 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
         if files is not None:
             staged = [s for s in staged if s in provenance.stages_using(files)]
         changed = staged + [s for s in changed if s not in provenance.STAGE_SOURCES]
+        extra = unit_sources(unit) if isinstance(unit, Unit) else ()
+        moved = provenance.source_code_changes(str(record.get("git_revision", "")), extra) if extra else []
+        if moved:
+            changed.append(unit.variant)
+            files = [*(files or []), *moved]
         record["code_changed"], record["code_changed_files"] = changed, files
         meta[unit.name] = record
         frame = pd.read_csv(paths["csv"])

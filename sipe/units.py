@@ -34,6 +34,10 @@ from .runtime import atomic_write_bytes, atomic_write_json, read_json
 from .train import TrainResult, run_dir_for
 
 INSTALLED = "sccam.json"
+SCCAM_SOURCES = ("sipe/sccam.py",)
+"""The source of SC-CAM's rounds (features, k-means, training), beyond the stage sources of
+`sipe.provenance` that its CAM round 0, maps and evaluation share with every unit; this module only
+orders and installs them."""
 
 
 def sccam_config_hash(eval_hash: str, cfg: ExperimentConfig) -> str:
@@ -47,6 +51,11 @@ def unit_identity(cfg: ExperimentConfig, unit: Unit) -> dict[str, str]:
     if unit.variant == SCCAM:
         identity["config_hash"] = sccam_config_hash(identity["config_hash"], pipeline.unit_config(cfg, unit))
     return identity
+
+
+def unit_sources(unit: Unit) -> tuple[str, ...]:
+    """The source files a unit's numbers depend on beyond `provenance.STAGE_SOURCES` (SC-CAM's rounds)."""
+    return SCCAM_SOURCES if unit.variant == SCCAM else ()
 
 
 def trained_sccam(cfg: ExperimentConfig, work_dir: str | Path, seed: int | None = None,

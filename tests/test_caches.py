@@ -156,6 +156,8 @@ def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp
     assert provenance.changed_stage_files("0" * 40, ["eval"], repo=tmp_path) is None
     assert provenance.changed_stage_files("unknown", ["eval"], repo=tmp_path) is None
     assert provenance.code_changes(rev, ["eval"], repo=tmp_path) == ["sipe/evaluation.py"]
+    assert provenance.source_code_changes(rev, ["sipe/figures.py", "sipe/maps.py"], repo=tmp_path) == ["sipe/figures.py"]
+    assert provenance.source_code_changes("unknown", ["sipe/figures.py"], repo=tmp_path) is None
 
 
 def test_code_changes_ignore_docstrings_comments_and_layout(tmp_path: Path) -> None:

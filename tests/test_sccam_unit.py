@@ -116,6 +116,27 @@ def test_finished_sccam_unit_is_reused_and_its_settings_identify_it(study_dirs, 
     assert results.load(cfg.override(**{"sccam.k": 3}), out, [Unit("cam", 0), Unit(SCCAM, 0)]).stale == ["sccam-s0"]
 
 
+def test_a_change_to_sccams_own_code_is_named_beside_its_unit_only(study_dirs, synthetic_root: Path, monkeypatch) -> None:
+    _, out = study_dirs
+    cfg = smoke(synthetic_root)
+    asked = []
+
+    def source_code_changes(rev: str, patterns) -> list[str]:
+        asked.append(tuple(patterns))
+        return [p for p in patterns if p == "sipe/sccam.py"]
+
+    monkeypatch.setattr(results.provenance, "code_changes", lambda rev, stages: [])
+    monkeypatch.setattr(results.provenance, "source_code_changes", source_code_changes)
+    loaded = results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)])
+    assert asked == [units.SCCAM_SOURCES]
+    assert loaded.code_changed(["cam"]) == [] and loaded.code_changed([SCCAM]) == ["sccam-s0"]
+    assert loaded.units["sccam-s0"]["code_changed"] == [SCCAM]
+    note = results.code_note(loaded, [SCCAM])
+    assert f"sccam-s0: {SCCAM} stage, `git diff" in note and "-- sipe/sccam.py`" in note
+    monkeypatch.setattr(results.provenance, "source_code_changes", lambda rev, patterns: [])
+    assert not results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)]).code_changed([SCCAM])
+
+
 def test_sccam_rows_in_table1_its_claims_and_its_cost(study_dirs, synthetic_root: Path) -> None:
     _, out = study_dirs
     cfg = smoke(synthetic_root)
