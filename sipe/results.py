@@ -270,12 +270,16 @@ def write_table(results_dir: str | Path, name: str, table: pd.DataFrame) -> Path
     return atomic_write_text(Path(results_dir) / f"{name}.csv", table.to_csv(index=False))
 
 
-def _paper_lookup(table: str) -> dict[tuple[str, str], float]:
+def _paper_table(table: str) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
+    """A paper table's {(row, metric): value} and {row: 'I+S'} for its rows noted as trained with saliency
+    maps besides image-level labels; both empty when the paper has no such table."""
     try:
         rows = paper.paper_rows(table)
     except KeyError:
-        return {}
-    return {(r, m): float(v) for r, m, v in zip(rows["row"], rows["metric"], rows["value"])}
+        return {}, {}
+    values = {(r, m): float(v) for r, m, v in zip(rows["row"], rows["metric"], rows["value"])}
+    noted = rows[rows["note"].fillna("").str.startswith("Sup. I+S")]
+    return values, {r: "I+S" for r in noted["row"]}
 
 
 def fmt_mean_std(values: Sequence[float]) -> str:
@@ -294,7 +298,7 @@ def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show
     rows we do not measure are listed too); quantities of PAPER_ONLY_QUANTITIES have no 'ours' column. A
     table with rows trained on saliency maps gets a first column 'supervision' (I: image-level labels,
     I+S: and saliency maps; '–' for rows of ours only)."""
-    paper_values = _paper_lookup(paper_table or name)
+    paper_values, supervision = _paper_table(paper_table or name)
     rows = list(dict.fromkeys(table["row"]))
     rows += list(dict.fromkeys(r for (r, _q) in paper_values if r not in rows and show_paper_only))
     quantities = list(dict.fromkeys([*table["quantity"], *(q for (_r, q) in paper_values)]))
@@ -305,24 +309,12 @@ def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show
         if q in PAPER_ONLY_QUANTITIES.get(name, ()):
             continue
         out[(q, "ours")] = [fmt_mean_std(table[(table["row"] == r) & (table["quantity"] == q)]["value"]) for r in rows]
-    supervision = _paper_supervision(paper_table or name)
     if supervision:
         out[("supervision", "paper")] = [supervision.get(r, "I") if any((r, q) in paper_values for q in quantities)
                                          else "–" for r in rows]
         out = out[[("supervision", "paper"), *[c for c in out.columns if c != ("supervision", "paper")]]]
     out.columns = pd.MultiIndex.from_tuples(out.columns) if len(out.columns) else pd.MultiIndex.from_arrays([[], []])
     return out
-
-
-def _paper_supervision(table: str) -> dict[str, str]:
-    """{row: 'I+S'} for the rows of a paper table noted as trained with saliency maps besides image-level
-    labels (empty when no row of the table is)."""
-    try:
-        rows = paper.paper_rows(table)
-    except KeyError:
-        return {}
-    noted = rows[rows["note"].fillna("").str.startswith("Sup. I+S")]
-    return {r: "I+S" for r in noted["row"]}
 
 
 def readings(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
