@@ -175,8 +175,8 @@ def profile_settings(profile: str) -> IRNConfig:
 
 
 def search_directions(radius: int) -> np.ndarray:
-    """int64 (D,2) offsets (dy, dx) of the pairs within `radius`: dy = 0 and 0 < dx < radius, or
-    0 < dy < radius and |dx| < radius, with dy^2 + dx^2 < radius^2 (each unordered pair once)."""
+    """int64 (D,2) offsets (dy, dx) of the pairs within `radius`: ``dy = 0`` and ``0 < dx < radius``, or
+    ``0 < dy < radius`` and ``abs(dx) < radius``, with ``dy**2 + dx**2 < radius**2`` (each unordered pair once)."""
     if radius < 2:
         raise ValueError(f"radius must be >= 2, got {radius}")
     dirs = [(0, dx) for dx in range(1, radius)]
