@@ -150,7 +150,7 @@ class IRNConfig(StageSettings):
 SUBSET_CPU_SECONDS = {"ir_labels": 1.02, "irn_epoch": 0.31, "random_walk": 0.29}
 """The subset profile's process CPU seconds per image (IRN training: per image and epoch; random walk at
 image scale 0.5), measured by benchmarks/bench_table2.py on 4 VOC train images with one thread on a machine
-shared with a background job (2026-12-02): upper bounds. `sipe.segstudy.cpu_budget` sums them."""
+shared with a background job (2026-12-02): upper bounds. `sipe.segresults.cpu_budget` sums them."""
 
 
 def profile_settings(profile: str) -> IRNConfig:
@@ -158,7 +158,7 @@ def profile_settings(profile: str) -> IRNConfig:
     radius 10/5, beta 10, 2^8 steps, dense random walk, pseudo labels for train_aug). subset: EfficientNet-Lite0,
     crop 256, batch 8, stencil random walk at half image scale, pseudo labels for the 437 VOC train images
     whose maps the classification units make, 10 epochs (about the samples of 3 epochs of the 1,500 train_aug
-    images; CPU budget: `sipe.segstudy.cpu_budget`). smoke: seconds on synthetic data."""
+    images; CPU budget: `sipe.segresults.cpu_budget`). smoke: seconds on synthetic data."""
     if profile == "paper":
         return IRNConfig().validate()
     if profile == "subset":

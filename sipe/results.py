@@ -33,7 +33,7 @@ UNCHANGED_TOLERANCE = 1.0
 BOOTSTRAP_SAMPLES = 2000
 CLAIM_TABLES = ("table1", "table4", "table5", "fig8", "fig1", "bg_weight", "table2", "pseudo_labels")
 SEGMENTATION_TABLES = ("table2", "pseudo_labels")
-"""Tables of the segmentation units (`sipe.segstudy.table_cells`)."""
+"""Tables of the segmentation units (`sipe.segresults.table_cells`)."""
 PAPER_ONLY_QUANTITIES: dict[str, tuple[str, ...]] = {"table2": ("test_miou",)}
 """Quantities of a table that no profile can measure (VOC test labels are held by the evaluation server):
 their summaries show the paper's column alone."""
@@ -184,7 +184,7 @@ def table_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
     C = Cell
     sel = "background threshold chosen on the selection split"
     if name in SEGMENTATION_TABLES:
-        from .segstudy import table_cells as segmentation_cells
+        from .segresults import table_cells as segmentation_cells
 
         return segmentation_cells(name, cfg)
     if name == "table1":

@@ -100,7 +100,7 @@ SUBSET_CPU_SECONDS = {"train_epoch": 0.19, "ss": 0.16, "ms": 0.46, "ms_crf": 1.7
 """The subset profile's process CPU seconds per image (training: per image and epoch; prediction per val
 image and mode, 'ms_crf' including its multi-scale probabilities, which 'ms' shares when both are made),
 measured by benchmarks/bench_table2.py on 4 images with one thread on a machine shared with a background
-job (2026-12-02): upper bounds. `sipe.segstudy.cpu_budget` sums them."""
+job (2026-12-02): upper bounds. `sipe.segresults.cpu_budget` sums them."""
 
 
 def profile_settings(profile: str) -> SegConfig:
@@ -109,7 +109,7 @@ def profile_settings(profile: str) -> SegConfig:
     VOC train images (about the samples of 4 epochs of the 1,500 train_aug images), lr 1e-3 (head x10, momentum
     0.9; at lr 0.01 the first subset run diverged, cross-entropy 4 -> 200 in 10 steps and 30-80 per epoch after,
     while 1e-3 fell from 3.9 to ~0.6 in 60 steps on the same pseudo labels) (CPU budget:
-    `sipe.segstudy.cpu_budget`). smoke: seconds."""
+    `sipe.segresults.cpu_budget`). smoke: seconds."""
     if profile == "paper":
         return SegConfig().validate()
     if profile == "subset":

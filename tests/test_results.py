@@ -235,15 +235,15 @@ def test_table2_summary_shows_the_server_only_test_column_as_the_papers_alone():
 
 
 def test_summary_of_a_table_with_no_rows_and_no_paper_numbers_is_empty():
-    from sipe import segstudy
+    from sipe import segresults
 
-    shown = results.summary("pseudo_labels", segstudy.empty_table())
+    shown = results.summary("pseudo_labels", segresults.empty_table())
     assert shown.empty and shown.columns.nlevels == 2
-    t2 = results.summary("table2", segstudy.empty_table())
+    t2 = results.summary("table2", segresults.empty_table())
     assert ("val_miou", "paper") in t2.columns and t2.columns[0] == ("supervision", "paper")
     assert t2.loc["EPS CVPR21 (ResNet101)", ("supervision", "paper")] == "I+S"
     assert t2.loc["IRN CVPR19 (ResNet50)", ("supervision", "paper")] == "I"
-    assert ("supervision", "paper") not in results.summary("table1", segstudy.empty_table()).columns
+    assert ("supervision", "paper") not in results.summary("table1", segresults.empty_table()).columns
 
 
 def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sipe import paper, pipeline, results, segstudy
+from sipe import paper, pipeline, results, segresults, segstudy
 from sipe.__main__ import main as cli_main
 from sipe.config import ConfigError, get_profile
 from sipe.data import voc
@@ -63,8 +63,8 @@ def test_stages_command_names_the_segmentation_units(synthetic_root: Path, tmp_p
 
 def test_chapter_claims_name_cells_of_the_segmentation_tables(synthetic_root: Path) -> None:
     cfg = smoke(synthetic_root)
-    cells = {(n, c.row, c.quantity) for n in segstudy.TABLES for c in segstudy.table_cells(n, cfg)}
-    chapter = [c for c in results.CLAIMS if c.evidence == segstudy.NOTEBOOK]
+    cells = {(n, c.row, c.quantity) for n in segresults.TABLES for c in segresults.table_cells(n, cfg)}
+    chapter = [c for c in results.CLAIMS if c.evidence == segresults.NOTEBOOK]
     assert len(chapter) == 3
     for c in chapter:
         assert c.better in cells and c.baseline in cells
@@ -80,18 +80,29 @@ def test_a_study_that_reads_finished_units_says_the_unit_is_not_computed(synthet
     study = setup("smoke", str(synthetic_root), str(tmp_path / "work"), 0, "cpu", results_dir=str(tmp_path / "res"),
                   compute=False)
     with pytest.raises(UnitNotComputedError, match=r"segmentation-s0.*compute=False.*python -m sipe stages"):
-        segstudy.results(study)
+        segresults.results(study)
     with pytest.raises(UnitNotComputedError, match="table3.csv missing"):
         segstudy.table3(study.cfg, study.work_dir, study.results_dir, compute=False)
     with pytest.raises(ConfigError, match="must include 'sipe'"):
-        segstudy.results(setup("smoke", str(synthetic_root), str(tmp_path / "work"), 0, "cpu",
+        segresults.results(setup("smoke", str(synthetic_root), str(tmp_path / "work"), 0, "cpu",
                                **{"study.variants": ("cam",)}))
 
 
+def test_pseudo_label_rows_name_each_stage_reading_and_the_chapter_code_is_outside_the_unit_hash(synthetic_root: Path) -> None:
+    cells = {(c.row, c.quantity): c.reading for c in segresults.table_cells("pseudo_labels", smoke(synthetic_root))}
+    cam = segstudy.irn.PROTOCOLS["irn"]
+    assert f"background {cam.eval_threshold:g})" in cells[("Baseline (CAM)", "maps_miou")]
+    assert f"background {cam.conf_fg_threshold:g} / {cam.conf_bg_threshold:g})" in cells[("Baseline (CAM)", "ir_labels_miou")]
+    assert f"background {cam.rw_bg_threshold:g} after the walk)" in cells[("Baseline (CAM)", "random_walk_miou")]
+    assert len({cells[("SIPE", f"{s}_miou")] for s in segresults.PSEUDO_STAGES}) == 3
+    hashed = {p.relative_to(REPO).as_posix() for pattern in segstudy.CODE_SOURCES for p in REPO.glob(pattern)}
+    assert "sipe/segstudy.py" in hashed and "sipe/segresults.py" not in hashed
+
+
 def test_ratio_and_figure_images() -> None:
-    ratio = segstudy._ratio(pd.Series({0: 30.0, 1: 20.0}), pd.Series({0: 60.0, 1: 0.0}))
+    ratio = segresults._ratio(pd.Series({0: 30.0, 1: 20.0}), pd.Series({0: 60.0, 1: 0.0}))
     assert ratio.to_dict() == {0: 50.0}
-    assert "not computed yet" in segstudy.ratio_note(segstudy.empty_table())
+    assert "not computed yet" in segresults.ratio_note(segresults.empty_table())
 
 
 def test_coco_root_is_taken_from_the_repository_and_absent_layouts_give_none(tmp_path: Path, monkeypatch) -> None:
@@ -165,7 +176,7 @@ def test_tidy_tables_summary_and_claims(unit_run: dict) -> None:
     cfg = unit_run["cfg"]
     study = setup("smoke", str(cfg.data.root), str(unit_run["work"]), 0, "cpu", compute=False)
     assert study.results_dir == unit_run["results"]
-    r = segstudy.results(study)
+    r = segresults.results(study)
     t2, tp = study.table("table2", r), study.table("pseudo_labels", r)
     assert list(t2.columns) == results.TIDY_COLUMNS and (unit_run["results"] / "table2.csv").exists()
     assert set(tp["quantity"]) == {"maps_miou", "ir_labels_miou", "random_walk_miou", "ir_void_pct"}
@@ -177,10 +188,10 @@ def test_tidy_tables_summary_and_claims(unit_run: dict) -> None:
     shown = results.summary("table2", t2)
     assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "paper")] == "68.8"
     assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "ours")].endswith("(n=1)")
-    claims = segstudy.chapter_claims(r, cfg, {"table2": t2, "pseudo_labels": tp})
+    claims = segresults.chapter_claims(r, cfg, {"table2": t2, "pseudo_labels": tp})
     assert len(claims) == 3 and (claims["n_seeds"] == 1).all() and claims["ci_low"].notna().all()
     assert not claims["verdict"].eq("not yet run").any()
-    fig = segstudy.figure6(study, r)
+    fig = segresults.figure6(study, r)
     assert len(fig.axes) == 4 * 4
 
 
@@ -276,14 +287,14 @@ def test_the_subset_unit_refines_the_classification_units_maps_of_train(syntheti
 
 def test_the_setting_says_which_images_are_pseudo_labelled(synthetic_root: Path) -> None:
     cfg = get_profile("subset", **{"data.root": str(synthetic_root), "device": "cpu"})
-    text = segstudy.setting(cfg)
+    text = segresults.setting(cfg)
     n_train = len(voc.read_split(synthetic_root, "train"))
     assert (f"pseudo labels for {n_train} train images of 1,464 (paper: the 10,582 train_aug images), refining the "
             "classification units' maps of them; IRN and both segmentation nets (on SIPE's pseudo labels, on ground "
             "truth) train on these images") in text
     assert "IRN boundary branch on efficientnet_lite0, crop 256, 10 epochs" in text
     assert "segmentation net: ASPP on efficientnet_lite0 (paper: DeepLab-v2 ResNet-101), crop 256, 12 epochs" in text
-    paper_text = segstudy.setting(get_profile("paper", **{"data.root": str(synthetic_root)}))
+    paper_text = segresults.setting(get_profile("paper", **{"data.root": str(synthetic_root)}))
     assert "pseudo labels for 8 train_aug images of 10,582; IRN and both" in paper_text
 
 
@@ -309,21 +320,21 @@ def test_the_subset_cpu_budget_counts_every_stage_of_the_unit(synthetic_root: Pa
     from sipe import irn, segmentation
 
     cfg = get_profile("subset", **{"data.root": str(synthetic_root)})
-    b = segstudy.cpu_budget(cfg)
+    b = segresults.cpu_budget(cfg)
     n_train, n_val = len(voc.read_split(synthetic_root, "train")), len(voc.read_split(synthetic_root, "val"))
     irn_epochs, seg_epochs = irn.profile_settings("subset").epochs, segmentation.profile_settings("subset").epochs
     assert b["images"].tolist() == [n_train] * 4 + [n_val]
     assert b["passes"].tolist() == [2, 2 * irn_epochs, 2, 2 * seg_epochs, 2]
     assert b.loc[1, "cpu_min"] == pytest.approx(n_train * 2 * irn_epochs * irn.SUBSET_CPU_SECONDS["irn_epoch"] / 60, abs=0.05)
     hours = b["cpu_min"].sum() / 60
-    assert f"total {hours:.1f} CPU-hours, {hours / 2:.1f}-{hours:.1f} h of wall time" in segstudy.budget_note(cfg)
-    assert segstudy.cpu_budget(get_profile("paper", **{"data.root": str(synthetic_root)})).empty
-    assert "not measured for profile smoke" in segstudy.budget_note(smoke(synthetic_root))
+    assert f"total {hours:.1f} CPU-hours, {hours / 2:.1f}-{hours:.1f} h of wall time" in segresults.budget_note(cfg)
+    assert segresults.cpu_budget(get_profile("paper", **{"data.root": str(synthetic_root)})).empty
+    assert "not measured for profile smoke" in segresults.budget_note(smoke(synthetic_root))
 
 
 def test_the_subset_unit_fits_the_budget_on_the_real_subset(real_root: Path) -> None:
     cfg = get_profile("subset", **{"data.root": str(real_root)})
-    b = segstudy.cpu_budget(cfg)
+    b = segresults.cpu_budget(cfg)
     assert b["images"].tolist() == [len(voc.read_split(real_root, "train"))] * 4 + [len(voc.read_split(real_root, "val"))]
     assert b["cpu_min"].sum() / 60 < 5.0
 
@@ -367,12 +378,12 @@ def test_ratio_and_refinement_notes_read_every_reading_per_seed() -> None:
     def row(r: str, q: str, seed: int, v: float) -> dict:
         return {"row": r, "quantity": q, "variant": "", "seed": seed, "split": "val", "reading": "", "value": v}
 
-    t2 = pd.DataFrame([row(segstudy.RATIO_ROW, "val_miou_ratio_pct", 0, 80.0),
+    t2 = pd.DataFrame([row(segresults.RATIO_ROW, "val_miou_ratio_pct", 0, 80.0),
                        row("SIPE pseudo labels, single scale", "val_miou", 0, 23.0), row("Fully supervised, single scale", "val_miou", 0, 25.0),
                        row("SIPE pseudo labels, multi-scale + flip", "val_miou", 0, 24.0), row("Fully supervised, multi-scale + flip", "val_miou", 0, 30.0)])
-    note = segstudy.ratio_note(t2)
+    note = segresults.ratio_note(t2)
     assert "ours 80.0 (n=1) %" in note and "single scale 92.0 (n=1) %" in note and "multi-scale + flip 80.0 (n=1) %" in note
     tp = pd.DataFrame([row("SIPE", "maps_miou", 0, 35.0), row("SIPE", "random_walk_miou", 0, 36.0),
                        row("SIPE", "maps_miou", 1, 34.0), row("SIPE", "random_walk_miou", 1, 34.5)])
-    assert segstudy.refinement_note(tp) == "The random walk moves the pseudo labels' mIoU by: SIPE 0.8 ± 0.4 (n=2) (34.5 -> 35.2)."
-    assert segstudy.refinement_note(segstudy.empty_table()) == "The random walk has not run yet."
+    assert segresults.refinement_note(tp) == "The random walk moves the pseudo labels' mIoU by: SIPE 0.8 ± 0.4 (n=2) (34.5 -> 35.2)."
+    assert segresults.refinement_note(segresults.empty_table()) == "The random walk has not run yet."
