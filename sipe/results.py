@@ -382,28 +382,34 @@ FIG1_PAIRS = "fig1_pairs"
 
 def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] | None = None,
             unchanged: bool = False) -> str:
-    """'holds' | 'mixed' | 'fails' | 'not yet run' ('not testable' is set by `study_claims`).
+    """'holds' | 'mixed' | 'fails' | NO_INTERVAL | 'not yet run' ('not testable' is set by `study_claims`).
 
     Several seeds: holds when every seed's delta has the paper's sign and ``|mean| > std``; fails when every
     seed has the opposite sign and ``|mean| > std``; else mixed. One seed: the 95% bootstrap interval over
-    images decides (entirely on the paper's side: holds; entirely opposite: fails; else mixed).
-    unchanged=True (a claim of no change): holds when ``|mean| <= UNCHANGED_TOLERANCE`` (and, with one seed,
-    the interval reaches inside the tolerance)."""
+    images decides (entirely on the paper's side: holds; entirely opposite: fails; else mixed); NO_INTERVAL
+    without one. unchanged=True (a claim of no change, tolerance t = UNCHANGED_TOLERANCE): several seeds hold
+    when every seed's ``|delta| <= t``, fail when every seed is beyond t on the same side and ``|mean| > std``;
+    one seed holds when its interval lies inside [-t, t], fails when it lies entirely outside; else mixed."""
     d = np.asarray([x for x in deltas if not math.isnan(x)], dtype=float)
     if d.size == 0:
         return "not yet run"
     mean = float(d.mean())
-    if unchanged:
-        inside = abs(mean) <= UNCHANGED_TOLERANCE
-        if d.size == 1 and ci is not None:
-            inside = inside and ci[0] <= UNCHANGED_TOLERANCE and ci[1] >= -UNCHANGED_TOLERANCE
-        return "holds" if inside else "fails"
     if d.size == 1:
         if ci is None:
-            return "mixed"
+            return NO_INTERVAL
+        if unchanged:
+            t = UNCHANGED_TOLERANCE
+            return "holds" if -t <= ci[0] and ci[1] <= t else "fails" if ci[0] > t or ci[1] < -t else "mixed"
         lo, hi = (ci[0], ci[1]) if paper_sign > 0 else (-ci[1], -ci[0])
         return "holds" if lo > 0 else "fails" if hi < 0 else "mixed"
     std = float(d.std(ddof=1))
+    if unchanged:
+        t = UNCHANGED_TOLERANCE
+        if (np.abs(d) <= t).all():
+            return "holds"
+        if ((d > t).all() or (d < -t).all()) and abs(mean) > std:
+            return "fails"
+        return "mixed"
     signs = np.sign(d) * np.sign(paper_sign)
     if (signs > 0).all() and abs(mean) > std:
         return "holds"
@@ -430,6 +436,8 @@ class Claim:
 
 
 ARGMAX_CLAIM = "CAM argmax beats the best CAM threshold"
+NO_INTERVAL = "no interval"
+"""The verdict of a one-seed claim whose readings have no per-image confusions to draw its interval from."""
 NOT_TESTABLE = "not testable"
 """The verdict of a claim that the study's rules decide by construction (the argmax claim when its rule is a
 threshold of the sweep)."""
@@ -637,6 +645,7 @@ def verdict_note(frame: pd.DataFrame) -> str:
     counts = frame["verdict"].value_counts()
     words = {"holds": ("holds", "hold"), "mixed": ("is mixed", "are mixed"), "fails": ("fails", "fail"),
              NOT_TESTABLE: ("is not testable here", "are not testable here"),
+             NO_INTERVAL: ("has no interval to decide it", "have no interval to decide them"),
              "not yet run": ("is not yet run", "are not yet run")}
     parts = [f"{counts[v]} {one if counts[v] == 1 else many}" for v, (one, many) in words.items() if counts.get(v, 0)]
     text = f"Of the {len(frame)} claims this chapter checks, " + (", ".join(parts) if parts else "none is decided") + "."

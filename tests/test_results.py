@@ -74,10 +74,18 @@ def test_bootstrap_interval_of_a_difference_over_images():
     ([1.5], 1, (0.4, 2.6), False, "holds"),
     ([1.5], 1, (-0.4, 2.6), False, "mixed"),
     ([-1.5], 1, (-2.6, -0.4), False, "fails"),
-    ([1.5], 1, None, False, "mixed"),
+    ([1.5], 1, None, False, results.NO_INTERVAL),     # one seed and no interval: undecided, and said so
     ([0.3, -0.2, 0.1], 1, None, True, "holds"),
     ([2.5, 3.0], 1, None, True, "fails"),
-    ([0.5], 1, (2.0, 3.0), True, "fails"),            # one seed: the interval must reach the tolerance band
+    ([3.0, -3.0], 1, None, True, "mixed"),             # no change on average, but no seed within the tolerance
+    ([0.5, 2.0], 1, None, True, "mixed"),
+    ([2.5, 2.0, -0.5], 1, None, True, "mixed"),
+    ([0.3], 1, (-0.6, 0.9), True, "holds"),           # one seed: the interval inside the tolerance band
+    ([0.33], 1, (-2.25, 2.93), True, "mixed"),        # too wide to show "no change"
+    ([-2.05], 1, (-4.30, -0.24), True, "mixed"),
+    ([0.5], 1, (2.0, 3.0), True, "fails"),            # entirely outside the band
+    ([-3.5], 1, (-4.0, -1.2), True, "fails"),
+    ([0.3], 1, None, True, results.NO_INTERVAL),
     ([], 1, None, False, "not yet run"),
 ])
 def test_verdict_rules(deltas, sign, ci, unchanged, expected):
