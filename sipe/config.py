@@ -298,6 +298,10 @@ class ExperimentConfig:
             raise ConfigError(f"data.resize_long={self.data.resize_long}; need 0 < low <= high")
         if not self.infer.scales:
             raise ConfigError("infer.scales is empty")
+        for name, ts in (("eval.thresholds", self.eval.thresholds), ("study.fig8_thresholds", self.study.fig8_thresholds)):
+            if not ts or any(not 0.0 < t < 1.0 for t in ts) or any(a >= b for a, b in zip(ts, ts[1:])):
+                raise ConfigError(f"{name}={tuple(ts)}; give increasing values in (0, 1), e.g. 0.05 0.1 ... 0.95 "
+                                  "(a reading's threshold axis is stored and looked up in this order)")
         if self.infer.precision not in PRECISIONS:
             raise ConfigError(f"infer.precision={self.infer.precision!r}; choose one of {list(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -113,6 +113,10 @@ def test_list_overrides_become_tuples() -> None:
         ("data.crop_size", "0"),
         ("device", "tpu"),
         ("infer.precision", "float16"),
+        ("eval.thresholds", "(0.3, 0.2)"),
+        ("eval.thresholds", "(0.2, 0.2)"),
+        ("eval.thresholds", "(0.0, 0.5)"),
+        ("study.fig8_thresholds", "(0.5, 1.0)"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_the_field(key: str, value: str) -> None:
