@@ -142,7 +142,7 @@ def ratio_note(table2: pd.DataFrame) -> str:
     if len(sel):
         ours = f"{res.fmt_mean_std(sel)} %"
     elif len(table2):
-        ours = "– (the fully supervised model scores 0 mIoU)"
+        ours = "– (no seed has both models' val mIoU, the fully supervised one above 0)"
     else:
         ours = "not computed yet"
     others = []
@@ -158,13 +158,15 @@ def ratio_note(table2: pd.DataFrame) -> str:
 
 
 def refinement_note(pseudo_labels: pd.DataFrame) -> str:
-    """How much the random walk moves each method's pseudo labels (mIoU after - before, mean over seeds)."""
+    """How much the random walk moves each method's pseudo labels (mIoU after - before, and both means, over
+    the seeds that have both)."""
     parts = []
     for row in dict.fromkeys(pseudo_labels["row"]):
         before, after = _by_seed(pseudo_labels, row, "maps_miou"), _by_seed(pseudo_labels, row, "random_walk_miou")
         delta = (after - before.reindex(after.index)).dropna()
         if len(delta):
-            parts.append(f"{row} {res.fmt_mean_std(delta)} ({before.mean():.1f} -> {after.mean():.1f})")
+            seeds = delta.index
+            parts.append(f"{row} {res.fmt_mean_std(delta)} ({before[seeds].mean():.1f} -> {after[seeds].mean():.1f})")
     return ("The random walk moves the pseudo labels' mIoU by: " + "; ".join(parts) + "." if parts
             else "The random walk has not run yet.")
 

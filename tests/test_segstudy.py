@@ -386,4 +386,6 @@ def test_ratio_and_refinement_notes_read_every_reading_per_seed() -> None:
     tp = pd.DataFrame([row("SIPE", "maps_miou", 0, 35.0), row("SIPE", "random_walk_miou", 0, 36.0),
                        row("SIPE", "maps_miou", 1, 34.0), row("SIPE", "random_walk_miou", 1, 34.5)])
     assert segresults.refinement_note(tp) == "The random walk moves the pseudo labels' mIoU by: SIPE 0.8 ± 0.4 (n=2) (34.5 -> 35.2)."
+    unpaired = pd.concat([tp, pd.DataFrame([row("SIPE", "maps_miou", 2, 10.0)])])
+    assert segresults.refinement_note(unpaired) == segresults.refinement_note(tp), "means over the paired seeds only"
     assert segresults.refinement_note(segresults.empty_table()) == "The random walk has not run yet."
