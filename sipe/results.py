@@ -527,11 +527,11 @@ def _paper_number(cell: tuple[str, str, str]) -> float:
 def claims(tables: dict[str, pd.DataFrame],
            confusions: Callable[[Claim, int], tuple[np.ndarray, np.ndarray] | None] | None = None,
            claim_list: Sequence[Claim] = CLAIMS,
-           interval: Callable[[Claim], tuple[float, float] | None] | None = None) -> pd.DataFrame:
+           interval: Callable[[Claim, int], tuple[float, float] | None] | None = None) -> pd.DataFrame:
     """Check every claim on tidy tables {name: frame with row, quantity, seed, value}: CLAIM_COLUMNS.
 
     Deltas are paired by seed value (a seed only one of the two cells has is left out). For a one-seed
-    claim, `interval(claim)` returns the 95% interval itself (tried first), or `confusions(claim, seed)` the
+    claim, `interval(claim, seed)` returns the 95% interval itself (tried first), or `confusions(claim, seed)` the
     two readings' per-image confusions for its bootstrap interval."""
     records = []
     for c in claim_list:
@@ -542,7 +542,7 @@ def claims(tables: dict[str, pd.DataFrame],
         paper_better, paper_baseline = c.paper or (c.better, c.baseline)
         paper_delta = _paper_number(paper_better) - _paper_number(paper_baseline)
         sign = 1.0 if math.isnan(paper_delta) or paper_delta >= 0 or c.unchanged else -1.0
-        ci = interval(c) if n == 1 and interval is not None else None
+        ci = interval(c, int(seeds[0])) if n == 1 and interval is not None else None
         if ci is None and n == 1 and confusions is not None:
             pair = confusions(c, int(seeds[0]))
             if pair is not None:
@@ -599,12 +599,13 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
         except (KeyError, FileNotFoundError):
             return None
 
-    def fig1_interval(c: Claim) -> tuple[float, float] | None:
+    def fig1_interval(c: Claim, seed: int) -> tuple[float, float] | None:
+        """Fig. 1's interval of `seed`, over its (image, class) pairs."""
         path = r.results_dir / f"{FIG1_PAIRS}.csv"
         if c.better[0] != "fig1" or not path.exists():
             return None
         pairs = pd.read_csv(path)
-        pairs = pairs[pairs["seed"] == pairs["seed"].min()]
+        pairs = pairs[pairs["seed"] == seed]
         column = {"prototype": "prototype_mean", "class centre": "centre_mean", FIG1_CENTROID: "centroid_mean"}
         if c.better[1] not in column or c.baseline[1] not in column:
             return None

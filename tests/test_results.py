@@ -203,12 +203,13 @@ def test_one_seed_fig8_and_fig1_claims_get_bootstrap_intervals(tmp_path: Path):
     rows += [_row("sipe", 0, "is_cam", "estimated", "train", 45.0), _row("sipe", 0, "labels@argmax:1", "estimated", "train", 30.5)]
     (tmp_path / "confusions").mkdir()
     np.savez(tmp_path / "confusions" / "sipe-s0.npz", **arrays)
-    pd.DataFrame({"id": [f"i{k}" for k in range(15)], "seed": 0, "centre_mean": rng.uniform(0.0, 0.2, 15),
-                  "prototype_mean": rng.uniform(0.5, 0.8, 15), "centroid_mean": [np.nan, *rng.uniform(0.2, 0.4, 14)]}
-                 ).to_csv(tmp_path / f"{results.FIG1_PAIRS}.csv", index=False)
+    pairs = pd.DataFrame({"id": [f"i{k}" for k in range(15)], "seed": 1, "centre_mean": rng.uniform(0.0, 0.2, 15),
+                          "prototype_mean": rng.uniform(0.5, 0.8, 15), "centroid_mean": [np.nan, *rng.uniform(0.2, 0.4, 14)]})
+    other_seed = pairs.assign(seed=0, prototype_mean=pairs["centre_mean"] - 0.5)
+    pd.concat([other_seed, pairs]).to_csv(tmp_path / f"{results.FIG1_PAIRS}.csv", index=False)
     r = results.StudyResults(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), {"sipe-s0": {"variant": "sipe", "code_changed": []}},
                              tmp_path, "train")
-    fig1 = pd.DataFrame([{"row": row, "quantity": "mean_cosine", "variant": "cam", "seed": 0, "split": "train",
+    fig1 = pd.DataFrame([{"row": row, "quantity": "mean_cosine", "variant": "cam", "seed": 1, "split": "train",
                           "reading": "", "value": v} for row, v in (("prototype", 0.65), ("class centre", 0.1),
                                                                     (results.FIG1_CENTROID, 0.3))])
     out = results.study_claims(r, cfg, {"fig8": results.tidy("fig8", r, cfg), "fig1": fig1}).set_index("claim")
@@ -218,7 +219,7 @@ def test_one_seed_fig8_and_fig1_claims_get_bootstrap_intervals(tmp_path: Path):
     assert argmax["ci_high"] == pytest.approx(0.0) and argmax["verdict"] == results.NOT_TESTABLE, \
         "alpha = 1 makes argmax the sweep's t = 0.5: the claim is decided by construction"
     proto = out.loc["The image-specific prototype is closer to its image's pixels than the class centre"]
-    assert 0.3 < proto["ci_low"] < proto["ci_high"] < 0.8 and proto["verdict"] == "holds"
+    assert 0.3 < proto["ci_low"] < proto["ci_high"] < 0.8 and proto["verdict"] == "holds", "the interval of the claim's seed (1)"
     centroid = out.loc["The image-specific prototype is closer to its image's pixels than the class's centroid over other images"]
     assert 0.1 < centroid["ci_low"] < centroid["ci_high"] < 0.6 and centroid["verdict"] == "holds", \
         "the pair without a centroid (nan) is left out of the interval"
