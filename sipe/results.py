@@ -8,6 +8,8 @@ paper's number, and `claims` checks the paper's claims with a verdict per claim.
 
 Settings are chosen on the selection split only: a "threshold" reading uses, per unit, the background
 threshold that is best on the selection split (`chosen_threshold`), never the best on the evaluated split.
+The one exception is the paper's own baseline of Fig. 8, "the best threshold of the sweep" (FIG8_BEST), read
+on the evaluated split as the paper does (an optimistic baseline; the chapter says so).
 """
 from __future__ import annotations
 
