@@ -103,7 +103,7 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
     """The results of `cfg`'s plan (or `units`) found in `results_dir`: a unit counts only when its
     recorded configuration hash and data fingerprints equal those of `cfg` (else it is listed as stale).
     A unit with `identity(cfg)` and `code_hashes()` methods (`sipe.segstudy.SegUnit`) supplies its own."""
-    from .pipeline import RESULT_COLUMNS, Unit, plan, unit_paths
+    from .pipeline import RESULT_COLUMNS, plan, unit_paths
     from .units import unit_identity, unit_sources
 
     results_dir = Path(results_dir)
@@ -126,7 +126,7 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
         if files is not None:
             staged = [s for s in staged if s in provenance.stages_using(files)]
         changed = staged + [s for s in changed if s not in provenance.STAGE_SOURCES]
-        extra = unit_sources(unit) if isinstance(unit, Unit) else ()
+        extra = unit_sources(unit)
         moved = provenance.source_code_changes(str(record.get("git_revision", "")), extra) if extra else []
         if moved:
             changed.append(unit.variant)
@@ -395,18 +395,16 @@ def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] 
     d = np.asarray([x for x in deltas if not math.isnan(x)], dtype=float)
     if d.size == 0:
         return "not yet run"
-    mean = float(d.mean())
+    mean, t = float(d.mean()), UNCHANGED_TOLERANCE
     if d.size == 1:
         if ci is None:
             return NO_INTERVAL
         if unchanged:
-            t = UNCHANGED_TOLERANCE
             return "holds" if -t <= ci[0] and ci[1] <= t else "fails" if ci[0] > t or ci[1] < -t else "mixed"
         lo, hi = (ci[0], ci[1]) if paper_sign > 0 else (-ci[1], -ci[0])
         return "holds" if lo > 0 else "fails" if hi < 0 else "mixed"
     std = float(d.std(ddof=1))
     if unchanged:
-        t = UNCHANGED_TOLERANCE
         if (np.abs(d) <= t).all():
             return "holds"
         if ((d > t).all() or (d < -t).all()) and abs(mean) > std:
