@@ -197,14 +197,16 @@ def run_notebook(nb: Notebook, notebooks_dir: Path, out_dir: Path, parameters: M
         if partial.exists():
             os.replace(partial, failed)
         return NotebookResult(nb.name, "failed", seconds, _failed_cell(error, failed, source), str(failed))
-    _relative_papermill_paths(partial)
+    _tidy_executed(partial)
     os.replace(partial, final)
     failed.unlink(missing_ok=True)
     return NotebookResult(nb.name, "ok", time.perf_counter() - start, output=str(final))
 
 
-def _relative_papermill_paths(path: Path) -> None:
-    """Store papermill's input/output paths in an executed notebook relative to the repository."""
+def _tidy_executed(path: Path) -> None:
+    """Store papermill's input/output paths in an executed notebook relative to the repository, and give
+    the injected parameters cell a fixed id (papermill draws a random one), so a republished chapter
+    differs from the last only where its outputs do."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -212,6 +214,9 @@ def _relative_papermill_paths(path: Path) -> None:
     for key in ("input_path", "output_path"):
         if meta.get(key):
             meta[key] = shown_path(meta[key])
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"
     nbformat.write(nb, path)
 
 

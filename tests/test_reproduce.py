@@ -61,7 +61,9 @@ def test_successful_run_injects_parameters_and_records_provenance(tiny):
     executed = nbformat.read(tiny["out"] / "first.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert not executed.metadata["papermill"]["input_path"].startswith("/")
-    assert len(injected) == 1
+    assert [c.id for c in injected] == ["injected-parameters"]
+    source_ids = [c.id for c in nbformat.read(tiny["nbs"] / "first.ipynb", as_version=4).cells]
+    assert [c.id for c in executed.cells if c not in injected] == source_ids
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "ran smoke seed=7 device=cpu" in printed
     assert (tiny["work"] / "first.txt").read_text() == shown_path(tiny["data"])
@@ -160,6 +162,21 @@ def test_runner_stops_on_a_broken_data_root_with_one_line(tiny, tmp_path):
     assert proc.stderr.startswith(f"error: data root {root} cannot be used: label file {root / 'cls_labels_voc.npy'}")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not tiny["out"].exists()
+
+
+def test_study_notebooks_are_valid_and_carry_cell_ids():
+    """Cell ids keep a republished chapter's diff to its outputs (nbformat warns without them)."""
+    import warnings
+
+    for nb in NOTEBOOKS:
+        path = REPO / "notebooks" / nb.path
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            notebook = nbformat.read(path, as_version=4)
+            nbformat.validate(notebook)
+        ids = [c.get("id") for c in notebook.cells]
+        assert all(ids) and len(set(ids)) == len(ids), path
+        assert sum("parameters" in c.metadata.get("tags", []) for c in notebook.cells) == 1, path
 
 
 def test_notebook_list_dependencies_point_backwards():
