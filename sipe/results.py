@@ -126,10 +126,10 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
         if files is not None:
             staged = [s for s in staged if s in provenance.stages_using(files)]
         changed = staged + [s for s in changed if s not in provenance.STAGE_SOURCES]
-        extra = unit_sources(unit)
-        moved = provenance.source_code_changes(str(record.get("git_revision", "")), extra) if extra else []
-        if moved:
+        own, moved = _own_code_changes(unit, record, now, unit_sources(unit))
+        if own and unit.variant not in changed:
             changed.append(unit.variant)
+        if moved:
             files = [*(files or []), *moved]
         record["code_changed"], record["code_changed_files"] = changed, files
         meta[unit.name] = record
@@ -138,6 +138,21 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Any] | 
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*RESULT_COLUMNS, "unit"])
     return StudyResults(rows, meta, results_dir, cfg.infer.split, stale, missing)
+
+
+def _own_code_changes(unit: Any, record: dict[str, Any], now: dict[str, str],
+                      sources: Sequence[str]) -> tuple[bool, list[str]]:
+    """Whether the code of a unit's own `sources` (`units.unit_sources`) has changed since its record, and
+    the files that did. The record's hash of them, where it keeps one (the segmentation units), decides;
+    else (the SC-CAM units) a difference in code from the record's revision does. The files come from that
+    difference (none when git or the revision is unavailable)."""
+    if not sources:
+        return False, []
+    recorded = record.get("code", {}).get(unit.variant)
+    if recorded is not None and recorded == now.get(unit.variant):
+        return False, []
+    files = provenance.source_code_changes(str(record.get("git_revision", "")), sources) or []
+    return (recorded is not None or bool(files)), files
 
 
 # --- tables ---------------------------------------------------------------------------------------------

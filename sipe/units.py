@@ -54,8 +54,11 @@ def unit_identity(cfg: ExperimentConfig, unit: Unit) -> dict[str, str]:
 
 
 def unit_sources(unit: Unit) -> tuple[str, ...]:
-    """The source files a unit's numbers depend on beyond `provenance.STAGE_SOURCES` (SC-CAM's rounds)."""
-    return SCCAM_SOURCES if unit.variant == SCCAM else ()
+    """The source files a unit's numbers depend on beyond `provenance.STAGE_SOURCES`: SC-CAM's rounds
+    (`SCCAM_SOURCES`), the segmentation unit's pipeline (`sipe.segstudy.CODE_SOURCES`), none for the others."""
+    from .segstudy import CODE_SOURCES, UNIT_VARIANT
+
+    return {SCCAM: SCCAM_SOURCES, UNIT_VARIANT: CODE_SOURCES}.get(unit.variant, ())
 
 
 def trained_sccam(cfg: ExperimentConfig, work_dir: str | Path, seed: int | None = None,

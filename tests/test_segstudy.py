@@ -172,6 +172,28 @@ def test_a_rerun_skips_the_unit_and_other_data_makes_it_stale(unit_run: dict) ->
 
 
 @pytest.mark.slow
+def test_a_change_to_the_segmentation_code_is_named_with_its_files(unit_run: dict, monkeypatch) -> None:
+    cfg, units = unit_run["cfg"], segstudy.plan(unit_run["cfg"])
+    asked = []
+
+    def source_code_changes(rev: str, patterns) -> list[str]:
+        asked.append(tuple(patterns))
+        return ["sipe/irn.py"]
+
+    monkeypatch.setattr(results.provenance, "source_code_changes", source_code_changes)
+    assert not results.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) and asked == []
+    moved = {**segstudy.code_hashes(), "segmentation": "0" * 12}
+    monkeypatch.setattr(segstudy.SegUnit, "code_hashes", lambda self: moved)
+    loaded = results.load(cfg, unit_run["results"], units)
+    assert asked == [segstudy.CODE_SOURCES] and loaded.code_changed(["segmentation"]) == ["segmentation-s0"]
+    assert loaded.units["segmentation-s0"]["code_changed"] == ["segmentation"]
+    note = results.code_note(loaded, ["segmentation"])
+    assert "segmentation-s0: segmentation stage, `git diff" in note and "-- sipe/irn.py`" in note
+    monkeypatch.setattr(results.provenance, "source_code_changes", lambda rev, patterns: None)
+    assert results.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) == ["segmentation-s0"]
+
+
+@pytest.mark.slow
 def test_tidy_tables_summary_and_claims(unit_run: dict) -> None:
     cfg = unit_run["cfg"]
     study = setup("smoke", str(cfg.data.root), str(unit_run["work"]), 0, "cpu", compute=False)
