@@ -656,15 +656,16 @@ def claims_display(frame: pd.DataFrame) -> pd.DataFrame:
     return shown.astype(object).map(fmt)
 
 
-def verdict_note(frame: pd.DataFrame) -> str:
-    """One sentence counting the verdicts of a claims frame and naming the claims that fail or are mixed."""
+def verdict_note(frame: pd.DataFrame, scope: str = "this chapter checks") -> str:
+    """One sentence counting the verdicts of a claims frame ("Of the N claims <scope>, ...") and naming the
+    claims that fail or are mixed."""
     counts = frame["verdict"].value_counts()
     words = {"holds": ("holds", "hold"), "mixed": ("is mixed", "are mixed"), "fails": ("fails", "fail"),
              NOT_TESTABLE: ("is not testable here", "are not testable here"),
              NO_INTERVAL: ("has no interval to decide it", "have no interval to decide them"),
              "not yet run": ("is not yet run", "are not yet run")}
     parts = [f"{counts[v]} {one if counts[v] == 1 else many}" for v, (one, many) in words.items() if counts.get(v, 0)]
-    text = f"Of the {len(frame)} claims this chapter checks, " + (", ".join(parts) if parts else "none is decided") + "."
+    text = f"Of the {len(frame)} claims {scope}, " + (", ".join(parts) if parts else "none is decided") + "."
     for v, word in (("fails", "Failing"), ("mixed", "Mixed")):
         names = frame.loc[frame["verdict"] == v, "claim"].tolist()
         if names:
