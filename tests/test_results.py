@@ -346,3 +346,37 @@ def test_core_study_note_sums_the_core_plan_as_run(synthetic_root: Path, tmp_pat
                          + [{"unit": f"{SCCAM}-s0", "stage": "train_round1", "seconds": 6000.0}])
     note = Study(cfg, tmp_path / "work", tmp_path / "results").core_study_note(times)
     assert f"took {2 * (len(core) - 1)} min" in note and note.endswith(f"not computed yet: {core[0].name}.")
+
+
+def test_seed_locating_note_places_structure_aware_seeds_on_each_seeds_curve():
+    rows = []
+    for seed, curve, ours in ((15, {0.3: 30.0, 0.4: 36.0, 0.5: 33.0}, 35.0), (16, {0.3: 31.0, 0.4: 34.0, 0.5: 37.0}, 32.0)):
+        rows += [{"row": f"CAM threshold t = {t:g}", "seed": seed, "value": v} for t, v in curve.items()]
+        rows += [{"row": "Structure-aware seeds", "seed": seed, "value": ours},
+                 {"row": results.FIG8_BEST, "seed": seed, "value": max(curve.values())}]
+    note = results.seed_locating_note(pd.DataFrame(rows))
+    assert note.startswith("Structure-aware seeds reach 33.5 mIoU (n=2), above 1-2 of the 3 thresholds of the sweep, "
+                           "and 3.0 below the best threshold (t = 0.4-0.5 by seed)")
+    assert "for every seed" in note and "by 5.3" in note
+    rows[-2]["value"] = 40.0
+    note = results.seed_locating_note(pd.DataFrame(rows))
+    assert "above 2-3 of the 3" in note and "1.0 above the best" in note and "for every seed" not in note
+    assert results.seed_locating_note(pd.DataFrame(rows[:3])) == ""
+
+
+def test_crf_void_note_measures_the_pixels_void_ignored_drops(tmp_path):
+    (tmp_path / "confusions").mkdir()
+    conf = np.zeros((2, 2, 3, 3), dtype=np.int64)
+    conf[:, 0] = np.diag([30, 10, 0])
+    conf[:, 1] = np.diag([20, 5, 0])
+    np.savez(tmp_path / "confusions" / "sipe-s15.npz", **{"train/is_cam/crf": conf})
+    conf[:, 1] = np.diag([30, 8, 0])
+    np.savez(tmp_path / "confusions" / "sipe-s16.npz", **{"train/is_cam/crf": conf})
+    rows = pd.DataFrame([{"variant": "sipe", "reading": "is_cam", "background": "crf_void_bg", "split": "train",
+                          "quantity": "miou", "seed": s, "value": 50.0, "threshold": np.nan} for s in (15, 16, 17)])
+    r = results.StudyResults(rows=rows, units={}, results_dir=tmp_path, eval_split="train")
+    share = results.crf_void_share(r, "sipe", "is_cam")
+    assert share.index.tolist() == [15, 16] and share.tolist() == pytest.approx([37.5, 5.0])
+    note = results.crf_void_note(r, {"SIPE": ("sipe", "is_cam"), "the CAM baseline": ("cam", "cam_irn")})
+    assert "SIPE 21% (5-38% by seed)." in note and "CAM baseline" not in note
+    assert results.crf_void_note(r, {"the CAM baseline": ("cam", "cam_irn")}) == ""
