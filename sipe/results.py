@@ -719,9 +719,9 @@ def claims_display(frame: pd.DataFrame) -> pd.DataFrame:
     return shown.astype(object).map(fmt)
 
 
-def verdict_note(frame: pd.DataFrame, scope: str = "this chapter checks") -> str:
-    """One sentence counting the verdicts of a claims frame ("Of the N claims <scope>, ...") and naming the
-    claims that fail or are mixed."""
+def verdict_note(frame: pd.DataFrame, scope: str = "this chapter checks", name_claims: bool = True) -> str:
+    """One sentence counting the verdicts of a claims frame ("Of the N claims <scope>, ...") and, with
+    `name_claims`, naming the claims that fail or are mixed."""
     counts = frame["verdict"].value_counts()
     words = {"holds": ("holds", "hold"), "mixed": ("is mixed", "are mixed"), "fails": ("fails", "fail"),
              NOT_TESTABLE: ("is not testable here", "are not testable here"),
@@ -729,7 +729,7 @@ def verdict_note(frame: pd.DataFrame, scope: str = "this chapter checks") -> str
              "not yet run": ("is not yet run", "are not yet run")}
     parts = [f"{counts[v]} {one if counts[v] == 1 else many}" for v, (one, many) in words.items() if counts.get(v, 0)]
     text = f"Of the {len(frame)} claims {scope}, " + (", ".join(parts) if parts else "none is decided") + "."
-    for v, word in (("fails", "Failing"), ("mixed", "Mixed")):
+    for v, word in (("fails", "Failing"), ("mixed", "Mixed")) if name_claims else ():
         names = frame.loc[frame["verdict"] == v, "claim"].tolist()
         if names:
             text += f" {word}: " + "; ".join(names) + "."

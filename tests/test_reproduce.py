@@ -219,7 +219,7 @@ def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
     assert rows["Structure-aware seeds beat the best CAM threshold"][2:5] == ["–", "–", "not yet run"]
     assert "`subset`" in page and "results/subset" in page
     assert "Setting: profile subset; maps in bfloat16 (paper: float32)." in page
-    assert "Of the 3 claims the study checks, 2 hold, 1 is not yet run." in page
+    assert "Of the 3 claims the study checks, 2 hold, 1 is not yet run.\n" in page
 
 
 def test_git_revision(tmp_path):

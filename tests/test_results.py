@@ -303,6 +303,8 @@ def test_verdict_note_counts_verdicts_and_names_failing_and_mixed_claims():
     note = results.verdict_note(frame)
     assert note.startswith("Of the 5 claims this chapter checks, 2 hold, 1 is mixed, 1 fails, 1 is not testable here.")
     assert note.endswith("Failing: b. Mixed: c.")
+    assert results.verdict_note(frame, "the study checks", name_claims=False) == \
+        "Of the 5 claims the study checks, 2 hold, 1 is mixed, 1 fails, 1 is not testable here."
     shown = results.claims_display(pd.DataFrame([["x", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"]],
                                                 columns=results.CLAIM_COLUMNS))
     assert shown.iloc[0].tolist() == ["x", "Table 1", "+8.5", "+5.0 ± 1.0 (n=3)", "–", "holds", "03"]
