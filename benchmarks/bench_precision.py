@@ -180,8 +180,7 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
                    same_training: bool = False) -> None:
     """Print the unit-decided claims of the `subset` study from maps in float32 and in bfloat16, side by side
     (units mapped from the same checkpoint file, or with `same_training` from the same training key)."""
-    import pandas as pd
-
+    from bench_setting import claims_side_by_side, print_side_by_side
     from sipe.pipeline import plan
     from sipe.results import unit_claims
 
@@ -201,22 +200,10 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
     print(f"units mapped both ways from {how}: {', '.join(u.name for u in shared) or 'none'}; "
           f"left out (missing, not yet mapped in both precisions, or trained apart): "
           f"{', '.join(u.name for u in unshared) or 'none'}")
-    tables = {}
-    for mode, folder in zip(MODES, (float32_dir, bfloat16_dir)):
-        mcfg = cfg.override(**{"infer.precision": mode})
-        tables[mode] = unit_claims(mcfg, folder, shared).set_index("claim")
-    cols = ["ours_mean", "ci_low", "ci_high", "n_seeds", "verdict"]
-    both = pd.concat({m: t[cols] for m, t in tables.items()}, axis=1)
-    decided = (both[("float32", "n_seeds")] > 0) & (both[("bfloat16", "n_seeds")] > 0)
-    both = both[decided]
-    both[("", "same verdict")] = both[("float32", "verdict")] == both[("bfloat16", "verdict")]
-    both[("", "delta moved")] = both[("bfloat16", "ours_mean")] - both[("float32", "ours_mean")]
-    with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.float_format", "{:+.2f}".format):
-        print(f"# the claims these units decide, from float32 maps ({float32_dir}) and bfloat16 maps ({bfloat16_dir})")
-        print(both.to_string())
-    moved = both[("", "delta moved")].abs()
-    print(f"{int(both[('', 'same verdict')].sum())} of {len(both)} claims keep their verdict; their deltas moved by "
-          f"{moved.mean():.2f} points on average (max {moved.max():.2f})")
+    tables = {mode: unit_claims(cfg.override(**{"infer.precision": mode}), folder, shared)
+              for mode, folder in zip(MODES, (float32_dir, bfloat16_dir))}
+    print_side_by_side(claims_side_by_side(tables), f"# the claims these units decide, from float32 maps ({float32_dir}) "
+                       f"and bfloat16 maps ({bfloat16_dir})")
 
 
 def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
