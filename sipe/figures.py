@@ -363,33 +363,46 @@ def comparison_grid(
 
 def seed_curves(fig8: pd.DataFrame, paper: Mapping[str, float] | None = None,
                 path: str | os.PathLike | None = None) -> Figure:
-    """Fig. 8 from the tidy table (`sipe.results.tidy('fig8')`): per seed, mIoU of IS-CAM from CAM-threshold
-    seeds against t (thin lines; their mean bold), and the CAM-argmax and structure-aware seeds as
-    horizontal lines (mean over seeds, each seed as a tick at the right); the paper's values dotted."""
+    """Fig. 8 from the tidy table (`sipe.results.tidy('fig8')`). Left: per seed, mIoU of IS-CAM from
+    CAM-threshold seeds against t (thin lines; their mean bold), and the CAM-argmax and structure-aware seeds
+    as horizontal lines (mean over seeds, each seed as a tick at the right). Right: each of the two against the
+    best threshold of its seed's sweep (mIoU points; one dot per seed), beside the paper's same difference
+    (`paper`: row -> mIoU, with FIG8_BEST's row), so both studies are compared on one scale."""
     curve = fig8[fig8["row"].str.startswith("CAM threshold t = ")].copy()
     if curve.empty:
         raise ValueError("the fig8 table has no 'CAM threshold t = ...' rows")
     curve["t"] = curve["row"].str.removeprefix("CAM threshold t = ").astype(float)
-    fig = Figure(figsize=(8, 4), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    ax, gap = fig.subplots(1, 2, width_ratios=(3, 1.2))
     for seed, part in curve.groupby("seed"):
         part = part.sort_values("t")
         ax.plot(part["t"], part["value"], "-", color="tab:blue", lw=0.8, alpha=0.5)
     mean = curve.groupby("t")["value"].mean()
     ax.plot(mean.index, mean.to_numpy(), "o-", color="tab:blue", lw=2,
             label=f"CAM threshold seeds (mean of {curve['seed'].nunique()} seed(s), thin: each seed)")
-    for row, colour, ls in (("CAM argmax", "tab:orange", "--"), ("Structure-aware seeds", "tab:green", "-")):
-        values = fig8[fig8["row"] == row]["value"]
+    best = curve.groupby("seed")["value"].max()
+    others = (("CAM argmax", "tab:orange", "--"), ("Structure-aware seeds", "tab:green", "-"))
+    for i, (row, colour, ls) in enumerate(others):
+        values = fig8[fig8["row"] == row].set_index("seed")["value"]
         if len(values):
             ax.axhline(values.mean(), color=colour, ls=ls, label=f"{row} ({values.mean():.1f})")
-            ax.plot([1.0] * len(values), values, "_", color=colour, ms=12, mew=2, clip_on=False)
-    colours = {"CAM threshold (best over sweep)": "tab:blue", "CAM argmax": "tab:orange", "Structure-aware seeds": "tab:green"}
-    for name, value in (paper or {}).items():
-        ax.axhline(value, color=colours.get(name, "grey"), ls=":", lw=1.2, alpha=0.8, label=f"paper: {name} ({value:.1f})")
+            ax.plot([1.0] * len(values), values.to_numpy(), "_", color=colour, ms=12, mew=2, clip_on=False)
+            diff = (values - best.reindex(values.index)).dropna()
+            gap.plot([i] * len(diff), diff.to_numpy(), "o", color=colour, alpha=0.7,
+                     label="ours, each seed" if i == len(others) - 1 else None)
+            gap.plot([i - 0.25, i + 0.25], [diff.mean()] * 2, "-", color=colour, lw=2)
+        if paper and row in paper and "CAM threshold (best over sweep)" in paper:
+            gap.plot(i, paper[row] - paper["CAM threshold (best over sweep)"], "D", mfc="none", mec="black", ms=8,
+                     label="paper" if i == len(others) - 1 else None)
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("CAM threshold t for seeds")
     ax.set_ylabel("mIoU (%)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="lower center")
+    gap.axhline(0.0, color="grey", lw=0.8)
+    gap.set_xticks(range(len(others)), ["CAM\nargmax", "structure-\naware"])
+    gap.set_xlim(-0.6, len(others) - 0.4)
+    gap.set_ylabel("gain over the best threshold (mIoU points)")
+    gap.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 

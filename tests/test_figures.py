@@ -173,3 +173,20 @@ def test_comparison_grid(synthetic_root, ids, tmp_path):
     assert len(fig.axes) == 3
     with pytest.raises(ValueError, match="label_panel"):
         F.comparison_grid(synthetic_root, chosen, panels, label_panel=3)
+
+
+def test_seed_curves_sets_each_seeds_gap_to_its_best_threshold_beside_the_papers():
+    rows = []
+    for seed, curve, argmax, structure in ((15, {0.3: 30.0, 0.5: 34.0}, 33.0, 36.0), (16, {0.3: 32.0, 0.5: 31.0}, 31.5, 30.0)):
+        rows += [{"row": f"CAM threshold t = {t:g}", "seed": seed, "value": v} for t, v in curve.items()]
+        rows += [{"row": "CAM argmax", "seed": seed, "value": argmax}, {"row": "Structure-aware seeds", "seed": seed, "value": structure}]
+    paper = {"CAM threshold (best over sweep)": 53.3, "CAM argmax": 53.7, "Structure-aware seeds": 58.6}
+    fig = F.seed_curves(pd.DataFrame(rows), paper=paper)
+    curves, gap = fig.axes[:2]
+    assert len(curves.lines) == 2 + 1 + 2 * 2
+    dots = {round(float(x)): sorted(np.round(line.get_ydata(), 6).tolist()) for line in gap.lines
+            if line.get_marker() == "o" for x in line.get_xdata()[:1]}
+    assert dots == {0: [-1.0, -0.5], 1: [-2.0, 2.0]}
+    diamonds = [(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in gap.lines if line.get_marker() == "D"]
+    assert diamonds == [(0.0, pytest.approx(0.4)), (1.0, pytest.approx(5.3))]
+    assert max(curves.get_ylim()) < 40
