@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from bench_train_overhead import make_step, synthetic_batch
-from sipe.config import get_profile
-from sipe.models import build_model
-from sipe.train import build_optimizer
+from sipe.infra.config import get_profile
+from sipe.method.network import build_model
+from sipe.stages.train import build_optimizer
 
 
 def median_ms(f: Callable[[], object], repeats: int, warmup: int = 3) -> float:

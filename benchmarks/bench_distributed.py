@@ -1,13 +1,13 @@
-"""Training throughput of N gloo processes (DDP, sipe.distributed) vs 1 process, and the gradient bytes all-reduced per step.
+"""Training throughput of N gloo processes (DDP, sipe.infra.distributed) vs 1 process, and the gradient bytes all-reduced per step.
 
 Usage: python benchmarks/bench_distributed.py [--backbone efficientnet_lite0|resnet50] [--batch 8] [--crop 256]
        [--steps 5] [--warmup 2] [--nproc 2]
 
-Both runs do the loop body of `sipe.train.fit` (train_step, backward, gradient clipping, SGD step; the same
+Both runs do the loop body of `sipe.stages.train.fit` (train_step, backward, gradient clipping, SGD step; the same
 `make_step` as bench_train_overhead) on random batches (no data loading) with the same global batch: one
 process with `nproc` torch threads, then `nproc` processes with one thread each, joined by
-`sipe.distributed.init` from torchrun's environment variables (set here, gloo on CPU) and trained through
-`sipe.distributed.wrap_model` (DDP), each on global batch / nproc images. Each run is a fresh process; the
+`sipe.infra.distributed.init` from torchrun's environment variables (set here, gloo on CPU) and trained through
+`sipe.infra.distributed.wrap_model` (DDP), each on global batch / nproc images. Each run is a fresh process; the
 time per step is the median over `--steps` timed steps after `--warmup` untimed ones.
 
 Communication: DDP all-reduces every trainable parameter's gradient once per step, G = trainable parameter
@@ -29,10 +29,10 @@ import torch
 import torch.multiprocessing as mp
 
 from bench_train_overhead import make_step, synthetic_batch
-from sipe import distributed
-from sipe.config import ExperimentConfig, get_profile
-from sipe.models import build_model
-from sipe.train import build_optimizer
+from sipe.infra import distributed
+from sipe.infra.config import ExperimentConfig, get_profile
+from sipe.method.network import build_model
+from sipe.stages.train import build_optimizer
 
 LINKS_GB_S = (("10 Gb Ethernet", 1.25), ("PCIe 4.0 x16", 25.0), ("NVLink (A100)", 300.0))
 

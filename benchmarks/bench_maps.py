@@ -1,4 +1,4 @@
-"""Map generation speed: multi-scale + flip inference (`sipe.maps.infer_image`) with a per-stage split.
+"""Map generation speed: multi-scale + flip inference (`sipe.stages.maps.infer_image`) with a per-stage split.
 
 Usage: python benchmarks/bench_maps.py [--profile subset] [--images 12] [--root DIR] [--threads N]
 
@@ -28,12 +28,14 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from sipe import ipe, maps
-from sipe.config import get_profile
+from sipe.method import ipe
+from sipe.stages import maps
+from sipe.infra.config import get_profile
 from sipe.data.datasets import InferenceDataset
 from sipe.data.synthetic import make_synthetic_voc
-from sipe.models import BACKBONES, build_model
-from sipe.runtime import atomic_savez
+from sipe.method.backbones import BACKBONES
+from sipe.method.network import build_model
+from sipe.infra.runtime import atomic_savez
 
 DEFAULT_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012_subset"
 IPE_FUNCTIONS = ("cam_with_background", "locate_seeds", "prototypes", "is_cam", "background_from_foreground")

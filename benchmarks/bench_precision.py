@@ -3,9 +3,9 @@
 Usage: python benchmarks/bench_precision.py [--batch 8] [--crop 256] [--size 375 500] [--block 2] [--repeats 5]
        [--warmup 1] [--threads N] [--checkpoint final.pt] [--data-root D --images 4 --eval-images 100] [--fig8]
 
-Training: the loop body of `sipe.train` (train_step, backward, gradient clipping, SGD step) of the `subset`
+Training: the loop body of `sipe.stages.train` (train_step, backward, gradient clipping, SGD step) of the `subset`
 profile's SIPE model on a synthetic batch (as `bench_train_overhead.py`), with and without
-`torch.autocast("cpu", torch.bfloat16)` around the forward and the losses. Maps: `sipe.maps.infer_image` of one
+`torch.autocast("cpu", torch.bfloat16)` around the forward and the losses. Maps: `sipe.stages.maps.infer_image` of one
 random image of --size at the profile's inference scales with flips (the stage-2 work per image), both ways.
 Both modes run in ONE process in interleaved blocks (the first mode of each repeat alternates), so slow
 drifts of the machine hit both; the ratio is the median of the per-repeat time ratios (float32 / bfloat16,
@@ -20,7 +20,7 @@ mIoU of IS-CAM with its estimated background against the ground truth: the lever
 study publishes. Take the figures on an idle machine (the load average at start is printed).
 
 --compare FLOAT32_DIR BFLOAT16_DIR [--units U...]: no timing; the claims that the classification units decide
-(`sipe.results.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
+(`sipe.study.results.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
 BFLOAT16_DIR (maps in bfloat16, the profile's setting), side by side: what the lever does to every claim. Give the
 units to compare, else every unit of the plan; only those whose records name the same checkpoint in both
 folders (the same training run, mapped both ways) are compared. With --same-training, units whose records share
@@ -44,14 +44,15 @@ import torch
 
 from bench_study import record_precision
 from bench_train_overhead import synthetic_batch, time_block
-from sipe.checkpoint import load_trained
-from sipe.config import get_profile
+from sipe.stages.checkpoint import load_trained
+from sipe.infra.config import get_profile
 from sipe.data.datasets import InferenceDataset, scale_views
-from sipe.maps import STRUCTURE, infer_image
-from sipe.pipeline import fig8_methods
-from sipe.models import BACKBONES, build_model
-from sipe.runtime import precision_context
-from sipe.train import build_optimizer, train_step
+from sipe.stages.maps import STRUCTURE, infer_image
+from sipe.study.pipeline import fig8_methods
+from sipe.method.backbones import BACKBONES
+from sipe.method.network import build_model
+from sipe.infra.runtime import precision_context
+from sipe.stages.train import build_optimizer, train_step
 
 MODES = ("float32", "bfloat16")
 
@@ -181,8 +182,8 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
     """Print the unit-decided claims of the `subset` study from maps in float32 and in bfloat16, side by side
     (units mapped from the same checkpoint file, or with `same_training` from the same training key)."""
     from bench_setting import claims_side_by_side, print_side_by_side
-    from sipe.pipeline import plan
-    from sipe.results import unit_claims
+    from sipe.study.pipeline import plan
+    from sipe.study.results import unit_claims
 
     over = {"data.root": data_root} if data_root else {}
     cfg = get_profile("subset", **over)
@@ -211,8 +212,8 @@ def score(model: torch.nn.Module, cfg, root: str, n: int) -> None:
     from tqdm import tqdm
 
     from sipe.data.voc import load_mask
-    from sipe.evaluation import confusion_matrix, labels_from_maps, miou_result
-    from sipe.maps import kept_channels
+    from sipe.stages.evaluation import confusion_matrix, labels_from_maps, miou_result
+    from sipe.stages.maps import kept_channels
 
     spec = BACKBONES[cfg.model.backbone]
     ds = InferenceDataset(root, "train", cfg.infer.scales, spec.mean, spec.std, cfg.infer.flip, max_images=n)

@@ -1,4 +1,4 @@
-"""Seed locating: time and peak memory of the direct (C x hw x hw) formulation vs sipe.ipe.locate_seeds.
+"""Seed locating: time and peak memory of the direct (C x hw x hw) formulation vs sipe.method.ipe.locate_seeds.
 
 Methods: direct = the authors' broadcast product; matmul = locate_seeds unchunked (one (hw x hw) correlation,
 then a matrix product with the CAM: what the matrix product buys); ours = locate_seeds with its default
@@ -32,12 +32,12 @@ METHODS = ("direct", "matmul", "ours", "ours-budget")
 
 
 def _ipe():
-    """sipe.ipe, from the installed package or else from this checkout."""
+    """sipe.method.ipe, from the installed package or else from this checkout."""
     try:
-        import sipe.ipe as ipe
+        import sipe.method.ipe as ipe
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import sipe.ipe as ipe
+        import sipe.method.ipe as ipe
     return ipe
 
 

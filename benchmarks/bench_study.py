@@ -3,7 +3,7 @@
     python benchmarks/bench_study.py [--results results/subset] [--profile subset] [--maps-speedup 3.1]
 
 Prints, per unit and stage (train, maps on the evaluated split, maps on the selection split, evaluations),
-the minutes recorded by `sipe.pipeline.run_unit`; then, per variant, its fastest unit (load only slows a
+the minutes recorded by `sipe.study.pipeline.run_unit`; then, per variant, its fastest unit (load only slows a
 stage, so the fastest is the nearest to an idle machine's), and the estimate of a plan from them: the
 classification units of the profile's plan (each planned unit costs its variant's fastest; a variant with no
 finished unit is left out and named), and the core study of issue #6 (SIPE and the CAM baseline with every
@@ -73,9 +73,9 @@ def main() -> None:
     parser.add_argument("--precision", help="only units whose maps were made in this precision (default: the "
                         "profile's infer.precision; 'any': every unit)")
     args = parser.parse_args()
-    from sipe import pipeline, segstudy
-    from sipe.config import SCCAM, get_profile
-    from sipe.study import core_plan
+    from sipe.study import pipeline, segstudy
+    from sipe.infra.config import SCCAM, get_profile
+    from sipe.study.chapters import core_plan
 
     cfg = get_profile(args.profile)
     precision = None if args.precision == "any" else args.precision or cfg.infer.precision

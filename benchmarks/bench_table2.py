@@ -1,6 +1,6 @@
 """Time the Table 2 stages of a profile on real data: IR labels, IRN training, random walk, segmentation
 training and prediction; prints per-image / per-step figures and the implied cost of one pass over the
-profile's pseudo-labelled images (`sipe.irn.IRNConfig.pseudo_split`: train_aug, or VOC train in the subset
+profile's pseudo-labelled images (`sipe.segmentation.irn.IRNConfig.pseudo_split`: train_aug, or VOC train in the subset
 profile) and over val. The figures go into `irn.SUBSET_CPU_SECONDS` / `segmentation.SUBSET_CPU_SECONDS`.
 
     python benchmarks/bench_table2.py --data-root ../shared/data/voc2012_subset --maps DIR [--profile subset]
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from sipe import irn, segmentation
+from sipe.segmentation import irn, network as segmentation
 from sipe.data import voc
-from sipe.evaluation import map_ids
+from sipe.stages.evaluation import map_ids
 
 
 CPU = {}
@@ -95,7 +95,7 @@ def main() -> None:
 
 def _gt_labels(root: Path, ids, folder: Path) -> Path:
     """Ground-truth masks copied as a label folder (stand-in IR labels for timing IRN training)."""
-    from sipe.data.labelled import save_label_atomic
+    from sipe.stages.labelled import save_label_atomic
 
     for i in ids:
         if not (folder / f"{i}.png").exists():

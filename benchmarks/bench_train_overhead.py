@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_train_overhead.py [--backbone efficientnet_lite0|resnet50] [--batch 8] [--crop 256]
        [--block 3] [--repeats 7] [--warmup 2] [--threads N] [--profile]
 
-Both modes run the training loop body of `sipe.train` (train_step, backward, gradient clipping, SGD step) on
+Both modes run the training loop body of `sipe.stages.train` (train_step, backward, gradient clipping, SGD step) on
 one model, on synthetic random batches (no data loading), in ONE process: after a warm-up the two modes
 alternate in blocks of --block steps (the first mode of each repeat alternates too), so slow drifts of the
 machine hit both. Reported: median images/s per mode and the median of the per-repeat time ratios
@@ -22,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from sipe.config import ExperimentConfig, get_profile
-from sipe.models import build_model
-from sipe.train import build_optimizer, train_step
+from sipe.infra.config import ExperimentConfig, get_profile
+from sipe.method.network import build_model
+from sipe.stages.train import build_optimizer, train_step
 
 TARGET = 1.15
 
@@ -45,7 +45,7 @@ def synthetic_batch(n: int, crop: int, num_classes: int, seed: int = 0) -> dict[
 
 
 def make_step(cfg: ExperimentConfig, model, opt, batch: dict) -> Callable[[], None]:
-    """One training step of `cfg` (its model.gsc decides SIPE vs classification-only), as in sipe.train.train."""
+    """One training step of `cfg` (its model.gsc decides SIPE vs classification-only), as in sipe.stages.train.train."""
     device = torch.device("cpu")
 
     def step() -> None:

@@ -22,8 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from sipe.data.voc import MASK_DIR, NUM_CLASSES, SPLIT_DIR, VALID_MASK_VALUES, DataError, save_mask
-from sipe.errors import cli_entry
-from sipe.runtime import atomic_write_text
+from sipe.infra.errors import cli_entry
+from sipe.infra.runtime import atomic_write_text
 
 VOC_MASK_DIR = "SegmentationClass"
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sipe.errors import SipeError, cli_entry
-from sipe.runtime import atomic_write_json
+from sipe.infra.errors import SipeError, cli_entry
+from sipe.infra.runtime import atomic_write_json
 
 CHUNK = 1 << 20
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from sipe.data.voc import CLASS_NAMES, LABELS_FILE, NUM_CLASSES, DataError, read_split
-from sipe.errors import cli_entry
-from sipe.runtime import atomic_save_npy
+from sipe.infra.errors import cli_entry
+from sipe.infra.runtime import atomic_save_npy
 
 CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES[1:])}
 

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sipe.data.coco import CATEGORY_IDS, CLASS_INDEX, LABELS_FILE, NUM_CLASSES, download_instructions
-from sipe.data.labelled import save_label_atomic
+from sipe.stages.labelled import save_label_atomic
 from sipe.data.voc import IMAGE_DIR, MASK_DIR, SPLIT_DIR, DataError
 
 SPLITS = {"train": "train2014", "val": "val2014"}

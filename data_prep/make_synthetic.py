@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sipe.data.synthetic import make_synthetic_voc
-from sipe.errors import SipeError, cli_entry
+from sipe.infra.errors import SipeError, cli_entry
 
 
 @cli_entry

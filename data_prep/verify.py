@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sipe.config import DATA_ROOT_ENV
+from sipe.infra.config import DATA_ROOT_ENV
 from sipe.data.voc import SPLIT_DIR, DataError, scan_dataset
-from sipe.errors import cli_entry
+from sipe.infra.errors import cli_entry
 
 MANIFEST = "MANIFEST.sha256"
 

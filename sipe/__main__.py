@@ -1,4 +1,4 @@
-"""Command line over the pipeline stages: `python -m sipe train|maps|eval|stages|scan ...`.
+"""Command line over the pipeline stages: `python -m sipe train|maps|eval|stages|scan|certify ...`.
 
 Examples::
 
@@ -10,6 +10,8 @@ Examples::
   python -m sipe maps  --profile subset --variant cam
   python -m sipe eval  --profile subset --variant sipe --crf
   python -m sipe scan  --data-root /data/VOC2012 --split train_aug
+  python -m sipe certify --before OLD/results --after NEW/results --units sipe-s15 cam-s15 \
+      --restamp sipe-s15 cam-s15 ... --results-dir results/subset   # a stage-code change that moved no number
 
 Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
 Several processes (DDP training, sharded maps; train.batch_size is the global batch)::
@@ -27,10 +29,11 @@ import json
 import sys
 from pathlib import Path
 
-from .config import (PROFILES, SCCAM, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig,
-                     default_work_dir, get_profile, variant_config)
-from . import distributed
-from .errors import cli_entry
+from .infra.config import (PROFILES, SCCAM, VARIANTS, DATA_ROOT_ENV, WORK_DIR_ENV, ConfigError, ExperimentConfig,
+    default_work_dir, get_profile, variant_config)
+from .infra import distributed
+from .infra.errors import cli_entry
+from .method.backbones import check_model
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
@@ -49,14 +52,34 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         overrides["data.root"] = args.data_root
     if args.device:
         overrides["device"] = args.device
-    return get_profile(args.profile, **overrides)
+    cfg = get_profile(args.profile, **overrides)
+    check_model(cfg.model)
+    return cfg
+
+
+def certify(args: argparse.Namespace) -> int:
+    """`python -m sipe certify --before OLD --after NEW --units U... [--restamp U... --results-dir DIR]`."""
+    from .study import certify as cert
+
+    if not (args.before and args.after and args.units):
+        raise ConfigError("certify needs --before, --after and --units: the results folders of the same units "
+                          "computed with the old and the new code")
+    comparison = cert.compare(args.before, args.after, args.units)
+    print(comparison.to_string(index=False))
+    if args.restamp is None:
+        return 0 if comparison["identical"].all() else 1
+    if not args.results_dir:
+        raise ConfigError("certify --restamp needs --results-dir: the folder of the records to re-stamp")
+    for path in cert.restamp(args.results_dir, args.restamp, cert.certificate(comparison)):
+        print(f"re-stamped {path}")
+    return 0
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "maps", "eval", "stages", "scan", "show-config"])
+    parser.add_argument("command", choices=["train", "maps", "eval", "stages", "scan", "show-config", "certify"])
     parser.add_argument("--profile", choices=PROFILES, default="smoke")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sipe")
     parser.add_argument("--data-root", default="", help=f"dataset root (default: ${DATA_ROOT_ENV})")
@@ -72,12 +95,19 @@ def main(argv: list[str] | None = None) -> int:
                         "training on (e.g. after their stage code changed); their old folders are renamed, not deleted")
     parser.add_argument("--results-dir", default="", help="stages: results folder (default: results/<profile> "
                         "for subset/paper, <work dir>/results for smoke)")
+    parser.add_argument("--before", default="", help="certify: results folder of the units computed with the old code")
+    parser.add_argument("--after", default="", help="certify: results folder of the same units computed with the new code")
+    parser.add_argument("--restamp", nargs="*", default=None, metavar="UNIT",
+                        help="certify: when every --units compares identical, re-stamp these units' records in "
+                        "--results-dir with the current stage code and the certificate")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--nproc", type=int, default=1, help="train/maps/eval/stages: processes on this machine "
                         "(> 1 re-executes the command under torchrun: one per GPU, or gloo on CPU)")
     args = parser.parse_args(argv)
     distributed.quiet_other_ranks()
 
+    if args.command == "certify":
+        return certify(args)
     cfg = config_from_args(args)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)
     progress = not args.no_progress
@@ -90,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         report = scan_dataset(cfg.data.resolved_root(), args.split or cfg.data.train_split)
         print(report.summary())
         return 0 if report.ok else 1
-    from . import pipeline, units
-    from .runtime import resolve_device
+    from .study import pipeline, units
+    from .study.records import results_dir_for
+    from .infra.runtime import resolve_device
 
     resolve_device(cfg.device)  # 'cuda' without a GPU fails here, before any file is written
     if args.nproc < 1:
@@ -102,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         given = list(sys.argv[1:] if argv is None else argv)
         return distributed.launch(["-m", "sipe", *distributed.strip_nproc(given)], args.nproc)
     if args.command == "stages":
-        from . import segstudy
+        from .study import plan
 
-        todo = segstudy.stages_plan(cfg)
+        todo = plan.plan(cfg)
         if args.units:
             by_name = {u.name: u for u in todo}
             unknown = [n for n in args.units if n not in by_name]
@@ -114,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.recompute:
             if not args.units:
                 raise ConfigError("--recompute needs --units: name the units to compute again")
-            results_dir = Path(args.results_dir) if args.results_dir else pipeline.results_dir_for(cfg.profile, work)
+            results_dir = Path(args.results_dir) if args.results_dir else results_dir_for(cfg.profile, work)
             for unit in todo:
-                moved = units.set_aside(cfg, work, results_dir, unit)
+                moved = plan.set_aside(cfg, work, results_dir, unit)
                 print(f"{unit.name}: results record removed; set aside: {', '.join(str(m) for m in moved) or 'no folder'}")
-        segstudy.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
+        plan.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
         return 0
     sccam = units.trained_sccam(cfg, work, progress=progress)[0] if args.variant == SCCAM else None
     if args.command == "train":
@@ -131,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not distributed.is_main():
         return 0
-    from . import evaluation
+    from .stages import evaluation
 
     vcfg = variant_config(cfg, args.variant)
     root = vcfg.data.resolved_root()
@@ -142,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                      thresholds=vcfg.eval.thresholds, progress=progress)
     print(f"threshold background: best mIoU {sweep.best.miou:.2f} at t={sweep.best_threshold}")
     if args.crf:
-        from .crf import evaluate_crf
+        from .stages.crf import evaluate_crf
 
         e = vcfg.eval
         crf = evaluate_crf(maps_dir, root, ids, which=args.which, bg_scale=e.crf_bg_scale, t=e.crf_iterations,

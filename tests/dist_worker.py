@@ -1,7 +1,7 @@
 """One rank of the distributed tests, started by torchrun: `python tests/dist_worker.py train|maps ...`.
 
-train ROOT RUN_DIR [--crash-rank R --crash-step S] [--set k=v ...]: `sipe.train.train` of `tiny_config`.
-maps ROOT CHECKPOINT OUT_DIR [--crash-rank R --crash-after K] [--set k=v ...]: `sipe.maps.make_maps`; rank R
+train ROOT RUN_DIR [--crash-rank R --crash-step S] [--set k=v ...]: `sipe.stages.train.train` of `tiny_config`.
+maps ROOT CHECKPOINT OUT_DIR [--crash-rank R --crash-after K] [--set k=v ...]: `sipe.stages.maps.make_maps`; rank R
 raises after writing K map files.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sipe import distributed
-from sipe.config import ExperimentConfig, get_profile
+from sipe.infra import distributed
+from sipe.infra.config import ExperimentConfig, get_profile
 
 
 class Crash(RuntimeError):
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     cfg = tiny_config(a.paths[0], **dict(s.split("=", 1) for s in a.set))
     crashing = distributed.rank() == a.crash_rank
     if a.mode == "train":
-        from sipe.train import train
+        from sipe.stages.train import train
 
         def on_step(step: int, row: dict) -> None:
             if crashing and step == a.crash_step:
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
 
         train(cfg, a.paths[1], progress=False, on_step=on_step)
         return 0
-    import sipe.maps as maps
+    import sipe.stages.maps as maps
 
     if crashing:
         written = []

@@ -1,4 +1,4 @@
-"""Single-image analysis: shapes, agreement with the map pipeline and sipe.ipe, pixel and example picking."""
+"""Single-image analysis: shapes, agreement with the map pipeline and sipe.method.ipe, pixel and example picking."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sipe import analysis as A
-from sipe import ipe
-from sipe.config import get_profile
+from sipe.study import analysis as A
+from sipe.infra.config import get_profile
 from sipe.data import voc
-from sipe.models import SIPENet
+from sipe.method.network import SIPENet
 
 SMOKE_RESNET = {"model.pretrained": False, "model.backbone": "resnet50", "model.semantic_layer": "default"}
 

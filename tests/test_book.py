@@ -14,7 +14,7 @@ import yaml
 from bs4 import BeautifulSoup
 from PIL import Image
 
-from sipe.provenance import provenance_table
+from sipe.infra.provenance import provenance_table
 from sipe.reproduce import NOTEBOOKS, copy_book_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_figure_pages_show_rendered_images(html):
 
 @pytest.mark.slow
 def test_claims_page_lists_claims_and_run_record(html):
-    from sipe.results import CLAIMS
+    from sipe.study.results import CLAIMS
 
     text = page(html, "book/claims").get_text(" ", strip=True).replace("\u2019", "'")
     for claim in CLAIMS:

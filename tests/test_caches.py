@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sipe import pipeline, provenance, results
-from sipe.config import get_profile
+from sipe.study import pipeline, plan, records, results
+from sipe.infra import provenance
+from sipe.infra.config import get_profile
 from sipe.data import voc
 from sipe.data.synthetic import make_synthetic_voc
-from sipe.locks import FolderBusyError, folder_lock
-from sipe.maps import StaleMapsError, make_maps, maps_dir_for
-from sipe.train import run_dir_for, train_key
+from sipe.infra.locks import FolderBusyError, folder_lock
+from sipe.stages.maps import StaleMapsError, make_maps, maps_dir_for
+from sipe.stages.train import run_dir_for, train_key
 
 
 def tiny(root: Path, **extra):
@@ -127,70 +128,70 @@ def test_unit_results_are_reused_and_published_only_for_their_configuration(root
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
 
     monkeypatch.setattr(provenance, "stage_code_hashes", lambda: {**record["code"], "maps": "changed"})
-    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: ["sipe/maps.py"])
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: ["sipe/stages/maps.py"])
     again = results.load(cfg, out)
     assert again.code_changed(["sipe"]) == ["sipe-s0"] and again.units["sipe-s0"]["code_changed"] == ["maps"]
     note = results.code_note(again, ["sipe"])
-    assert "stage code has changed since (sipe-s0: maps stage" in note and "-- sipe/maps.py`" in note
+    assert "stage code has changed since (sipe-s0: maps stage" in note and "-- sipe/stages/maps.py`" in note
     assert "`python -m sipe stages --profile smoke --recompute --units sipe-s0`" in note
     monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
     assert not results.load(cfg, out).code_changed(["sipe"])
 
 
-def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp_path: Path) -> None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+def fake_repo(root: Path) -> str:
+    """A git repository whose stage entry modules import a maps and an evaluation module (and not figures);
+    its first commit's revision."""
+    files = {"sipe/__init__.py": "", "sipe/stages/__init__.py": "", "sipe/study/__init__.py": "",
+             "sipe/stages/train.py": "x = 1\n", "sipe/stages/maps.py": '"""Maps."""\n\n\ndef f(x):\n    """Double."""\n    return 2 * x\n',
+             "sipe/stages/evaluation.py": "x = 1\n", "sipe/study/figures.py": "x = 1\n",
+             "sipe/study/pipeline.py": "from ..stages import evaluation, maps, train\n"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    for args in (("init", "-q"), ("add", "."), ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
-    (tmp_path / "sipe").mkdir()
-    for name in ("maps.py", "evaluation.py", "figures.py"):
-        (tmp_path / "sipe" / name).write_text("x = 1\n")
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
-    rev = git("rev-parse", "HEAD")
+
+def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp_path: Path) -> None:
+    rev = fake_repo(tmp_path)
+    assert "sipe/stages/evaluation.py" in provenance.stage_files("eval", tmp_path)
+    assert "sipe/study/figures.py" not in provenance.stage_files("eval", tmp_path)
     assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == []
-    for name in ("evaluation.py", "figures.py"):
+    for name in ("stages/evaluation.py", "study/figures.py"):
         (tmp_path / "sipe" / name).write_text("x = 2\n")
     assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == []
-    assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == ["sipe/evaluation.py"]
+    assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == ["sipe/stages/evaluation.py"]
     assert provenance.changed_stage_files("0" * 40, ["eval"], repo=tmp_path) is None
     assert provenance.changed_stage_files("unknown", ["eval"], repo=tmp_path) is None
-    assert provenance.code_changes(rev, ["eval"], repo=tmp_path) == ["sipe/evaluation.py"]
-    assert provenance.source_code_changes(rev, ["sipe/figures.py", "sipe/maps.py"], repo=tmp_path) == ["sipe/figures.py"]
-    assert provenance.source_code_changes("unknown", ["sipe/figures.py"], repo=tmp_path) is None
+    assert provenance.code_changes(rev, ["eval"], repo=tmp_path) == ["sipe/stages/evaluation.py"]
+    assert provenance.source_code_changes(rev, ["sipe/study/figures.py", "sipe/stages/maps.py"], repo=tmp_path) == ["sipe/study/figures.py"]
+    assert provenance.source_code_changes("unknown", ["sipe/study/figures.py"], repo=tmp_path) is None
 
 
 def test_code_changes_ignore_docstrings_comments_and_layout(tmp_path: Path) -> None:
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    source = tmp_path / "sipe" / "maps.py"
-    source.parent.mkdir()
-    source.write_text('"""Maps."""\n\n\ndef f(x):\n    """Double."""\n    return 2 * x\n')
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    rev = fake_repo(tmp_path)
+    source = tmp_path / "sipe" / "stages" / "maps.py"
     source.write_text('"""Maps, reworded."""\n\n\ndef f(x):  # twice x\n    """Twice `x`."""\n\n    return 2*x\n')
-    assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == ["sipe/maps.py"]
+    assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
     assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == []
     source.write_text('"""Maps."""\n\n\ndef f(x):\n    """Double."""\n    return 3 * x\n')
-    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/maps.py"]
-    assert provenance.stages_using(["sipe/maps.py"]) == ["maps", "eval"]
-    assert provenance.stages_using(["sipe/figures.py"]) == []
+    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
+    assert provenance.stages_using(["sipe/stages/maps.py"]) == ["maps", "eval"]
+    assert provenance.stages_using(["sipe/study/figures.py"]) == []
 
 
 def test_a_units_training_log_is_kept_beside_its_results_and_read_without_the_run(root: Path, tmp_path: Path) -> None:
-    from sipe import units
-    from sipe.study import UnitNotComputedError, setup
+    from sipe.infra.errors import UnitNotComputedError
+    from sipe.study.chapters import setup
 
     overrides = {"data.max_images": 4, "train.batch_size": 2, "train.max_steps": 2, "model.pretrained": False,
                  "infer.max_images": 2, "study.selection_images": 2, "study.variants": ("sipe",)}
     work, out = tmp_path / "work", tmp_path / "results"
     study = setup("smoke", str(root), str(work), 0, "cpu", results_dir=str(out), compute=False, **overrides)
     unit = pipeline.Unit("sipe", 0)
-    units.run_plan(study.cfg, work, out, [unit], progress=False)
-    kept = units.training_log_path(out, unit.name)
+    plan.run_plan(study.cfg, work, out, [unit], progress=False)
+    kept = records.training_log_path(out, unit.name)
     run = run_dir_for(pipeline.unit_config(study.cfg, unit), work, "sipe")
     assert kept.read_bytes() == (run / "metrics.csv").read_bytes()
     logged = study.metrics("sipe", 0)
@@ -204,7 +205,7 @@ def test_a_units_training_log_is_kept_beside_its_results_and_read_without_the_ru
 
 
 def test_recompute_sets_a_units_folders_aside_and_computes_it_again(root: Path, tmp_path: Path) -> None:
-    from sipe import units
+    from sipe.study import units
     from sipe.__main__ import main
 
     cfg = tiny(root)
@@ -216,10 +217,10 @@ def test_recompute_sets_a_units_folders_aside_and_computes_it_again(root: Path, 
 
     with folder_lock(work / "evals" / unit.name):
         with pytest.raises(FolderBusyError, match="sipe-s0"):
-            units.set_aside(cfg, work, out, unit)
+            plan.set_aside(cfg, work, out, unit)
     assert csv.with_suffix(".json").exists() and run.is_dir()
 
-    moved = units.set_aside(cfg, work, out, unit)
+    moved = plan.set_aside(cfg, work, out, unit)
     assert moved == [run.with_name(moved[0].name)] and moved[0].name.startswith(f"{run.name}.replaced-")
     assert (moved[0] / "final.pt").exists() and not run.exists() and not csv.with_suffix(".json").exists()
     assert results.load(cfg, out).missing == ["sipe-s0"]
@@ -240,11 +241,10 @@ def test_recompute_sets_a_units_folders_aside_and_computes_it_again(root: Path, 
 
 
 def test_recompute_sets_aside_a_segmentation_units_own_stage_folders_only(root: Path, tmp_path: Path) -> None:
-    from sipe import units
-    from sipe.segstudy import SegUnit
+    from sipe.study.pipeline import Unit
 
     work, out = tmp_path / "work", tmp_path / "results"
-    unit = SegUnit("segmentation", 0)
+    unit = Unit("segmentation", 0)
     stages = {"maps_sipe": "maps/sipe-s0-train-abc", "irn_sipe": "segmentation/irn/sipe-s0-def",
               "segnet_sipe": "segmentation/segnet/sipe-s0-123", "predict_sipe": "segmentation/predict/sipe-s0-456"}
     for folder in stages.values():
@@ -252,7 +252,7 @@ def test_recompute_sets_aside_a_segmentation_units_own_stage_folders_only(root: 
         (work / folder / "DONE").write_text("{}")
     (out / "runs").mkdir(parents=True)
     (out / "runs" / "segmentation-s0.json").write_text(json.dumps({"stages": stages}))
-    moved = units.set_aside(tiny(root), work, out, unit)
+    moved = plan.set_aside(tiny(root), work, out, unit)
     assert sorted(m.parent.name for m in moved) == ["irn", "predict", "segnet"]
     assert all((m / "DONE").exists() and ".replaced-" in m.name for m in moved)
     assert (work / stages["maps_sipe"]).is_dir() and not (work / stages["irn_sipe"]).exists()

@@ -118,12 +118,12 @@ def test_datasets_give_80_class_labels(coco_root):
 
 
 def test_the_whole_sipe_path_runs_with_80_classes(coco_root, tmp_path):
-    from sipe import irn, segmentation
-    from sipe.config import get_profile
-    from sipe.data.labelled import evaluate_label_dir
-    from sipe.evaluation import evaluate_maps
-    from sipe.maps import make_maps
-    from sipe.train import train
+    from sipe.segmentation import irn, network as segmentation
+    from sipe.infra.config import get_profile
+    from sipe.stages.labelled import evaluate_label_dir
+    from sipe.stages.evaluation import evaluate_maps
+    from sipe.stages.maps import make_maps
+    from sipe.stages.train import train
 
     overrides = {**coco.config_overrides(coco_root), "train.batch_size": 2, "model.pretrained": False,
                  "device": "cpu", "data.max_images": None, "infer.max_images": None}

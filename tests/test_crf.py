@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sipe.crf import combine_confident, crf_inference_label, crf_labels, evaluate_crf
+from sipe.stages.crf import combine_confident, crf_inference_label, crf_labels, evaluate_crf
 
 RED, BLUE, GREEN = (220, 40, 40), (40, 40, 220), (40, 200, 40)
 

@@ -13,22 +13,8 @@ from torch.utils.data import DataLoader
 from sipe.data import transforms as T
 from sipe.data.datasets import InferenceDataset, TrainDataset, collate_single, collate_train
 from sipe.data.synthetic import make_synthetic_voc
-from sipe.data.voc import (
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    DataError,
-    image_path,
-    label_of,
-    labels_path,
-    load_cls_labels,
-    load_image,
-    load_mask,
-    mask_path,
-    read_split,
-    save_mask,
-    scan_dataset,
-)
+from sipe.data.voc import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, DataError, image_path, label_of, labels_path,
+    load_cls_labels, load_image, load_mask, mask_path, read_split, save_mask, scan_dataset)
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -433,7 +419,7 @@ def test_split_difference_keeps_order_and_excludes_the_other_lists(synthetic_roo
 
 
 def test_selection_split_of_the_real_subset_is_disjoint_from_train_and_val(real_root):
-    from sipe.config import SELECTION_SPLIT
+    from sipe.infra.config import SELECTION_SPLIT
     from sipe.data.voc import read_split
 
     selection = set(read_split(real_root, SELECTION_SPLIT))

@@ -19,10 +19,10 @@ import pytest
 import scipy.io
 
 from data_prep import check_root, convert_sbd, download_voc, make_cls_labels, make_synthetic, verify
-from sipe import runtime
+from sipe.infra import runtime
 from sipe.data import voc
 from sipe.data.voc import DataError, load_cls_labels, load_mask, read_split, save_mask, scan_dataset
-from sipe.errors import SipeError
+from sipe.infra.errors import SipeError
 
 REPO = Path(__file__).resolve().parents[1]
 

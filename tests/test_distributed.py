@@ -1,4 +1,4 @@
-"""Tests for sipe.distributed: the single-process identities, batch sharding, the command line's torchrun
+"""Tests for sipe.infra.distributed: the single-process identities, batch sharding, the command line's torchrun
 re-execution, and (slow) 2-process gloo runs through torchrun: DDP training equals one process and resumes
 after a rank crashed; sharded maps equal one process's; a crashed rank fails the launch and keeps finished files.
 
@@ -18,10 +18,10 @@ import pytest
 import torch
 
 import sipe.__main__ as cli
-from sipe import distributed
-from sipe.config import get_profile
-from sipe.distributed import BatchShardSampler, DistributedError
-from sipe.fit import EpochSampler
+from sipe.infra import distributed
+from sipe.infra.config import get_profile
+from sipe.infra.distributed import BatchShardSampler, DistributedError
+from sipe.stages.fit import EpochSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import tiny_config  # noqa: E402
@@ -100,8 +100,8 @@ def test_a_global_batch_the_processes_do_not_divide_is_an_error() -> None:
 
 
 def test_batchnorm_in_training_mode_is_refused() -> None:
-    from sipe.models import build_model
-    from sipe.config import ModelConfig
+    from sipe.method.network import build_model
+    from sipe.infra.config import ModelConfig
 
     distributed.check_frozen_batchnorm(build_model(ModelConfig(backbone="efficientnet_lite0", pretrained=False,
                                                                semantic_layer="conv_head")).train())
@@ -145,7 +145,7 @@ def test_cli_refuses_a_batch_the_processes_do_not_divide(capsys: pytest.CaptureF
 
 def test_study_launches_units_under_torchrun(monkeypatch: pytest.MonkeyPatch, synthetic_root: Path,
                                              tmp_path: Path) -> None:
-    from sipe.study import setup
+    from sipe.study.chapters import setup
 
     calls = []
     monkeypatch.setattr(distributed, "launch", lambda args, nproc: calls.append((args, nproc)) or 0)
@@ -162,7 +162,7 @@ def test_study_launches_units_under_torchrun(monkeypatch: pytest.MonkeyPatch, sy
 @pytest.fixture(scope="module")
 def reference_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny_config trained in this process (one thread), uninterrupted: its final.pt."""
-    from sipe.train import train
+    from sipe.stages.train import train
 
     with one_thread():
         return train(tiny_config(synthetic_root), tmp_path_factory.mktemp("ref_run"), progress=False).checkpoint
@@ -197,7 +197,7 @@ def test_two_process_training_equals_one_process_and_resumes_after_a_rank_crashe
 @pytest.mark.slow
 def test_a_crashed_rank_fails_the_launch_keeps_finished_maps_and_the_rerun_completes(
         synthetic_root: Path, reference_run: Path, tmp_path: Path) -> None:
-    from sipe.maps import make_maps
+    from sipe.stages.maps import make_maps
 
     sets = ["--set", "infer.split=train_aug", "--set", "infer.max_images=none"]
     with one_thread():
@@ -214,7 +214,7 @@ def test_a_crashed_rank_fails_the_launch_keeps_finished_maps_and_the_rerun_compl
     assert_same_maps(kept, {k: want[k] for k in kept})
     assert run_worker("maps", synthetic_root, reference_run, out, *sets) == 0
     assert_same_maps(load_maps(out), want)
-    from sipe.runtime import read_json
+    from sipe.infra.runtime import read_json
 
     assert read_json(out / "DONE")["computed_now"] == 8 - len(kept)
 
@@ -222,9 +222,9 @@ def test_a_crashed_rank_fails_the_launch_keeps_finished_maps_and_the_rerun_compl
 @pytest.mark.slow
 def test_stages_in_two_processes_write_the_maps_of_one_process_and_results_once(
         synthetic_root: Path, tmp_path: Path) -> None:
-    from sipe import pipeline
-    from sipe.maps import make_maps
-    from sipe.runtime import read_json
+    from sipe.study import pipeline, records
+    from sipe.stages.maps import make_maps
+    from sipe.infra.runtime import read_json
 
     work, res = tmp_path / "work", tmp_path / "res"
     cmd = [sys.executable, "-m", "sipe", "stages", "--nproc", "2", "--profile", "smoke", "--data-root",
@@ -235,7 +235,7 @@ def test_stages_in_two_processes_write_the_maps_of_one_process_and_results_once(
     assert done.stdout.count("[1/1] sipe-s0 done") == 1
     cfg = get_profile("smoke", **{"data.root": str(synthetic_root), "device": "cpu", "eval.crf": False})
     unit = pipeline.Unit("sipe", 0)
-    paths = pipeline.unit_paths(res, unit)
+    paths = records.unit_paths(res, unit.name)
     assert all(p.exists() for p in paths.values())
     record = read_json(paths["json"])
     ucfg = pipeline.unit_config(cfg, unit)

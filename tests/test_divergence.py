@@ -1,13 +1,13 @@
-"""Tests for sipe.divergence: a run whose loss explodes stops with a message naming the run and the fix."""
+"""Tests for sipe.infra.divergence: a run whose loss explodes stops with a message naming the run and the fix."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from sipe import segmentation as seg
+from sipe.segmentation import network as seg
 from sipe.data import voc
-from sipe.divergence import DivergenceError, DivergenceGuard, chain
+from sipe.infra.divergence import DivergenceError, DivergenceGuard, chain
 
 
 def feed(guard: DivergenceGuard, losses: list[float]) -> int:

@@ -54,7 +54,7 @@ def test_method_page_maps_every_equation_to_one_existing_function():
         obj = resolve(names[0])
         assert callable(obj), f"Eq. {number}: {names[0]} is not a function"
         assert obj.__doc__, f"Eq. {number}: {names[0]} has no docstring for the API page"
-    assert rows[5] == ["sipe.ipe.locate_seeds"] and rows[10] == ["sipe.losses.gsc_loss"]
+    assert rows[5] == ["sipe.method.ipe.locate_seeds"] and rows[10] == ["sipe.method.losses.gsc_loss"]
 
 
 def test_every_function_the_method_page_links_exists():

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sipe import pipeline
+from sipe.study import pipeline
 from sipe.__main__ import main as cli_main
-from sipe.config import ExperimentConfig, get_profile
+from sipe.infra.config import ExperimentConfig, get_profile
 from sipe.data.voc import CLASS_NAMES, load_mask
-from sipe.evaluation import MIoUResult, SweepResult, evaluate_maps, map_ids
+from sipe.stages.evaluation import MIoUResult, SweepResult, evaluate_maps, map_ids
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each test trains a model
@@ -43,7 +43,7 @@ def check_result(result: MIoUResult, present: set[str], expected_miou: float) ->
 
 
 def numpy_miou(maps_dir: Path, root: Path, ids: list[str], which: str, threshold: float | None = None) -> float:
-    """mIoU (%) over the classes present in the ground truth, computed independently of sipe.evaluation:
+    """mIoU (%) over the classes present in the ground truth, computed independently of sipe.stages.evaluation:
     label = keys[argmax over the channels] (channel 0 replaced by `threshold` when given), void ignored."""
     tp, gt_count, pred_count = np.zeros(21), np.zeros(21), np.zeros(21)
     for image_id in ids:

@@ -14,17 +14,17 @@ import pytest
 import torch
 
 from data_prep import download_voc
-from sipe import errors
+from sipe.infra import errors
 from sipe.__main__ import main as cli_main
-from sipe.config import ConfigError, get_profile
+from sipe.infra.config import ConfigError, get_profile
 from sipe.data import voc
 from sipe.data.voc import DataError
-from sipe.errors import CudaUnavailableError, SipeError, cli_entry
-from sipe.evaluation import MapFileError, load_map
-from sipe.models.backbones import WeightsError, build_backbone
+from sipe.infra.errors import CudaUnavailableError, SipeError, cli_entry
+from sipe.stages.evaluation import MapFileError, load_map
+from sipe.method.backbones import WeightsError, build_backbone
 from sipe.reproduce import RunnerError, check_data_root
-from sipe.runtime import atomic_savez, resolve_device
-from sipe.train import ConfigMismatchError, train
+from sipe.infra.runtime import atomic_savez, resolve_device
+from sipe.stages.train import ConfigMismatchError, train
 
 REPO = Path(__file__).resolve().parents[1]
 USER_ERRORS = (ConfigError, DataError, WeightsError, MapFileError, ConfigMismatchError, RunnerError,
@@ -181,11 +181,11 @@ def test_eval_crf_uses_the_configured_crf_settings(synthetic_root, tmp_path, mon
         calls.append(kwargs)
         return SimpleNamespace(void_as_background=SimpleNamespace(miou=12.5, note="fake crf"))
 
-    import sipe.crf
-    import sipe.pipeline
+    import sipe.stages.crf
+    import sipe.study.pipeline
 
-    monkeypatch.setattr(sipe.pipeline, "maps", lambda *a, **k: maps_dir)
-    monkeypatch.setattr(sipe.crf, "evaluate_crf", fake_crf)
+    monkeypatch.setattr(sipe.study.pipeline, "maps", lambda *a, **k: maps_dir)
+    monkeypatch.setattr(sipe.stages.crf, "evaluate_crf", fake_crf)
     sets = ["--set", "eval.crf_iterations=3", "--set", "eval.crf_gt_prob=0.9", "--set", "eval.crf_bg_scale=0.25"]
     assert cli_main(["eval", "--crf", "--data-root", str(synthetic_root), "--device", "cpu", "--no-progress",
                      "--work-dir", str(tmp_path), *sets]) == 0

@@ -4,19 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sipe.evaluation import (
-    MapFileError,
-    confusion_matrix,
-    evaluate_maps,
-    iou_from_confusion,
-    iou_table,
-    labels_from_maps,
-    load_map,
-    miou,
-    miou_result,
-    sweep_thresholds,
-    threshold_labels,
-)
+from sipe.stages.evaluation import (MapFileError, confusion_matrix, evaluate_maps, iou_from_confusion, iou_table,
+    labels_from_maps, load_map, miou, miou_result, sweep_thresholds, threshold_labels)
 
 
 def write_mask(root: Path, image_id: str, mask: np.ndarray) -> None:

@@ -11,12 +11,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from sipe import analysis as A
-from sipe import figures as F
-from sipe.config import get_profile
+from sipe.study import analysis as A
+from sipe.study import figures as F
+from sipe.infra.config import get_profile
 from sipe.data import voc
-from sipe.evaluation import labels_from_maps
-from sipe.models import SIPENet
+from sipe.stages.evaluation import labels_from_maps
+from sipe.method.network import SIPENet
 
 SMOKE_RESNET = {"model.pretrained": False, "model.backbone": "resnet50", "model.semantic_layer": "default"}
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sipe import ipe, losses
-from sipe.config import ModelConfig
+from sipe.method import ipe, losses
+from sipe.infra.config import ModelConfig
 from sipe.data.datasets import InferenceDataset
 from sipe.data.synthetic import make_synthetic_voc
-from sipe.models import BACKBONES, build_model
+from sipe.method.backbones import BACKBONES
+from sipe.method.network import build_model
 
 GOLDEN = Path(__file__).parent / "data" / "golden_maps.npz"
 METHODS = ("structure", "argmax", "threshold:0.3")
@@ -27,7 +28,7 @@ SPLITS = {"train_aug": [0, 1, 2, 3], "train": [0, 1], "val": [2, 3]}
 
 def compute(root: Path) -> dict[str, np.ndarray]:
     """Maps of the first two `train` images and one training forward pass of a seeded, untrained model."""
-    from sipe.maps import infer_image, kept_channels, seed_method_key
+    from sipe.stages.maps import infer_image, kept_channels, seed_method_key
 
     torch.manual_seed(0)
     mcfg = ModelConfig(backbone="efficientnet_lite0", pretrained=False, semantic_layer="conv_head", bg_scale=1.0)

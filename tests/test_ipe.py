@@ -1,4 +1,4 @@
-"""Tests for sipe.ipe: CAM with background, structure-aware seeds, prototypes, IS-CAM, explore."""
+"""Tests for sipe.method.ipe: CAM with background, structure-aware seeds, prototypes, IS-CAM, explore."""
 from __future__ import annotations
 
 import math
@@ -7,15 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sipe.ipe import (
-    cam_with_background,
-    explore,
-    is_cam,
-    locate_seeds,
-    max_normalize,
-    prototypes,
-    structure_iou,
-)
+from sipe.method.ipe import (cam_with_background, explore, is_cam, locate_seeds, max_normalize, prototypes,
+    structure_iou)
 
 EPS = 1e-5
 R = 1 / math.sqrt(2)

@@ -1,19 +1,18 @@
-"""Tests for sipe.irn: pair indexing, relation labels, the random walk, the IRN stages and resuming."""
+"""Tests for sipe.segmentation.irn: pair indexing, relation labels, the random walk, the IRN stages and resuming."""
 from __future__ import annotations
 
 import csv
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sipe import irn
+from sipe.segmentation import irn
 from sipe.data import voc
-from sipe.data.labelled import load_label
-from sipe.runtime import atomic_savez
+from sipe.stages.labelled import load_label
+from sipe.infra.runtime import atomic_savez
 
 R2_DIRECTIONS = [[0, 1], [1, -1], [1, 0], [1, 1]]
 
@@ -155,7 +154,7 @@ def test_irn_stages_write_labels_and_training_resumes_from_checkpoint(synthetic_
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     assert irn.train_irn(cfg, synthetic_root, ids, ir_dir, tmp_path / "whole", device="cpu", progress=False).reused
-    from sipe.train import ConfigMismatchError
+    from sipe.stages.train import ConfigMismatchError
 
     with pytest.raises(ConfigMismatchError, match="differing"):
         irn.train_irn(tiny_cfg(lr=0.5), synthetic_root, ids, ir_dir, tmp_path / "whole", device="cpu", progress=False)

@@ -1,4 +1,4 @@
-"""The CAM baseline under IRN's protocol: map fusion (sipe.cams.irn_cam) and the 0.30 / 0.05 confident-region CRF (sipe.crf.crf_labels with backgrounds)."""
+"""The CAM baseline under IRN's protocol: map fusion (sipe.method.cams.irn_cam) and the 0.30 / 0.05 confident-region CRF (sipe.stages.crf.crf_labels with backgrounds)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sipe.cams import irn_cam
-from sipe.crf import IRN_BACKGROUNDS, crf_labels, evaluate_crf
+from sipe.method.cams import irn_cam
+from sipe.stages.crf import IRN_BACKGROUNDS, crf_labels, evaluate_crf
 
 RED, BLUE, GREEN = (220, 40, 40), (40, 40, 220), (40, 200, 40)
 

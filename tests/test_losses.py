@@ -1,4 +1,4 @@
-"""Tests for sipe.losses: multi-label classification loss and the GSC loss."""
+"""Tests for sipe.method.losses: multi-label classification loss and the GSC loss."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sipe.losses import classification_loss, gsc_loss
+from sipe.method.losses import classification_loss, gsc_loss
 
 EPS = 1e-5
 

@@ -1,4 +1,4 @@
-"""Tests for sipe.maps: flip fusion, multi-scale map files, resumable map folders, seed methods, no-BPM maps."""
+"""Tests for sipe.stages.maps: flip fusion, multi-scale map files, resumable map folders, seed methods, no-BPM maps."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sipe import ipe
-from sipe.config import ExperimentConfig, ModelConfig, get_profile
+from sipe.method import ipe
+from sipe.infra.config import ExperimentConfig, ModelConfig, get_profile
 from sipe.data.datasets import InferenceDataset
 from sipe.data.voc import load_cls_labels, load_image
-from sipe.maps import MapsResult, channel_argmax, fuse_flip, infer_image, kept_channels, make_maps, seed_method_key
-from sipe.models import BACKBONES, SIPENet, build_model
-from sipe.train import train
+from sipe.stages.maps import (MapsResult, channel_argmax, fuse_flip, infer_image, kept_channels, make_maps,
+    seed_method_key)
+from sipe.method.backbones import BACKBONES
+from sipe.method.network import SIPENet, build_model
+from sipe.stages.train import train
 
 METHODS = ("structure", "threshold:0.3", "argmax")
 F16_TOL = 1e-3
@@ -185,7 +187,7 @@ def test_rerun_skips_finished_images_and_recomputes_deleted_ones(maps_run: MapsR
 
 
 def test_bfloat16_maps_are_a_separate_cache_close_to_float32(maps_run: MapsResult, tmp_path: Path, synthetic_root: Path) -> None:
-    from sipe.maps import checkpoint_digest, maps_dir_for
+    from sipe.stages.maps import checkpoint_digest, maps_dir_for
 
     checkpoint = json.loads((maps_run.maps_dir / "config.json").read_text())["checkpoint"]
     cfg = tiny_cfg(synthetic_root)

@@ -1,4 +1,4 @@
-"""Tests for sipe.models: the backbone registry (stages, freezing, fixed BN, weights) and SIPENet's features."""
+"""Tests for sipe.method's backbones and network: the backbone registry (stages, freezing, fixed BN, weights) and SIPENet's features."""
 from __future__ import annotations
 
 import urllib.error
@@ -11,16 +11,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from sipe import ipe, losses
-from sipe.config import ModelConfig, get_profile
+from sipe.method import ipe, losses
+from sipe.infra.config import ConfigError, ModelConfig, get_profile
 from sipe.data.voc import CLASS_NAMES, load_cls_labels, load_image, load_mask, read_split
-from sipe.models import BACKBONES, SIPENet, WeightsError, build_backbone, build_model
-from sipe.models.backbones import RESNET50_FILE, _load_by_order, efficientnet_lite0_weights_file, stage_channels
-from sipe.models.sipe_net import SIDE_CHANNELS
-from sipe.train import build_optimizer
+from sipe.method.backbones import BACKBONES, WeightsError, build_backbone
+from sipe.method.network import SIPENet, build_model
+from sipe.method.backbones import LITE, RESNET50_FILE, _load_by_order, check_model, efficientnet_lite_weights_file, stage_channels
+from sipe.method.network import SIDE_CHANNELS
+from sipe.stages.train import build_optimizer
 
-FROZEN = {"resnet50": ("stem", "layer1", "layer2"), "efficientnet_lite0": ("stem", "frozen_blocks")}
-TRAINABLE = {"resnet50": ("layer3", "layer4"), "efficientnet_lite0": ("blocks34", "blocks56", "head")}
+LITES = ("efficientnet_lite0", "efficientnet_lite2")
+FROZEN = {"resnet50": ("stem", "layer1", "layer2"), **{n: ("stem", "frozen_blocks") for n in LITES}}
+TRAINABLE = {"resnet50": ("layer3", "layer4"), **{n: ("blocks34", "blocks56", "head") for n in LITES}}
 IMAGENET_CATS = range(281, 286)
 
 
@@ -104,19 +106,23 @@ def test_hierarchical_feature_blocks_are_normalised_sides(net: SIPENet) -> None:
             assert float(norm.max()) <= 1.0 + 1e-5 and float(norm.min()) > 0.1
 
 
-def test_efficientnet_blocks6_semantic_layer() -> None:
+@pytest.mark.parametrize("name, channels", [("efficientnet_lite0", (24, 40, 112, 320)),
+                                           ("efficientnet_lite2", (24, 48, 120, 352))])
+def test_efficientnet_blocks6_semantic_layer(name: str, channels: tuple[int, int, int, int]) -> None:
     torch.manual_seed(0)
-    m = build_model(model_cfg("efficientnet_lite0", semantic_layer="blocks6"))
-    assert stage_channels(m.backbone) == (24, 40, 112, 320)
+    m = build_model(model_cfg(name, semantic_layer="blocks6"))
+    assert stage_channels(m.backbone) == channels
     with torch.no_grad():
         feats = m.extract(torch.randn(1, 3, 64, 96))
-    assert tuple(feats.semantic.shape) == (1, 320, 4, 6)
+    assert tuple(feats.semantic.shape) == (1, channels[3], 4, 6)
     assert tuple(feats.hierarchical.shape) == (1, 768, 4, 6)
 
 
 def test_unknown_semantic_layer_is_rejected() -> None:
-    with pytest.raises(ValueError, match="semantic_layer"):
+    with pytest.raises(ConfigError, match=r"model\.semantic_layer"):
         build_backbone(model_cfg("resnet50", semantic_layer="conv_head"))
+    with pytest.raises(ConfigError, match=r"model\.backbone='vgg16'"):
+        check_model(model_cfg("vgg16"))
 
 
 def test_gradient_reaches_only_trainable_parts(net: SIPENet) -> None:
@@ -178,11 +184,12 @@ def cat_only_ids(root: Path, n: int) -> list[str]:
     return sorted(ids, key=lambda i: -share[i])[:n]
 
 
-def test_efficientnet_lite0_imagenet_weights_recognise_cats(real_root: Path) -> None:
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_imagenet_weights_recognise_cats(real_root: Path, name: str) -> None:
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    path = efficientnet_lite0_weights_file()
+    net = timm.create_model(LITE[name].timm_name, pretrained=False)
+    path = efficientnet_lite_weights_file(name)
     _load_by_order(net, torch.load(path, map_location="cpu", weights_only=True), str(path))
     net.eval()
     for image_id in cat_only_ids(real_root, 3):
@@ -193,10 +200,11 @@ def test_efficientnet_lite0_imagenet_weights_recognise_cats(real_root: Path) -> 
         assert any(c in IMAGENET_CATS for c in top5), (image_id, top5)
 
 
-def test_efficientnet_backbone_loads_package_weights() -> None:
-    path = efficientnet_lite0_weights_file()
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_backbone_loads_package_weights(name: str) -> None:
+    path = efficientnet_lite_weights_file(name)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    backbone = build_backbone(ModelConfig(backbone="efficientnet_lite0", pretrained=True))
+    backbone = build_backbone(ModelConfig(backbone=name, pretrained=True))
     stem_conv = backbone.stem[0].weight
     assert any(v.shape == stem_conv.shape and torch.equal(v, stem_conv) for v in state.values())
 

@@ -11,11 +11,10 @@ import nbformat
 import numpy as np
 import pytest
 
-from sipe.config import get_profile
-from sipe.provenance import git_revision, provenance, provenance_table
-from sipe.reproduce import (
-    NOTEBOOKS, Notebook, RunnerError, check_data_root, check_kernel, claims_markdown, run, select, shown_path,
-)
+from sipe.infra.config import get_profile
+from sipe.infra.provenance import cpu_model, git_revision, provenance, provenance_table
+from sipe.reproduce import (NOTEBOOKS, Notebook, RunnerError, check_data_root, check_kernel, claims_markdown, run,
+    select, shown_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def tiny(tmp_path: Path, synthetic_root: Path) -> dict[str, Path]:
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     write_notebook(nbs / "first.ipynb", "print(f'ran {profile} seed={seed} device={device}')",
-                   "import pathlib\nfrom sipe.provenance import REPO_ROOT\npathlib.Path(REPO_ROOT, work_dir, 'first.txt').write_text(data_root)")
+                   "import pathlib\nfrom sipe.infra.provenance import REPO_ROOT\npathlib.Path(REPO_ROOT, work_dir, 'first.txt').write_text(data_root)")
     write_notebook(nbs / "boom.ipynb", "x = 1", "raise ValueError('planted failure')", "y = 2")
     work = tmp_path / "work"
     work.mkdir()
@@ -204,7 +203,7 @@ def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
     import numpy as np
     import pandas as pd
 
-    from sipe.results import CLAIM_COLUMNS
+    from sipe.study.results import CLAIM_COLUMNS
 
     table = pd.DataFrame([
         ["SIPE beats the CAM baseline (localization maps)", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"],
@@ -253,6 +252,7 @@ def test_provenance_record_and_table():
     assert record["python"] == ".".join(map(str, sys.version_info[:3]))
     table = provenance_table(record)
     assert list(table.columns) == ["provenance", "value"]
-    assert len(table) == len(record) - 1 + len(record["packages"])
+    assert len(table) == len(record) - 2 + len(record["packages"]) + len(record["machine"])
+    assert record["machine"]["cpu"] == cpu_model() and record["machine"]["torch_cpu_capability"]
     assert table.set_index("provenance").loc["packages: torch", "value"] == record["packages"]["torch"]
     assert provenance()["profile"] is None

@@ -1,4 +1,4 @@
-"""Tests for sipe.paper and sipe.results: the paper's numbers, tables from unit rows, intervals, verdicts, claims."""
+"""Tests for sipe.study.paper and sipe.study.results: the paper's numbers, tables from unit rows, intervals, verdicts, claims."""
 from __future__ import annotations
 
 import re
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sipe import results
-from sipe.config import SELECTION_SPLIT, get_profile
-from sipe.evaluation import miou_result
-from sipe.paper import load_paper_results, paper_value
-from sipe.pipeline import RESULT_COLUMNS
+from sipe.study import results
+from sipe.infra.config import SELECTION_SPLIT, get_profile
+from sipe.stages.evaluation import miou_result
+from sipe.study.paper import load_paper_results, paper_value
+from sipe.study.pipeline import RESULT_COLUMNS
 
 
 def test_load_paper_results_columns_and_values():
@@ -244,7 +244,7 @@ def test_table2_summary_shows_the_server_only_test_column_as_the_papers_alone():
 
 
 def test_summary_of_a_table_with_no_rows_and_no_paper_numbers_is_empty():
-    from sipe import segresults
+    from sipe.study import segresults
 
     shown = results.summary("pseudo_labels", segresults.empty_table())
     assert shown.empty and shown.columns.nlevels == 2
@@ -256,7 +256,7 @@ def test_summary_of_a_table_with_no_rows_and_no_paper_numbers_is_empty():
 
 
 def test_study_setting_names_each_departure_from_the_paper(synthetic_root: Path, tmp_path: Path) -> None:
-    from sipe.study import Study
+    from sipe.study.chapters import Study
 
     def setting(profile: str, **over) -> str:
         cfg = get_profile(profile, **{"data.root": str(synthetic_root), **over})
@@ -314,18 +314,18 @@ def test_code_note_gives_one_diff_per_revision_and_changed_files():
     def unit(variant: str, rev: str, files: list[str]) -> dict:
         return {"variant": variant, "git_revision": rev, "profile": "subset", "code_changed": ["maps"],
                 "code_changed_files": files}
-    units = {"sipe-s15": unit("sipe", "a" * 40, ["sipe/maps.py"]), "sipe-s16": unit("sipe", "a" * 40, ["sipe/maps.py"]),
-             "sipe-s17": unit("sipe", "b" * 40, ["sipe/maps.py"])}
+    units = {"sipe-s15": unit("sipe", "a" * 40, ["sipe/stages/maps.py"]), "sipe-s16": unit("sipe", "a" * 40, ["sipe/stages/maps.py"]),
+             "sipe-s17": unit("sipe", "b" * 40, ["sipe/stages/maps.py"])}
     r = results.StudyResults(pd.DataFrame(columns=list(RESULT_COLUMNS)), units, Path("."), "train")
     note = results.code_note(r, ["sipe"])
     assert note.count("git diff") == 2
-    assert f"sipe-s15, sipe-s16: maps stage, `git diff {'a' * 12} -- sipe/maps.py`" in note
+    assert f"sipe-s15, sipe-s16: maps stage, `git diff {'a' * 12} -- sipe/stages/maps.py`" in note
     assert "--recompute --units sipe-s15 sipe-s16 sipe-s17`" in note
 
 
 def test_study_foreground_share_counts_valid_ground_truth_pixels(synthetic_root: Path, tmp_path: Path) -> None:
     from sipe.data import voc
-    from sipe.study import Study
+    from sipe.study.chapters import Study
 
     cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
     masks = [voc.load_mask(synthetic_root, i) for i in voc.read_split(synthetic_root, cfg.data.train_split)[: cfg.data.max_images]]
@@ -336,9 +336,9 @@ def test_study_foreground_share_counts_valid_ground_truth_pixels(synthetic_root:
 
 
 def test_core_study_note_sums_the_core_plan_as_run(synthetic_root: Path, tmp_path: Path) -> None:
-    from sipe import pipeline
-    from sipe.config import SCCAM
-    from sipe.study import Study, core_plan
+    from sipe.study import pipeline
+    from sipe.infra.config import SCCAM
+    from sipe.study.chapters import Study, core_plan
 
     cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
     core = core_plan(cfg)

@@ -1,4 +1,4 @@
-"""Tests for sipe.runtime: compressed .npz files written atomically, and the precision context of the maps stage."""
+"""Tests for sipe.infra.runtime: compressed .npz files written atomically, and the precision context of the maps stage."""
 from __future__ import annotations
 
 import zipfile
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sipe.runtime import NPZ_COMPRESS_LEVEL, atomic_savez, precision_context
+from sipe.infra.runtime import NPZ_COMPRESS_LEVEL, atomic_savez, precision_context
 
 
 def test_atomic_savez_round_trips_every_array_compressed(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_atomic_savez_level_trades_bytes_for_speed_only(tmp_path: Path, monkeypa
     yy, xx = np.mgrid[0:200, 0:200]
     smooth = np.stack([np.exp(-((yy - 60 * k) ** 2 + (xx - 100) ** 2) / 2000.0) for k in range(3)]).astype(np.float16)
     a = atomic_savez(tmp_path / "fast.npz", m=smooth)
-    monkeypatch.setattr("sipe.runtime.NPZ_COMPRESS_LEVEL", 9)
+    monkeypatch.setattr("sipe.infra.runtime.NPZ_COMPRESS_LEVEL", 9)
     b = atomic_savez(tmp_path / "small.npz", m=smooth)
     assert NPZ_COMPRESS_LEVEL == 1 and a.read_bytes() != b.read_bytes()
     with np.load(a) as za, np.load(b) as zb:

@@ -1,4 +1,4 @@
-"""Tests for sipe.sccam (SC-CAM baseline): sub-category clustering, the loss, and the rounds end to end."""
+"""Tests for sipe.baselines.sccam (SC-CAM baseline): sub-category clustering, the loss, and the rounds end to end."""
 from __future__ import annotations
 
 import csv
@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from sipe.config import get_profile, variant_config
-from sipe.sccam import (
-    FewImagesWarning, SCCAMConfig, SCCAMNet, build_sccam_model, cluster_subcategories, feature_dataset,
-    image_features, load_assignment, sccam_loss, sccam_losses, sccam_profile, train_sccam,
-)
-from sipe.checkpoint import load_trained
-from sipe.train import ConfigMismatchError, make_train_dataset, train
+from sipe.infra.config import get_profile, variant_config
+from sipe.baselines.sccam import (FewImagesWarning, SCCAMConfig, SCCAMNet, build_sccam_model, cluster_subcategories,
+    feature_dataset, image_features, load_assignment, sccam_loss, sccam_losses, sccam_profile, train_sccam)
+from sipe.stages.checkpoint import load_trained
+from sipe.stages.train import ConfigMismatchError, make_train_dataset, train
 
 N_IMAGES, BATCH, EPOCHS = 6, 2, 2
 TOTAL = (N_IMAGES // BATCH) * EPOCHS

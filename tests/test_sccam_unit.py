@@ -1,4 +1,4 @@
-"""SC-CAM as a unit of the study (sipe.units): planned in every profile, round 0 = the CAM unit, its maps read
+"""SC-CAM as a unit of the study (sipe.study.units): planned in every profile, round 0 = the CAM unit, its maps read
 exactly as the CAM baseline's, its rows in Table 1 and its claims; existing units' config hashes unchanged."""
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from sipe import pipeline, results, units
+from sipe.study import pipeline, plan, results, units
 from sipe.__main__ import main as cli_main
-from sipe.config import PROFILES, SCCAM, get_profile
-from sipe.maps import checkpoint_digest
-from sipe.paper import paper_value
-from sipe.pipeline import Unit
-from sipe.sccam import FewImagesWarning
+from sipe.infra import provenance
+from sipe.infra.config import PROFILES, SCCAM, get_profile
+from sipe.stages.maps import checkpoint_digest
+from sipe.study.paper import paper_value
+from sipe.study.pipeline import Unit
+from sipe.baselines.sccam import FewImagesWarning
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET_CAM_S15_CONFIG_HASH = "f6dab139d727"
@@ -60,7 +61,7 @@ def study_dirs(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     work, out = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("results")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FewImagesWarning)
-        units.run_plan(smoke(synthetic_root), work, out, [Unit("cam", 0), Unit(SCCAM, 0)], progress=False)
+        plan.run_plan(smoke(synthetic_root), work, out, [Unit("cam", 0), Unit(SCCAM, 0)], progress=False)
     return work, out
 
 
@@ -123,17 +124,17 @@ def test_a_change_to_sccams_own_code_is_named_beside_its_unit_only(study_dirs, s
 
     def source_code_changes(rev: str, patterns) -> list[str]:
         asked.append(tuple(patterns))
-        return [p for p in patterns if p == "sipe/sccam.py"]
+        return [p for p in patterns if p == "sipe/baselines/sccam.py"]
 
-    monkeypatch.setattr(results.provenance, "code_changes", lambda rev, stages: [])
-    monkeypatch.setattr(results.provenance, "source_code_changes", source_code_changes)
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
+    monkeypatch.setattr(provenance, "source_code_changes", source_code_changes)
     loaded = results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)])
     assert asked == [units.SCCAM_SOURCES]
     assert loaded.code_changed(["cam"]) == [] and loaded.code_changed([SCCAM]) == ["sccam-s0"]
     assert loaded.units["sccam-s0"]["code_changed"] == [SCCAM]
     note = results.code_note(loaded, [SCCAM])
-    assert f"sccam-s0: {SCCAM} stage, `git diff" in note and "-- sipe/sccam.py`" in note
-    monkeypatch.setattr(results.provenance, "source_code_changes", lambda rev, patterns: [])
+    assert f"sccam-s0: {SCCAM} stage, `git diff" in note and "-- sipe/baselines/sccam.py`" in note
+    monkeypatch.setattr(provenance, "source_code_changes", lambda rev, patterns: [])
     assert not results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)]).code_changed([SCCAM])
 
 

@@ -1,20 +1,18 @@
-"""Tests for sipe.segmentation and sipe.data.labelled: one training step, predictions, evaluation, bad input."""
+"""Tests for sipe.segmentation.network and sipe.stages.labelled: one training step, predictions, evaluation, bad input."""
 from __future__ import annotations
 
 import csv
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sipe import segmentation as seg
+from sipe.segmentation import network as seg
 from sipe.data import voc
-from sipe.data.labelled import LabelledCropDataset, evaluate_label_dir, load_label, save_label_atomic
-from sipe.models.backbones import WeightsError
-from sipe.runtime import seed_everything
+from sipe.stages.labelled import LabelledCropDataset, evaluate_label_dir, load_label, save_label_atomic
+from sipe.method.backbones import WeightsError
+from sipe.infra.runtime import seed_everything
 
 
 def one_step_cfg(profile: str) -> seg.SegConfig:

@@ -1,21 +1,24 @@
-"""The study's segmentation unit (sipe.segstudy) on the synthetic data: plan, results rows and files, reruns,
+"""The study's segmentation unit (sipe.study.segstudy) on the synthetic data: plan, results rows and files, reruns,
 tidy tables and claims, and notebook 10 through the papermill runner."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from sipe import paper, pipeline, results, segresults, segstudy
+from sipe.study import paper, pipeline, plan, results, segresults, segstudy, tables
 from sipe.__main__ import main as cli_main
-from sipe.config import ConfigError, get_profile
+from sipe.infra import provenance
+from sipe.infra.config import ConfigError, get_profile
 from sipe.data import voc
-from sipe.study import UnitNotComputedError, setup
+from sipe.infra.errors import UnitNotComputedError
+from sipe.study.chapters import setup
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "10_table2_table3_segmentation"
@@ -27,29 +30,31 @@ def smoke(root: Path, **extra):
 
 def test_segmentation_units_come_after_the_classification_units(synthetic_root: Path) -> None:
     cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
-    units = segstudy.stages_plan(cfg)
+    units = plan.plan(cfg)
     assert units[: len(pipeline.plan(cfg))] == pipeline.plan(cfg)
     assert [u.name for u in units[len(pipeline.plan(cfg)):]] == ["segmentation-s0", "segmentation-s1"]
     assert [u.name for u in segstudy.plan(cfg.override(**{"study.multi_seed": ("sipe",)}))] == ["segmentation-s0"]
     assert segstudy.plan(cfg.override(**{"study.variants": ("cam",)})) == []
-    with pytest.raises(ValueError, match="variant is 'segmentation'"):
-        segstudy.SegUnit("sipe", 0)
+    with pytest.raises(ValueError, match="sipe-s0 is not a segmentation unit"):
+        segstudy.run_unit(cfg, "work", pipeline.Unit("sipe", 0))
 
 
 @pytest.mark.parametrize("main_rank", [True, False])
 def test_under_torchrun_every_rank_makes_the_maps_and_rank0_alone_runs_the_rest(synthetic_root: Path, monkeypatch,
                                                                                 main_rank: bool) -> None:
-    from sipe import distributed
+    from sipe.infra import distributed
 
     cfg = get_profile("smoke", **{"data.root": str(synthetic_root)})
     calls: list[tuple] = []
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     monkeypatch.setattr(distributed, "is_main", lambda: main_rank)
     monkeypatch.setattr(pipeline, "maps", lambda c, w, v, m, p: calls.append(("maps", v, c.train.seed, c.infer.split)))
-    monkeypatch.setattr(segstudy, "classification_unit", lambda c, w, u, r, p: calls.append(("unit", u.name)))
-    monkeypatch.setattr(segstudy, "run_unit", lambda c, w, u, r, p: calls.append(("seg", u.name)))
-    units = [segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), pipeline.Unit("sipe", 0), segstudy.SegUnit(segstudy.UNIT_VARIANT, 1)]
-    segstudy.run_plan(cfg, "work", "results", units, progress=False)
+    monkeypatch.setattr(plan, "CLASSIFICATION", replace(plan.CLASSIFICATION,
+                                                        run=lambda c, w, u, r, p: calls.append(("unit", u.name))))
+    seg = plan.KINDS[segstudy.UNIT_VARIANT]
+    monkeypatch.setitem(plan.KINDS, segstudy.UNIT_VARIANT, replace(seg, run=lambda c, w, u, r, p: calls.append(("seg", u.name))))
+    units = [pipeline.Unit(segstudy.UNIT_VARIANT, 0), pipeline.Unit("sipe", 0), pipeline.Unit(segstudy.UNIT_VARIANT, 1)]
+    plan.run_plan(cfg, "work", "results", units, progress=False)
     maps = [("maps", v, s, "train_aug") for s in (0, 1) for v in ("sipe", "cam")]
     assert calls == [("unit", "sipe-s0"), *maps, *([("seg", "segmentation-s0"), ("seg", "segmentation-s1")] * main_rank)]
 
@@ -63,7 +68,7 @@ def test_stages_command_names_the_segmentation_units(synthetic_root: Path, tmp_p
 
 def test_chapter_claims_name_cells_of_the_segmentation_tables(synthetic_root: Path) -> None:
     cfg = smoke(synthetic_root)
-    cells = {(n, c.row, c.quantity) for n in segresults.TABLES for c in segresults.table_cells(n, cfg)}
+    cells = {(n, c.row, c.quantity) for n in tables.TABLES for c in tables.segmentation_cells(n, cfg)}
     chapter = [c for c in results.CLAIMS if c.evidence == segresults.NOTEBOOK]
     assert len(chapter) == 3
     for c in chapter:
@@ -89,18 +94,18 @@ def test_a_study_that_reads_finished_units_says_the_unit_is_not_computed(synthet
 
 
 def test_pseudo_label_rows_name_each_stage_reading_and_the_chapter_code_is_outside_the_unit_hash(synthetic_root: Path) -> None:
-    cells = {(c.row, c.quantity): c.reading for c in segresults.table_cells("pseudo_labels", smoke(synthetic_root))}
+    cells = {(c.row, c.quantity): c.reading for c in tables.segmentation_cells("pseudo_labels", smoke(synthetic_root))}
     cam = segstudy.irn.PROTOCOLS["irn"]
     assert f"background {cam.eval_threshold:g})" in cells[("Baseline (CAM)", "maps_miou")]
     assert f"background {cam.conf_fg_threshold:g} / {cam.conf_bg_threshold:g})" in cells[("Baseline (CAM)", "ir_labels_miou")]
     assert f"background {cam.rw_bg_threshold:g} after the walk)" in cells[("Baseline (CAM)", "random_walk_miou")]
-    assert len({cells[("SIPE", f"{s}_miou")] for s in segresults.PSEUDO_STAGES}) == 3
+    assert len({cells[("SIPE", f"{s}_miou")] for s in tables.PSEUDO_STAGES}) == 3
     hashed = {p.relative_to(REPO).as_posix() for pattern in segstudy.CODE_SOURCES for p in REPO.glob(pattern)}
-    assert "sipe/segstudy.py" in hashed and "sipe/segresults.py" not in hashed
+    assert "sipe/study/segstudy.py" in hashed and "sipe/study/segresults.py" not in hashed
 
 
 def test_ratio_and_figure_images() -> None:
-    ratio = segresults._ratio(pd.Series({0: 30.0, 1: 20.0}), pd.Series({0: 60.0, 1: 0.0}))
+    ratio = tables.ratio_per_seed(pd.Series({0: 30.0, 1: 20.0}), pd.Series({0: 60.0, 1: 0.0}))
     assert ratio.to_dict() == {0: 50.0}
     assert "not computed yet" in segresults.ratio_note(segresults.empty_table())
 
@@ -122,7 +127,7 @@ def test_coco_root_is_taken_from_the_repository_and_absent_layouts_give_none(tmp
 def unit_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("segstudy") / "work"
     cfg = smoke(synthetic_root)
-    csv = segstudy.run_unit(cfg, work, segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
+    csv = segstudy.run_unit(cfg, work, pipeline.Unit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
     return {"cfg": cfg, "work": work, "results": work / "results", "csv": csv}
 
 
@@ -178,18 +183,18 @@ def test_a_change_to_the_segmentation_code_is_named_with_its_files(unit_run: dic
 
     def source_code_changes(rev: str, patterns) -> list[str]:
         asked.append(tuple(patterns))
-        return ["sipe/irn.py"]
+        return ["sipe/segmentation/irn.py"]
 
-    monkeypatch.setattr(results.provenance, "source_code_changes", source_code_changes)
+    monkeypatch.setattr(provenance, "source_code_changes", source_code_changes)
     assert not results.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) and asked == []
     moved = {**segstudy.code_hashes(), "segmentation": "0" * 12}
-    monkeypatch.setattr(segstudy.SegUnit, "code_hashes", lambda self: moved)
+    monkeypatch.setitem(plan.KINDS, segstudy.UNIT_VARIANT, replace(plan.KINDS[segstudy.UNIT_VARIANT], code_hashes=lambda: moved))
     loaded = results.load(cfg, unit_run["results"], units)
     assert asked == [segstudy.CODE_SOURCES] and loaded.code_changed(["segmentation"]) == ["segmentation-s0"]
     assert loaded.units["segmentation-s0"]["code_changed"] == ["segmentation"]
     note = results.code_note(loaded, ["segmentation"])
-    assert "segmentation-s0: segmentation stage, `git diff" in note and "-- sipe/irn.py`" in note
-    monkeypatch.setattr(results.provenance, "source_code_changes", lambda rev, patterns: None)
+    assert "segmentation-s0: segmentation stage, `git diff" in note and "-- sipe/segmentation/irn.py`" in note
+    monkeypatch.setattr(provenance, "source_code_changes", lambda rev, patterns: None)
     assert results.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) == ["segmentation-s0"]
 
 
@@ -258,7 +263,7 @@ def test_table3_runs_the_coco_path_and_writes_its_rows(tmp_path: Path) -> None:
 
 def _pseudo_split(monkeypatch, split: str) -> None:
     """Every profile's IRN settings with pseudo_split=split."""
-    from sipe import irn
+    from sipe.segmentation import irn
 
     profile_settings = irn.profile_settings
     monkeypatch.setattr(irn, "profile_settings", lambda p: profile_settings(p).override(pseudo_split=split))
@@ -325,7 +330,7 @@ def test_a_unit_pseudo_labelling_the_evaluated_split_runs_on_the_classification_
                                                                                     monkeypatch) -> None:
     _pseudo_split(monkeypatch, "train")
     cfg, work = smoke(synthetic_root), tmp_path / "work"
-    csv = segstudy.run_unit(cfg, work, segstudy.SegUnit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
+    csv = segstudy.run_unit(cfg, work, pipeline.Unit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
     pipeline.run_unit(cfg, work, pipeline.Unit("sipe", 0), work / "results", progress=False)
     record = json.loads(csv.with_suffix(".json").read_text())
     train_maps = sorted(p.name for p in (work / "maps").glob("sipe-s0-train-*"))
@@ -339,7 +344,7 @@ def test_a_unit_pseudo_labelling_the_evaluated_split_runs_on_the_classification_
 
 
 def test_the_subset_cpu_budget_counts_every_stage_of_the_unit(synthetic_root: Path) -> None:
-    from sipe import irn, segmentation
+    from sipe.segmentation import irn, network as segmentation
 
     cfg = get_profile("subset", **{"data.root": str(synthetic_root)})
     b = segresults.cpu_budget(cfg)
@@ -400,7 +405,7 @@ def test_ratio_and_refinement_notes_read_every_reading_per_seed() -> None:
     def row(r: str, q: str, seed: int, v: float) -> dict:
         return {"row": r, "quantity": q, "variant": "", "seed": seed, "split": "val", "reading": "", "value": v}
 
-    t2 = pd.DataFrame([row(segresults.RATIO_ROW, "val_miou_ratio_pct", 0, 80.0),
+    t2 = pd.DataFrame([row(tables.RATIO_ROW, "val_miou_ratio_pct", 0, 80.0),
                        row("SIPE pseudo labels, single scale", "val_miou", 0, 23.0), row("Fully supervised, single scale", "val_miou", 0, 25.0),
                        row("SIPE pseudo labels, multi-scale + flip", "val_miou", 0, 24.0), row("Fully supervised, multi-scale + flip", "val_miou", 0, 30.0)])
     note = segresults.ratio_note(t2)

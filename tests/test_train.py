@@ -1,4 +1,4 @@
-"""Tests for sipe.train: run folder contents, the CAM variant, poly decay, resuming, reuse and mismatches."""
+"""Tests for sipe.stages.train: run folder contents, the CAM variant, poly decay, resuming, reuse and mismatches."""
 from __future__ import annotations
 
 import csv
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sipe.config import ExperimentConfig, get_profile, load_config, variant_config
-from sipe.models import build_model
-from sipe.checkpoint import load_trained
-from sipe.train import ConfigMismatchError, TrainResult, plan_steps, train
+from sipe.infra.config import ExperimentConfig, get_profile, load_config, variant_config
+from sipe.method.network import build_model
+from sipe.stages.checkpoint import load_trained
+from sipe.stages.train import ConfigMismatchError, TrainResult, plan_steps, train
 
 N_IMAGES, BATCH, EPOCHS = 6, 2, 2
 PER_EPOCH = N_IMAGES // BATCH

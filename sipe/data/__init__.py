@@ -7,24 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .synthetic import make_synthetic_voc
-from .voc import (
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    DataError,
-    Problem,
-    ScanReport,
-    check_root,
-    image_path,
-    label_of,
-    load_cls_labels,
-    load_image,
-    load_mask,
-    mask_path,
-    read_split,
-    save_mask,
-    scan_dataset,
-)
+from .voc import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, DataError, Problem, ScanReport, check_root, image_path,
+    label_of, load_cls_labels, load_image, load_mask, mask_path, read_split, save_mask, scan_dataset)
 
 _LAZY = {"TrainDataset", "InferenceDataset", "collate_train", "collate_single"}
 

@@ -15,17 +15,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from . import transforms as T
-from .voc import (
-    FIX_IMAGES,
-    FIX_LABELS,
-    DataError,
-    image_path,
-    label_of,
-    labels_path,
-    load_cls_labels,
-    load_image,
-    read_split,
-)
+from .voc import (FIX_IMAGES, FIX_LABELS, DataError, image_path, label_of, labels_path, load_cls_labels, load_image,
+    read_split)
 
 
 def _checked_ids(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..runtime import atomic_save_npy, atomic_write_bytes, atomic_write_text
+from ..infra.runtime import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .voc import IGNORE_INDEX, IMAGE_DIR, LABELS_FILE, MASK_DIR, NUM_CLASSES, SPLIT_DIR, save_mask
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import SipeError
-from ..runtime import atomic_write_bytes
+from ..infra.errors import SipeError
+from ..infra.runtime import atomic_write_bytes
 
 CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,0 +1,1 @@
+"""Baselines trained beside SIPE: SC-CAM."""

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, errors, run-time helpers, locks, torchrun, provenance."""

@@ -1,0 +1,1 @@
+"""From maps to a segmentation model: IRN refinement and the segmentation network."""

@@ -1,0 +1,1 @@
+"""The pipeline stages: training, maps, evaluation, denseCRF, checkpoints, label sources."""

@@ -1,0 +1,100 @@
+"""Certify that a change of stage code moves no number: recompute units with the new code, compare them
+with the same units recomputed with the old code on the same machine, and re-stamp the published records.
+
+`compare(before, after, names)` reads two results folders and says, per unit, whether its per-step training
+log (every column but the timings), its per-image confusions (every array) and its result rows are
+identical (a checkpoint's digest is not compared: the file holds its run's wall time). `restamp(results_dir, names, certificate)` then records, in each named
+record, the stage code hashes of the current code and the certificate (revision, certifying units, their
+comparison, machine), so that the record stays current for this code (`sipe.study.results.code_revision`).
+A later, uncertified change of stage code still flags every unit it touches.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..infra import provenance as prov
+from ..infra.errors import SipeError
+from ..infra.runtime import atomic_write_json, read_json
+from .records import training_log_path, unit_paths
+
+TIMING_COLUMNS = ("images_per_s", "seconds")
+"""Training-log columns that measure wall time, not the computation: left out of the comparison."""
+
+
+class CertificationError(SipeError, RuntimeError):
+    """The units compared are not identical, or a record to re-stamp is missing."""
+
+
+def _same_frames(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    return list(a.columns) == list(b.columns) and a.shape == b.shape and a.equals(b)
+
+
+def _same_npz(a: Path, b: Path) -> tuple[bool, int]:
+    with np.load(a) as x, np.load(b) as y:
+        keys = sorted(x.files)
+        return keys == sorted(y.files) and all(np.array_equal(x[k], y[k]) for k in keys), len(keys)
+
+
+def compare_unit(before: str | Path, after: str | Path, name: str) -> dict[str, Any]:
+    """How unit `name` computed into results folders `before` and `after` compares: training log (but the
+    timing columns), confusions and result rows, each True when identical."""
+    old, new = unit_paths(before, name), unit_paths(after, name)
+    missing = [str(p) for p in (*old.values(), *new.values()) if not p.exists()]
+    if missing:
+        raise CertificationError(f"{name}: results files missing ({', '.join(missing)}); compute the unit into both folders")
+    out: dict[str, Any] = {"unit": name}
+    logs = [training_log_path(d, name) for d in (before, after)]
+    if all(p.exists() for p in logs):
+        a, b = (pd.read_csv(p).drop(columns=list(TIMING_COLUMNS), errors="ignore") for p in logs)
+        out["log_steps"] = len(b)
+        out["training_log"] = _same_frames(a, b)
+    out["confusions"], out["confusion_arrays"] = _same_npz(old["npz"], new["npz"])
+    out["rows"] = _same_frames(pd.read_csv(old["csv"]), pd.read_csv(new["csv"]))
+    ra, rb = read_json(old["json"]), read_json(new["json"])
+    out["revisions"] = f"{ra.get('git_revision', '')[:7]} -> {rb.get('git_revision', '')[:7]}"
+    out["identical"] = all(out[k] for k in ("training_log", "confusions", "rows") if k in out)
+    return out
+
+
+def compare(before: str | Path, after: str | Path, names: Sequence[str]) -> pd.DataFrame:
+    """`compare_unit` for every unit of `names`, one row each."""
+    return pd.DataFrame([compare_unit(before, after, n) for n in names])
+
+
+def certificate(comparison: pd.DataFrame, revision: str | None = None) -> dict[str, Any]:
+    """What a re-stamped record keeps of a certification: the revision whose code was certified, the units
+    that certified it with their comparison, the machine and the date. CertificationError unless every unit
+    compared identical."""
+    if comparison.empty or not comparison["identical"].all():
+        bad = ", ".join(comparison.loc[~comparison["identical"], "unit"]) if not comparison.empty else "none compared"
+        raise CertificationError(f"not certified: units that differ: {bad}")
+    rev = revision or prov.git_revision()
+    if rev.endswith("-dirty") or rev == "unknown":
+        raise CertificationError(f"revision {rev!r}: certify a committed revision (commit, then run again)")
+    return {"revision": rev, "units": list(comparison["unit"]), "date": prov.utc_now(), "machine": prov.machine(),
+            "comparison": comparison.drop(columns=["unit"]).to_dict(orient="records")}
+
+
+def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
+            stages: Sequence[str] = prov.STAGES) -> list[Path]:
+    """Give each record of `names` in `results_dir` the current code hashes of `stages` and `cert` (its
+    previous hashes are kept under `certified.previous_code`); the records written."""
+    now = prov.stage_code_hashes()
+    written = []
+    for name in names:
+        path = unit_paths(results_dir, name)["json"]
+        if not path.exists():
+            raise CertificationError(f"{path}: no record to re-stamp; compute {name} first")
+        record = read_json(path)
+        previous = dict(record.get("code", {}))
+        record["code"] = {**previous, **{s: now[s] for s in stages}}
+        record["certified"] = {**cert, "stages": list(stages), "previous_code": previous,
+                               "previous_revision": record.get("certified", {}).get("revision", record.get("git_revision"))}
+        atomic_write_json(path, record)
+        written.append(path)
+    return written
