@@ -333,3 +333,18 @@ def test_pages_build_equals_the_local_build(pages_book, local_book):
     for name in html_pages(local):
         assert section_titles(pages / name) == section_titles(local / name), name
     assert api_entries(pages) == api_entries(local)
+
+
+@pytest.mark.slow
+def test_header_links_the_repository_and_its_issues(local_book):
+    html = local_book[0]
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    for doc in toc_files():
+        soup = page(html, doc)
+        (repository,) = soup.select("a.btn-source-repository-button")
+        (issues,) = soup.select("a.btn-source-issues-button")
+        assert repository["href"] == url, doc
+        assert issues["href"].startswith(f"{url}/issues/new?"), doc
+    owner, name = url.removeprefix("https://github.com/").split("/")
+    reproduce = {a["href"] for a in page(html, "book/reproduce").select("article a.reference.external")}
+    assert {url, f"{url}/issues", f"https://{owner.lower()}.github.io/{name}/"} <= reproduce

@@ -1,8 +1,11 @@
-"""What a reader needs to cite and reuse the study: CITATION.cff (valid CFF 1.2.0, naming the SIPE paper) and the
-MIT license, stated alike in LICENSE, pyproject.toml, CITATION.cff and the README."""
+"""What a reader needs to cite and reuse the study: CITATION.cff (valid CFF 1.2.0, naming the SIPE paper), the
+MIT license, stated alike in LICENSE, pyproject.toml, CITATION.cff and the README, and the repository's address,
+written in _config.yml only (CITATION.cff repeats it)."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -16,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 CFF_SCHEMA = REPO / "tests" / "data" / "cff-schema-1.2.0.json"
 SIPE_AUTHORS = [("Qi", "Chen"), ("Lingxiao", "Yang"), ("Jianhuang", "Lai"), ("Xiaohua", "Xie")]
 SIPE_TITLE = "Self-supervised Image-specific Prototype Exploration for Weakly Supervised Semantic Segmentation"
+GITHUB_ADDRESS = re.compile(r"https?://(?:www\.)?github\.com/[\w.-]+/[\w.-]+|https?://[\w-]+\.github\.io/(?:[\w./-]*[\w/])?")
+# Third-party files kept as published (MathJax; the CFF schema), whose own addresses are theirs.
+VENDORED = ("book/_static/", "tests/data/")
 
 
 def citation() -> dict:
@@ -59,3 +65,38 @@ def test_license_is_mit_everywhere():
     assert project()["license-files"] == ["LICENSE"]
     readme = (REPO / "README.md").read_text()
     assert "MIT license (`LICENSE`)" in readme and "CITATION.cff" in readme
+
+
+def repository_url() -> str:
+    return yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+
+
+def github_addresses() -> dict[str, set[str]]:
+    """{file: GitHub and GitHub Pages addresses in it} over the files git tracks or would track, vendored ones
+    left out."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    found = {}
+    for name in filter(None, listed):
+        path = REPO / name
+        if name.startswith(VENDORED) or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        if addresses := set(GITHUB_ADDRESS.findall(text)):
+            found[name] = addresses
+    return found
+
+
+def test_repository_address_is_written_in_the_book_config_only():
+    url = repository_url()
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), url
+    assert citation()["repository-code"] == url
+    assert github_addresses() == {"_config.yml": {url}, "CITATION.cff": {url}}
+
+
+def test_address_search_finds_a_hard_coded_repository():
+    repository, pages = "https://" + "github.com/someone/sipe", "https://" + "someone.github.io/sipe/"
+    assert GITHUB_ADDRESS.findall(f"see {repository}/issues or {pages}.") == [repository, pages]
