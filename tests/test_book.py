@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import yaml
@@ -348,3 +349,47 @@ def test_header_links_the_repository_and_its_issues(local_book):
     owner, name = url.removeprefix("https://github.com/").split("/")
     reproduce = {a["href"] for a in page(html, "book/reproduce").select("article a.reference.external")}
     assert {url, f"{url}/issues", f"https://{owner.lower()}.github.io/{name}/"} <= reproduce
+
+
+DOWNLOAD = re.compile(r"\{download\}`[^`<]*<([^>`]+)>`")
+WRITES_TIDY_TABLE = re.compile(r"\bstudy\.table\(|\bwrite_table\(")
+RESULTS = REPO / "results" / "subset"
+
+
+def chapter_downloads(folder: Path) -> dict[str, list[str]]:
+    """{chapter: the paths its Markdown cells' {download} roles name} of the runner's notebooks in folder."""
+    cells = {nb.name: nbformat.read(folder / nb.path, as_version=4).cells for nb in NOTEBOOKS}
+    return {name: [t for c in cs if c.cell_type == "markdown" for t in DOWNLOAD.findall(c.source)]
+            for name, cs in cells.items()}
+
+
+def chapters_writing_tidy_tables() -> set[str]:
+    return {nb.name for nb in NOTEBOOKS
+            if any(c.cell_type == "code" and WRITES_TIDY_TABLE.search(c.source)
+                   for c in nbformat.read(NOTEBOOKS_DIR / nb.path, as_version=4).cells)}
+
+
+def test_chapters_link_the_tidy_csvs_they_write():
+    """Each chapter that writes tidy tables links them (relative to book/executed/, where the book renders it),
+    every published CSV but the claims page's is linked, and the executed copies carry the same links."""
+    links = chapter_downloads(NOTEBOOKS_DIR)
+    assert {name for name, targets in links.items() if targets} == chapters_writing_tidy_tables()
+    targets = [REPO / "book" / "executed" / t for ts in links.values() for t in ts]
+    assert all(t.resolve().parent == RESULTS and t.is_file() for t in targets), targets
+    assert {t.stem for t in targets} == {p.stem for p in RESULTS.glob("*.csv")} - {"claims"}
+    assert chapter_downloads(REPO / "book" / "executed") == links
+
+
+@pytest.mark.slow
+def test_built_chapters_download_their_csvs_under_their_tables(local_book):
+    html = local_book[0]
+    for name in sorted(chapters_writing_tidy_tables()):
+        soup = page(html, f"book/executed/{name}")
+        links = soup.select("a.reference.download")
+        assert links, f"{name}: no download link"
+        first_table = result_tables(soup)[0]
+        for a in links:
+            target = (html / "book" / "executed" / a["href"]).resolve()
+            assert target.is_relative_to(html / "_downloads") and target.is_file(), (name, a["href"])
+            assert target.read_bytes() == (RESULTS / target.name).read_bytes(), (name, target.name)
+            assert first_table in a.find_all_previous("table"), f"{name}: {target.name} is linked above the tables"
