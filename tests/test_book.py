@@ -1,13 +1,18 @@
 """The smoke path end to end: every notebook through the runner, the Jupyter Book build, and the pages as a
-headless browser renders them. The tests that need the built book are marked slow (minutes)."""
+headless browser renders them; the committed book built as the Pages workflow builds it (a fresh environment
+with only what the workflow installs) against the same book built here. The tests that need a built book are
+marked slow (minutes)."""
 from __future__ import annotations
 
+import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import yaml
@@ -31,11 +36,22 @@ WORKFLOW = REPO / ".github" / "workflows" / "book.yml"
 OURS = re.compile(r"^[+-]?\d+\.\d( ± \d+\.\d)? \(n=\d+\)$")
 
 
+def workflow_steps() -> list[dict]:
+    """The steps of the GitHub Pages workflow's build job."""
+    return yaml.safe_load(WORKFLOW.read_text())["jobs"]["build"]["steps"]
+
+
 def workflow_build_command() -> str:
     """The `run` command of the GitHub Pages workflow's build step (the book is built exactly as it is online)."""
-    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["build"]["steps"]
-    (step,) = [s for s in steps if s.get("id") == "build"]
+    (step,) = [s for s in workflow_steps() if s.get("id") == "build"]
     return step["run"]
+
+
+def workflow_install_commands() -> list[str]:
+    """The `run` commands of the workflow's steps before its build step: everything it installs."""
+    steps = workflow_steps()
+    build = next(i for i, s in enumerate(steps) if s.get("id") == "build")
+    return [s["run"] for s in steps[:build] if "run" in s]
 
 
 def test_workflow_builds_from_committed_outputs_and_deploys_pages():
@@ -207,3 +223,173 @@ def test_browser_renders_book(html, tmp_path):
     intro = chromium(tmp_path, "--dump-dom", (html / "book/intro.html").as_uri())
     assert intro.count('<mjx-container class="MathJax') >= 5, "MathJax did not typeset the formulas offline"
     assert 'jax="SVG"' in intro
+
+
+def checkout_copy(dest: Path) -> Path:
+    """The working tree's files that git tracks or would track (what a checkout of this change holds), under dest."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def run_step(command: str, root: Path, env: dict[str, str]) -> str:
+    """Run a workflow command in root; its output (stdout and stderr)."""
+    run = subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, f"`{command}` failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def local_book(tmp_path_factory) -> tuple[Path, str]:
+    """The committed book (book/executed/, results/subset/) built in this environment as `make book` does, from a
+    copy of the checkout whose `sipe` autodoc imports; (_build/html, build output)."""
+    root = checkout_copy(tmp_path_factory.mktemp("local_book"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(root)}
+    log = run_step(workflow_build_command(), root, env)
+    return root / "_build" / "html", log
+
+
+@pytest.fixture(scope="module")
+def pages_book(tmp_path_factory) -> tuple[Path, str, Path]:
+    """The committed book built as the Pages workflow builds it: a fresh virtual environment, the workflow's own
+    install commands (from PyPI), then its build command; (_build/html, build output, the environment)."""
+    tmp = tmp_path_factory.mktemp("pages_book")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
+    root = checkout_copy(tmp / "checkout")
+    for command in workflow_install_commands():
+        run_step(command, root, env)
+    log = run_step(workflow_build_command(), root, env)
+    return root / "_build" / "html", log, venv
+
+
+def ipe_docstrings() -> dict[str, str]:
+    """{name: first docstring line} of the public functions of the package's IPE module, read from its source."""
+    (path,) = (REPO / "sipe").rglob("ipe.py")
+    functions = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)]
+    return {f.name: ast.get_docstring(f).splitlines()[0] for f in functions if not f.name.startswith("_")}
+
+
+def text(node) -> str:
+    return " ".join(node.get_text(" ", strip=True).split())
+
+
+def api_entries(html: Path) -> dict[str, str]:
+    """{object id: its signature and description as text} of every object the API page documents."""
+    return {dt["id"]: text(dt) + " :: " + text(dt.find_next_sibling("dd"))
+            for dt in page(html, "book/api").select("dl.py > dt[id]")}
+
+
+def section_titles(path: Path) -> list[str]:
+    soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+    for link in soup.select("a.headerlink"):
+        link.decompose()
+    main = soup.find("main") or soup
+    return [text(h) for h in main.find_all(["h1", "h2", "h3", "h4", "h5", "h6"])]
+
+
+def html_pages(html: Path) -> list[str]:
+    return sorted(str(p.relative_to(html)) for p in html.rglob("*.html"))
+
+
+SMART = str.maketrans({"\u2026": "...", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                       "\u2013": "--", "\u2014": "---"})
+
+
+def bare(s: str) -> str:
+    """s without whitespace, backquotes and Sphinx's typographic quotes and dots, to find a docstring in its
+    rendering."""
+    return "".join(s.replace("`", "").translate(SMART).split())
+
+
+@pytest.mark.slow
+def test_pages_build_documents_the_api_without_torch(pages_book):
+    html, log, venv = pages_book
+    probe = "import importlib.util as u; print([m for m in ('torch', 'numpy', 'sipe') if u.find_spec(m)])"
+    found = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                           cwd=venv, env={"PATH": os.environ.get("PATH", "")}, check=True).stdout.strip()
+    assert found == "['sipe']", f"the Pages environment should hold sipe without torch or numpy: {found}"
+    assert "autodoc: failed to import" not in log, log[log.find("failed to import") - 200:][:2000]
+    entries = api_entries(html)
+    docstrings = ipe_docstrings()
+    assert {"locate_seeds", "structure_iou", "prototypes", "is_cam"} <= set(docstrings)
+    for name, first_line in docstrings.items():
+        shown = [v for k, v in entries.items() if k.endswith(f".ipe.{name}")]
+        assert len(shown) == 1, f"{name} is not documented once on the API page"
+        assert bare(first_line) in bare(shown[0]), f"{name}: docstring missing: {shown[0][:300]}"
+    assert len(entries) > 300
+
+
+@pytest.mark.slow
+def test_pages_build_equals_the_local_build(pages_book, local_book):
+    pages, local = pages_book[0], local_book[0]
+    assert html_pages(pages) == html_pages(local)
+    for name in html_pages(local):
+        assert section_titles(pages / name) == section_titles(local / name), name
+    assert api_entries(pages) == api_entries(local)
+
+
+@pytest.mark.slow
+def test_header_links_the_repository_and_its_issues(local_book):
+    html = local_book[0]
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    for doc in toc_files():
+        soup = page(html, doc)
+        (repository,) = soup.select("a.btn-source-repository-button")
+        (issues,) = soup.select("a.btn-source-issues-button")
+        assert repository["href"] == url, doc
+        assert issues["href"].startswith(f"{url}/issues/new?"), doc
+    owner, name = url.removeprefix("https://github.com/").split("/")
+    reproduce = {a["href"] for a in page(html, "book/reproduce").select("article a.reference.external")}
+    assert {url, f"{url}/issues", f"https://{owner.lower()}.github.io/{name}/"} <= reproduce
+
+
+DOWNLOAD = re.compile(r"\{download\}`[^`<]*<([^>`]+)>`")
+WRITES_TIDY_TABLE = re.compile(r"\bstudy\.table\(|\bwrite_table\(")
+RESULTS = REPO / "results" / "subset"
+
+
+def chapter_downloads(folder: Path) -> dict[str, list[str]]:
+    """{chapter: the paths its Markdown cells' {download} roles name} of the runner's notebooks in folder."""
+    cells = {nb.name: nbformat.read(folder / nb.path, as_version=4).cells for nb in NOTEBOOKS}
+    return {name: [t for c in cs if c.cell_type == "markdown" for t in DOWNLOAD.findall(c.source)]
+            for name, cs in cells.items()}
+
+
+def chapters_writing_tidy_tables() -> set[str]:
+    return {nb.name for nb in NOTEBOOKS
+            if any(c.cell_type == "code" and WRITES_TIDY_TABLE.search(c.source)
+                   for c in nbformat.read(NOTEBOOKS_DIR / nb.path, as_version=4).cells)}
+
+
+def test_chapters_link_the_tidy_csvs_they_write():
+    """Each chapter that writes tidy tables links them (relative to book/executed/, where the book renders it),
+    every published CSV but the claims page's is linked, and the executed copies carry the same links."""
+    links = chapter_downloads(NOTEBOOKS_DIR)
+    assert {name for name, targets in links.items() if targets} == chapters_writing_tidy_tables()
+    targets = [REPO / "book" / "executed" / t for ts in links.values() for t in ts]
+    assert all(t.resolve().parent == RESULTS and t.is_file() for t in targets), targets
+    assert {t.stem for t in targets} == {p.stem for p in RESULTS.glob("*.csv")} - {"claims"}
+    assert chapter_downloads(REPO / "book" / "executed") == links
+
+
+@pytest.mark.slow
+def test_built_chapters_download_their_csvs_under_their_tables(local_book):
+    html = local_book[0]
+    for name in sorted(chapters_writing_tidy_tables()):
+        soup = page(html, f"book/executed/{name}")
+        links = soup.select("a.reference.download")
+        assert links, f"{name}: no download link"
+        first_table = result_tables(soup)[0]
+        for a in links:
+            target = (html / "book" / "executed" / a["href"]).resolve()
+            assert target.is_relative_to(html / "_downloads") and target.is_file(), (name, a["href"])
+            assert target.read_bytes() == (RESULTS / target.name).read_bytes(), (name, target.name)
+            assert first_table in a.find_all_previous("table"), f"{name}: {target.name} is linked above the tables"
