@@ -70,7 +70,8 @@ def certify(args: argparse.Namespace) -> int:
         return 0 if comparison["identical"].all() else 1
     if not args.results_dir:
         raise ConfigError("certify --restamp needs --results-dir: the folder of the records to re-stamp")
-    for path in cert.restamp(args.results_dir, args.restamp, cert.certificate(comparison)):
+    certificate = cert.certificate(comparison, args.after)
+    for path in cert.restamp(args.results_dir, args.restamp, certificate, own_code_evidence=args.own_code_evidence):
         print(f"re-stamped {path}")
     return 0
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restamp", nargs="*", default=None, metavar="UNIT",
                         help="certify: when every --units compares identical, re-stamp these units' records in "
                         "--results-dir with the current stage code and the certificate")
+    parser.add_argument("--own-code-evidence", default="", help="certify --restamp: also re-stamp each unit kind's "
+                        "own code (SC-CAM's rounds, the segmentation stages), naming what shows it moved no number")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--nproc", type=int, default=1, help="train/maps/eval/stages: processes on this machine "
                         "(> 1 re-executes the command under torchrun: one per GPU, or gloo on CPU)")

@@ -6,6 +6,7 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 import sipe
@@ -143,3 +144,55 @@ def test_api_docstrings_render_without_rst_warnings():
     problems = [f"{name}: {msg.splitlines()[0]}" for module in listed for name, obj in documented_objects(module)
                 if inspect.getdoc(obj) for msg in rst_problems(inspect.getdoc(obj))]
     assert not problems, "docstrings that the API page renders with warnings:\n" + "\n".join(problems)
+
+
+EQUATION = re.compile(r"Eqs?\. (\d+)(?:-(\d+))?")
+
+
+def test_each_equations_function_names_the_books_equation_number_in_its_docstring():
+    for number, names in equation_rows().items():
+        doc = resolve(names[0]).__doc__ or ""
+        named = {n for a, b in EQUATION.findall(doc) for n in range(int(a), int(b or a) + 1)}
+        assert number in named, f"{names[0]} computes Eq. {number} of book/method.md; its docstring names {sorted(named)}"
+
+
+DOC_PAGES = (METHOD, REPO / "docs" / "architecture.md")
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def named_things(text: str) -> tuple[set[str], set[str]]:
+    """(repository paths, optionally with ::test, named in code spans; dotted sipe names named in code spans)."""
+    paths, dotted = set(), set()
+    for span in CODE_SPAN.findall(text):
+        token = span.split("(")[0].strip()
+        if re.fullmatch(r"(sipe|tests|data_prep|benchmarks|notebooks|book|docs)/[\w/.]+(::\w+)?", token):
+            paths.add(token)
+        elif re.fullmatch(r"sipe(\.\w+)+", token):
+            dotted.add(token)
+    return paths, dotted
+
+
+def test_every_file_function_and_test_the_docs_name_exists():
+    missing = []
+    for page in DOC_PAGES:
+        paths, dotted = named_things(page.read_text())
+        for token in sorted(paths):
+            path, _, test = token.partition("::")
+            if not list(REPO.glob(path)):
+                missing.append(f"{page.name}: {path}")
+            elif test and f"def {test}(" not in (REPO / path).read_text():
+                missing.append(f"{page.name}: {token}")
+        for name in sorted(dotted):
+            try:
+                resolve(name)
+            except (ModuleNotFoundError, AttributeError):
+                missing.append(f"{page.name}: {name}")
+    assert not missing, "named in the docs but not in the repository:\n" + "\n".join(missing)
+
+
+def test_the_docs_check_sees_a_missing_file_and_function():
+    paths, dotted = named_things("see `tests/test_nothing.py::test_x`, `sipe.method.ipe.no_such` and `sipe.method.ipe.is_cam(x)`")
+    assert paths == {"tests/test_nothing.py::test_x"} and dotted == {"sipe.method.ipe.no_such", "sipe.method.ipe.is_cam"}
+    assert not list(REPO.glob("tests/test_nothing.py"))
+    with pytest.raises(AttributeError):
+        resolve("sipe.method.ipe.no_such")

@@ -14,7 +14,7 @@ DEFAULT_SEED_BUDGET_BYTES = 64 * 2**20
 
 
 def cam_with_background(logits: torch.Tensor) -> torch.Tensor:
-    """(N,K,h,w) raw class logits -> (N,K+1,h,w) max-normalised CAM with background 1 - max_k CAM_k first."""
+    """Eqs. 1-2: (N,K,h,w) raw class logits -> (N,K+1,h,w) max-normalised CAM with background 1 - max_k CAM_k first."""
     cam = F.relu(logits)
     cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + EPS)
     background = 1.0 - cam.amax(dim=1, keepdim=True)
@@ -51,7 +51,7 @@ def structure_iou(
     chunk_rows: int | None = None,
     max_bytes: int | None = None,
 ) -> torch.Tensor:
-    """IoU between every pixel's structure map ReLU(f_i . f_j) and every channel's CAM: (N,C,h,w).
+    """Eqs. 3-4: IoU between every pixel's structure map ReLU(f_i . f_j) and every channel's CAM: (N,C,h,w).
 
     The (hw x hw) correlation is built `chunk_rows` query rows at a time (or as many rows as fit in
     `max_bytes`), so peak extra memory is N * rows * hw floats instead of C * (hw)^2.
@@ -83,7 +83,7 @@ def locate_seeds(
     chunk_rows: int | None = None,
     max_bytes: int | None = None,
 ) -> torch.Tensor:
-    """Structure-aware seeds: one-hot (N,C,h,w) of argmax_c IoU[c] (background IoU x bg_scale), x label_mask.
+    """Eq. 5, structure-aware seeds: one-hot (N,C,h,w) of argmax_c IoU[c] (background IoU x bg_scale), x label_mask.
 
     cam: (N,C,h,w), background at channel 0. feature: (N,D,h,w). label_mask broadcastable to (N,C,h,w)
     (e.g. (N,C,1,1) image labels with background 1, or a per-pixel validity x label mask).
@@ -101,7 +101,7 @@ def locate_seeds(
 def prototypes(
     seeds: torch.Tensor, feature: torch.Tensor, reduce: Literal["mean", "sum", "hw"] = "mean"
 ) -> torch.Tensor:
-    """(N,C,D) prototypes: the mean of `feature` over each channel's seed pixels (zero without seeds).
+    """Eq. 6: (N,C,D) prototypes, the mean of `feature` over each channel's seed pixels (zero without seeds).
 
     seeds (N,C,h',w') are resized (nearest) to the feature grid. reduce="hw" divides by h*w as the
     authors' code does and "sum" does not divide; under the cosine of `is_cam` all three agree.
@@ -120,7 +120,7 @@ def prototypes(
 
 
 def is_cam(feature: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """IS-CAM (N,C,h,w) = ReLU(cosine(feature(i), prototype_c)); a zero prototype gives a zero channel."""
+    """Eq. 7: IS-CAM (N,C,h,w) = ReLU(cosine(feature(i), prototype_c)); a zero prototype gives a zero channel."""
     f = F.normalize(feature, dim=1, eps=1e-8)
     p = F.normalize(prototypes, dim=2, eps=1e-8)
     return F.relu(torch.einsum("ncd,ndhw->nchw", p, f))

@@ -70,7 +70,7 @@ def plan_steps(n_images: int, cfg: ExperimentConfig) -> tuple[int, int]:
 
 
 def train_step(model: SIPENet, batch: dict, cfg: ExperimentConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """One forward pass and the losses of a batch (no optimizer step)."""
+    """Eq. 8: one forward pass and the losses of a batch, loss = L_cls + L_GSC (no optimizer step)."""
     img = batch["img"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     valid = batch["valid_mask"].to(device, non_blocking=True)

@@ -20,6 +20,8 @@ import pandas as pd
 from ..infra import provenance as prov
 from ..infra.errors import SipeError
 from ..infra.runtime import atomic_write_json, read_json
+from .pipeline import Unit
+from .plan import kind_of
 from .records import training_log_path, unit_paths
 
 TIMING_COLUMNS = ("images_per_s", "seconds")
@@ -66,24 +68,37 @@ def compare(before: str | Path, after: str | Path, names: Sequence[str]) -> pd.D
     return pd.DataFrame([compare_unit(before, after, n) for n in names])
 
 
-def certificate(comparison: pd.DataFrame, revision: str | None = None) -> dict[str, Any]:
-    """What a re-stamped record keeps of a certification: the revision whose code was certified, the units
-    that certified it with their comparison, the machine and the date. CertificationError unless every unit
-    compared identical."""
+def certificate(comparison: pd.DataFrame, after: str | Path) -> dict[str, Any]:
+    """What a re-stamped record keeps of a certification: the revision whose code was certified (the one the
+    units in `after` were computed at), the units that certified it with their comparison, the machine and
+    the date. CertificationError unless every unit compared identical at one committed revision."""
     if comparison.empty or not comparison["identical"].all():
         bad = ", ".join(comparison.loc[~comparison["identical"], "unit"]) if not comparison.empty else "none compared"
         raise CertificationError(f"not certified: units that differ: {bad}")
-    rev = revision or prov.git_revision()
-    if rev.endswith("-dirty") or rev == "unknown":
-        raise CertificationError(f"revision {rev!r}: certify a committed revision (commit, then run again)")
+    revisions = {str(read_json(unit_paths(after, n)["json"]).get("git_revision", "")) for n in comparison["unit"]}
+    rev = revisions.pop() if len(revisions) == 1 else ""
+    if not rev or rev.endswith("-dirty") or rev == "unknown":
+        raise CertificationError(f"the units in {after} were computed at {sorted(revisions | {rev})}: certify units "
+                                 "computed at one committed revision")
     return {"revision": rev, "units": list(comparison["unit"]), "date": prov.utc_now(), "machine": prov.machine(),
             "comparison": comparison.drop(columns=["unit"]).to_dict(orient="records")}
 
 
 def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
-            stages: Sequence[str] = prov.STAGES) -> list[Path]:
+            stages: Sequence[str] = prov.STAGES, own_code_evidence: str = "") -> list[Path]:
     """Give each record of `names` in `results_dir` the current code hashes of `stages` and `cert` (its
-    previous hashes are kept under `certified.previous_code`); the records written."""
+    previous hashes and code revision are kept in `certified`). With `own_code_evidence` (what shows that a
+    unit kind's own code, e.g. SC-CAM's rounds, moved no number), each record also gets its kind's own code
+    hash. CertificationError when the code of today differs (docstrings and layout aside) from the certified
+    revision's; the records written."""
+    kinds = {name: kind_of(Unit(name.rsplit("-s", 1)[0], int(name.rsplit("-s", 1)[1]))) for name in names}
+    own = sorted({src for k in kinds.values() for src in k.sources}) if own_code_evidence else []
+    changed = prov.code_changes(cert["revision"], list(stages))
+    if changed is not None and own:
+        changed += prov.source_code_changes(cert["revision"], own) or []
+    if changed is None or changed:
+        raise CertificationError(f"the stage code differs from the certified revision {cert['revision'][:12]} "
+                                 f"({', '.join(changed or ['git cannot tell'])}): certify the code of today")
     now = prov.stage_code_hashes()
     written = []
     for name in names:
@@ -92,9 +107,11 @@ def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
             raise CertificationError(f"{path}: no record to re-stamp; compute {name} first")
         record = read_json(path)
         previous = dict(record.get("code", {}))
-        record["code"] = {**previous, **{s: now[s] for s in stages}}
+        own_hash = {k: v for k, v in kinds[name].code_hashes().items() if k == record.get("variant")}
+        record["code"] = {**previous, **{s: now[s] for s in stages}, **(own_hash if own_code_evidence else {})}
         record["certified"] = {**cert, "stages": list(stages), "previous_code": previous,
-                               "previous_revision": record.get("certified", {}).get("revision", record.get("git_revision"))}
+                               "previous_revision": record.get("certified", {}).get("revision", record.get("git_revision")),
+                               **({"own_code_evidence": own_code_evidence} if own_code_evidence else {})}
         atomic_write_json(path, record)
         written.append(path)
     return written

@@ -1,0 +1,86 @@
+"""Certifying a change of stage code: two computations compared bit for bit, records re-stamped only then."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sipe.__main__ import main as cli_main
+from sipe.infra import provenance
+from sipe.study import certify, loading
+from sipe.study.pipeline import Unit
+from sipe.study.records import unit_paths
+
+GOLDEN = Path(__file__).parent / "data" / "golden_stages"
+REV = "1" * 40
+
+
+def copy_results(to: Path, names: list[str], revision: str = REV) -> Path:
+    """A results folder holding the golden files of `names`, their records stamped `revision`."""
+    for name in names:
+        for kind, path in unit_paths(GOLDEN, name).items():
+            target = unit_paths(to, name)[kind]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        record = json.loads(unit_paths(to, name)["json"].read_text())
+        unit_paths(to, name)["json"].write_text(json.dumps({**record, "git_revision": revision}))
+        log = GOLDEN / "logs" / f"{name}.csv"
+        if log.exists():
+            (to / "logs").mkdir(exist_ok=True)
+            shutil.copyfile(log, to / "logs" / log.name)
+    return to
+
+
+def test_identical_units_certify_and_restamped_records_are_current(tmp_path: Path, monkeypatch) -> None:
+    names = ["sipe-s0", "cam-s0"]
+    after = copy_results(tmp_path / "after", names)
+    comparison = certify.compare(GOLDEN, after, names)
+    assert comparison["identical"].all() and (comparison["log_steps"] == 2).all()
+    cert = certify.certificate(comparison, after)
+    assert cert["revision"] == REV and cert["units"] == names and cert["machine"]["cpu"] == provenance.cpu_model()
+
+    published = copy_results(tmp_path / "published", ["sipe-s0"], revision="2" * 40)
+    record = json.loads(unit_paths(published, "sipe-s0")["json"].read_text())
+    old_code = record["code"]
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: ["sipe/stages/maps.py"])
+    with pytest.raises(certify.CertificationError, match="sipe/stages/maps.py"):
+        certify.restamp(published, ["sipe-s0"], cert)
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [] if rev == REV else ["sipe/stages/maps.py"])
+    changed, _ = loading.code_changes(record, Unit("sipe", 0), provenance.stage_code_hashes(), ())
+    assert sorted(changed) == ["eval", "maps"]
+    certify.restamp(published, ["sipe-s0"], cert)
+    stamped = json.loads(unit_paths(published, "sipe-s0")["json"].read_text())
+    assert stamped["code"] == provenance.stage_code_hashes() and stamped["certified"]["previous_code"] == old_code
+    assert stamped["certified"]["revision"] == REV and stamped["git_revision"] == "2" * 40
+    assert loading.code_revision(stamped) == REV
+    assert loading.code_changes(stamped, Unit("sipe", 0), provenance.stage_code_hashes(), ()) == ([], [])
+
+
+def test_a_difference_or_an_uncommitted_revision_certifies_nothing(tmp_path: Path) -> None:
+    after = copy_results(tmp_path / "after", ["cam-s0"])
+    rows = pd.read_csv(unit_paths(after, "cam-s0")["csv"])
+    rows.loc[rows["quantity"] == "miou", "value"] += 1e-12
+    rows.to_csv(unit_paths(after, "cam-s0")["csv"], index=False)
+    comparison = certify.compare(GOLDEN, after, ["cam-s0"])
+    assert not comparison["rows"].all()
+    with pytest.raises(certify.CertificationError, match="units that differ: cam-s0"):
+        certify.certificate(comparison, after)
+    dirty = copy_results(tmp_path / "dirty", ["cam-s0"], revision=REV + "-dirty")
+    with pytest.raises(certify.CertificationError, match="one committed revision"):
+        certify.certificate(certify.compare(GOLDEN, dirty, ["cam-s0"]), dirty)
+    with pytest.raises(certify.CertificationError, match="results files missing"):
+        certify.compare(GOLDEN, tmp_path / "nothing", ["cam-s0"])
+
+
+def test_certify_command_prints_the_comparison_and_fails_on_a_difference(tmp_path: Path, capsys) -> None:
+    after = copy_results(tmp_path / "after", ["sipe-s0"])
+    assert cli_main(["certify", "--before", str(GOLDEN), "--after", str(after), "--units", "sipe-s0"]) == 0
+    assert "sipe-s0" in capsys.readouterr().out
+    log = after / "logs" / "sipe-s0.csv"
+    pd.read_csv(log).assign(loss=lambda t: t["loss"] * 2).to_csv(log, index=False)
+    assert cli_main(["certify", "--before", str(GOLDEN), "--after", str(after), "--units", "sipe-s0"]) == 1
+    assert cli_main(["certify", "--before", str(GOLDEN), "--units", "sipe-s0"]) == 2
+    assert "certify needs --before, --after and --units" in capsys.readouterr().err
