@@ -382,3 +382,24 @@ def test_crf_void_note_measures_the_pixels_void_ignored_drops(tmp_path):
     note = results.crf_void_note(r, {"SIPE": ("sipe", "is_cam"), "the CAM baseline": ("cam", "cam_irn")})
     assert "SIPE 21% (5-38% by seed)." in note and "CAM baseline" not in note
     assert results.crf_void_note(r, {"the CAM baseline": ("cam", "cam_irn")}) == ""
+
+
+def test_training_summary_reads_the_last_tenth_of_each_log() -> None:
+    steps = np.arange(1, 21)
+    log = pd.DataFrame({"step": steps, "loss": np.where(steps > 18, 0.5, 2.0), "images_per_s": steps.astype(float),
+                        "seed_fg_share": np.where(steps > 18, 0.3, 0.9)})
+    s = results.training_summary({"sipe-s0": log, "cam-s0": log.drop(columns="seed_fg_share")}).set_index("unit")
+    assert s.loc["sipe-s0", "steps"] == 20 and s.loc["sipe-s0", "final loss"] == pytest.approx(0.5)
+    assert s.loc["sipe-s0", "training seeds called foreground"] == pytest.approx(0.3)
+    assert s.loc["sipe-s0", "images/s (median)"] == pytest.approx(10.5)
+    assert np.isnan(s.loc["cam-s0", "training seeds called foreground"])
+
+
+def test_fig1_table_weights_the_share_by_pixels_and_keeps_every_pair() -> None:
+    frame = pd.DataFrame({"centre_mean": [0.2, 0.4], "prototype_mean": [0.6, np.nan], "centroid_mean": [0.1, 0.3],
+                          "n_pixels": [10, 30], "share_closer_to_prototype": [1.0, 0.0]})
+    table, pairs = results.fig1_table({15: frame, 16: frame}, "train")
+    t = table.set_index(["row", "seed"])["value"]
+    assert t[("class centre", 15)] == pytest.approx(0.3) and t[("prototype", 16)] == pytest.approx(0.6)
+    assert t[("share of pixels closer to the prototype", 15)] == pytest.approx(0.25)
+    assert list(table.columns) == results.TIDY_COLUMNS and len(pairs) == 4 and set(pairs["seed"]) == {15, 16}

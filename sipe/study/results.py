@@ -142,6 +142,35 @@ def _paper_table(table: str) -> tuple[dict[tuple[str, str], float], dict[str, st
     return values, {r: "I+S" for r in noted["row"]}
 
 
+def training_summary(logs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per unit of its per-step training log ({unit: metrics.csv frame}): steps, the loss and the share
+    of training seeds called foreground over the last 10% of steps, and the median images/s."""
+    def tail(m: pd.DataFrame, column: str) -> float:
+        values = pd.to_numeric(m[column], errors="coerce") if column in m else pd.Series(dtype=float)
+        return float(values.tail(max(1, len(m) // 10)).mean())
+    return pd.DataFrame([{"unit": name, "steps": int(m["step"].max()), "final loss": tail(m, "loss"),
+                          "training seeds called foreground": tail(m, "seed_fg_share"),
+                          "images/s (median)": float(m["images_per_s"].median())} for name, m in logs.items()],
+                        columns=["unit", "steps", "final loss", "training seeds called foreground", "images/s (median)"])
+
+
+def fig1_table(per_image: dict[int, pd.DataFrame], split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fig. 1's check from `analysis.prototype_vs_centre` frames per seed: (tidy table of the mean cosine of the
+    pixels to their class centre, their prototype and the class centroid of other images, and the pixel-weighted
+    share of pixels closer to the prototype, per seed; the (image, class) pairs of every seed)."""
+    rows = []
+    for seed, frame in per_image.items():
+        for row, col in (("class centre", "centre_mean"), ("prototype", "prototype_mean"), (FIG1_CENTROID, "centroid_mean")):
+            rows.append({"row": row, "quantity": "mean_cosine", "variant": "cam", "seed": seed, "split": split,
+                         "reading": f"mean over {frame[col].notna().sum()} (image, class) pairs of the pixels' cosine",
+                         "value": frame[col].mean(skipna=True)})
+        weights = frame["n_pixels"] / max(1, frame["n_pixels"].sum())
+        rows.append({"row": "share of pixels closer to the prototype", "quantity": "share", "variant": "cam", "seed": seed,
+                     "split": split, "reading": "pixel-weighted", "value": (frame["share_closer_to_prototype"] * weights).sum()})
+    pairs = pd.concat([f.assign(seed=s) for s, f in per_image.items()], ignore_index=True) if per_image else pd.DataFrame()
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS), pairs
+
+
 def fmt_mean_std(values: Sequence[float]) -> str:
     """'58.3 ± 1.2 (n=3)', '58.3 (n=1)', or '–' without values."""
     v = [float(x) for x in values if not math.isnan(float(x))]
