@@ -13,8 +13,9 @@ Files in the output folder (default `book/executed/` for subset and paper, `<wor
 
 - `<name>.partial.ipynb` while a notebook runs (papermill saves it cell by cell);
 - `<name>.ipynb` once it ran to the end (renamed from the partial copy; the book shows these);
-- `<name>.failed.ipynb` when a cell raised: the executed copy with the traceback. A stale `<name>.ipynb`
-  of that notebook is removed so the book never shows results the current code did not produce;
+- `<name>.failed.ipynb` when a cell raised: the executed copy with the traceback, beside the chapter last
+  published (`<name>.ipynb` is never removed by a failure: it keeps its own provenance, and the runner says
+  it was kept);
 - `provenance.json`: per notebook, status, wall time, git revision, profile (merged over runs);
 - `claims.md`: the claims table (`sipe.study.results.study_claims`) over the tables the notebooks wrote into the
   results folder (also saved there as `claims.csv`), and the run record.
@@ -193,10 +194,10 @@ def run_notebook(nb: Notebook, notebooks_dir: Path, out_dir: Path, parameters: M
         )
     except Exception as error:  # noqa: BLE001 - any failure of the notebook is reported, not raised
         seconds = time.perf_counter() - start
-        final.unlink(missing_ok=True)
         if partial.exists():
             os.replace(partial, failed)
-        return NotebookResult(nb.name, "failed", seconds, _failed_cell(error, failed, source), str(failed))
+        kept = f"\n  the chapter last published was kept: {final}" if final.exists() else ""
+        return NotebookResult(nb.name, "failed", seconds, _failed_cell(error, failed, source) + kept, str(failed))
     _tidy_executed(partial)
     os.replace(partial, final)
     failed.unlink(missing_ok=True)
@@ -326,7 +327,7 @@ PUBLISHED_OUT = REPO_ROOT / "book" / "executed"
 def default_out_dir(profile: str, work_dir: Path) -> Path:
     """Where executed notebooks go: `book/executed/` (what the book renders) for the published profiles
     (subset, paper), `<work_dir>/executed` otherwise, so a smoke run never overwrites the published ones."""
-    from .study.pipeline import PUBLISHED_PROFILES
+    from .study.records import PUBLISHED_PROFILES
 
     return PUBLISHED_OUT if profile in PUBLISHED_PROFILES else work_dir / "executed"
 

@@ -77,7 +77,7 @@ def test_successful_run_injects_parameters_and_records_provenance(tiny):
 
 def test_failing_notebook_names_notebook_and_cell(tiny):
     assert runner(*common_args(tiny), "--only", "first").returncode == 0
-    (tiny["out"] / "boom.ipynb").write_text("{}")  # a stale copy from an earlier run
+    (tiny["out"] / "boom.ipynb").write_text("{}")  # the chapter published by an earlier run
     proc = runner(*common_args(tiny), "--only", "boom")
     assert proc.returncode == 1
     # boom.ipynb: title (1), parameters (2), x = 1 (3), raise (4): the injected cell does not count.
@@ -86,7 +86,8 @@ def test_failing_notebook_names_notebook_and_cell(tiny):
     assert "> 1 raise ValueError('planted failure')" in proc.stderr
     assert "[1/1] boom ... FAILED" in proc.stdout
     assert (tiny["out"] / "boom.failed.ipynb").exists()
-    assert not (tiny["out"] / "boom.ipynb").exists()
+    assert (tiny["out"] / "boom.ipynb").read_text() == "{}", "a failure never removes a published chapter"
+    assert f"the chapter last published was kept: {tiny['out'] / 'boom.ipynb'}" in proc.stderr
     assert (tiny["out"] / "first.ipynb").exists()
     statuses = {e["name"]: e["status"] for e in json.loads((tiny["out"] / "provenance.json").read_text())["notebooks"]}
     assert statuses == {"first": "ok", "boom": "failed"}

@@ -109,6 +109,8 @@ def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
         previous = dict(record.get("code", {}))
         own_hash = {k: v for k, v in kinds[name].code_hashes().items() if k == record.get("variant")}
         record["code"] = {**previous, **{s: now[s] for s in stages}, **(own_hash if own_code_evidence else {})}
+        record["code_revisions"] = {**record.get("code_revisions", {}),
+                                    **{part: cert["revision"] for part in [*stages, *(own_hash if own_code_evidence else {})]}}
         record["certified"] = {**cert, "stages": list(stages), "previous_code": previous,
                                "previous_revision": record.get("certified", {}).get("revision", record.get("git_revision")),
                                **({"own_code_evidence": own_code_evidence} if own_code_evidence else {})}

@@ -98,25 +98,32 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Unit] |
     return StudyResults(rows, meta, results_dir, cfg.infer.split, stale, missing)
 
 
-def code_revision(record: dict[str, Any]) -> str:
-    """The revision whose code a record's hashes describe: the one it was certified at, else the one it was
-    computed at."""
-    return str(record.get("certified", {}).get("revision") or record.get("git_revision", ""))
+def code_revision(record: dict[str, Any], part: str = "") -> str:
+    """The revision whose code a record's hash of `part` (a stage, or the unit kind's own code) describes: the
+    one that part was last re-stamped at (`code_revisions`, by a certification or a re-evaluation), else the
+    one the record was certified at, else the one it was computed at."""
+    stamped = record.get("code_revisions", {}).get(part) if part else None
+    return str(stamped or record.get("certified", {}).get("revision") or record.get("git_revision", ""))
 
 
 def code_changes(record: dict[str, Any], unit: Unit, now: dict[str, str],
                  sources: Sequence[str]) -> tuple[list[str], list[str] | None]:
     """(stages or unit kind whose code changed since `record`, the files that did): a stage counts when its
-    hash differs from the record's and its code (not docstrings or layout) differs from `code_revision`; the
-    unit's own `sources` count as `_own_code_changes` says. Files are None when git cannot tell."""
+    hash differs from the record's and its code (not docstrings or layout) differs from its `code_revision`;
+    the unit's own `sources` count as `_own_code_changes` says. Files are None when git cannot tell."""
     changed = [s for s, h in record.get("code", {}).items() if now.get(s) != h]
-    staged = [s for s in changed if s in provenance.STAGES]
-    revision = code_revision(record)
-    files = provenance.code_changes(revision, staged) if staged else []
-    if files is not None:
-        staged = [s for s in staged if s in provenance.stages_using(files)]
+    staged: list[str] = []
+    files: list[str] | None = []
+    for stage in (s for s in provenance.STAGES if s in changed):
+        differ = provenance.code_changes(code_revision(record, stage), [stage])
+        if differ is None:
+            staged.append(stage)
+            files = None
+        elif stage in provenance.stages_using(differ):
+            staged.append(stage)
+            files = None if files is None else sorted({*files, *differ})
     changed = staged + [s for s in changed if s not in provenance.STAGES]
-    own, moved = _own_code_changes(unit, record, now, sources, revision)
+    own, moved = _own_code_changes(unit, record, now, sources, code_revision(record, unit.variant))
     if own and unit.variant not in changed:
         changed.append(unit.variant)
     if moved:
