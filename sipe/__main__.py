@@ -5,6 +5,8 @@ Examples::
   python -m sipe stages --profile subset                  # every unit of the study, in turn (resumable)
   python -m sipe stages --profile subset --units sipe-s15 cam-s15 segmentation-s15
   python -m sipe stages --profile subset --recompute --units sipe-s15   # again from training (old folders kept)
+  python -m sipe stages --profile subset --rung lite2     # a rung of the ladder into results/ladder/lite2
+  python -m sipe ladder                                   # the ladder's rungs and their estimated cost
   python -m sipe train --profile subset --variant sipe
   python -m sipe train --profile subset --variant sccam   # the CAM baseline (round 0), then SC-CAM's rounds
   python -m sipe maps  --profile subset --variant cam
@@ -57,6 +59,16 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return cfg
 
 
+def ladder_table(args: argparse.Namespace) -> int:
+    """`python -m sipe ladder [--results-dir DIR]`: each rung's overrides, units and estimated hours (from the
+    stage times of the units in DIR, default results/subset), the total and the budget it is checked against."""
+    from .study import ladder
+
+    table = ladder.budget(measured_dir=args.results_dir or None)
+    print(ladder.budget_markdown(table), end="")
+    return 0 if table["total_h"].sum() <= ladder.BUDGET_HOURS else 1
+
+
 def certify(args: argparse.Namespace) -> int:
     """`python -m sipe certify --before OLD --after NEW --units U... [--restamp U... --results-dir DIR]`."""
     from .study import certify as cert
@@ -80,7 +92,8 @@ def certify(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "maps", "eval", "stages", "scan", "show-config", "certify"])
+    parser.add_argument("command", choices=["train", "maps", "eval", "stages", "scan", "show-config", "certify",
+                                            "ladder"])
     parser.add_argument("--profile", choices=PROFILES, default="smoke")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sipe")
     parser.add_argument("--data-root", default="", help=f"dataset root (default: ${DATA_ROOT_ENV})")
@@ -95,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recompute", action="store_true", help="stages: compute the --units again from their "
                         "training on (e.g. after their stage code changed); their old folders are renamed, not deleted")
     parser.add_argument("--results-dir", default="", help="stages: results folder (default: results/<profile> "
-                        "for subset/paper, <work dir>/results for smoke)")
+                        "for subset/paper, <work dir>/results for smoke; a rung's: results/ladder/<rung>)")
+    parser.add_argument("--rung", default="", help="stages, show-config: a rung of the ladder (sipe/study/ladder.py "
+                        "RUNGS): its settings over the profile's, its units and its results folder")
     parser.add_argument("--before", default="", help="certify: results folder of the units computed with the old code")
     parser.add_argument("--after", default="", help="certify: results folder of the same units computed with the new code")
     parser.add_argument("--restamp", nargs="*", default=None, metavar="UNIT",
@@ -111,8 +126,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "certify":
         return certify(args)
+    if args.command == "ladder":
+        return ladder_table(args)
     cfg = config_from_args(args)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)
+    rung = None
+    if args.rung:
+        from .study import ladder
+
+        if args.command not in ("stages", "show-config"):
+            raise ConfigError(f"--rung applies to the stages and show-config commands, not {args.command}")
+        rung = ladder.get_rung(args.rung)
+        cfg = ladder.rung_config(rung, cfg)
+        if not args.results_dir:
+            args.results_dir = str(ladder.rung_results_dir(cfg.profile, work, rung.name))
     progress = not args.no_progress
     if args.command == "show-config":
         print(json.dumps(variant_config(cfg, args.variant).to_dict(), indent=2))
@@ -138,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stages":
         from .study import plan
 
-        todo = plan.plan(cfg)
+        todo = rung.units if rung is not None else plan.plan(cfg)
         if args.units:
             by_name = {u.name: u for u in todo}
             unknown = [n for n in args.units if n not in by_name]
             if unknown:
-                raise ConfigError(f"--units {unknown} not in the {cfg.profile} plan: {sorted(by_name)}")
+                where = f"rung {rung.name}" if rung is not None else cfg.profile
+                raise ConfigError(f"--units {unknown} not in the {where} plan: {sorted(by_name)}")
             todo = [by_name[n] for n in args.units]
         if args.recompute:
             if not args.units:

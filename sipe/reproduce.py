@@ -82,6 +82,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("09_fig5_fig7_visual", _TRAINED),
     Notebook("10_table2_table3_segmentation", _TRAINED),
     Notebook("11_bg_weight_selection"),
+    Notebook("12_ladder"),
 )
 
 

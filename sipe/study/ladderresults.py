@@ -1,0 +1,422 @@
+"""The ladder chapter's numbers: each rung's results read as the study's (`sipe.study.loading.load`, the tidy
+tables and claims of `sipe.study.results`), the claims a rung's units decide with their deltas and verdicts side
+by side, SIPE's and the CAM baseline's mIoU against the samples seen, and whether a claim's delta moves toward
+the paper's along an axis of the ladder (`axis_slopes`). A rung without results shows NOT_COMPUTED.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
+
+from ..data import voc
+from ..infra.config import ExperimentConfig, get_profile
+from ..infra.provenance import REPO_ROOT
+from ..stages.train import plan_steps
+from . import paper, pipeline
+from .ladder import (BACKBONE_COSTS, LADDER_VARIANTS, RUNGS, Rung, get_rung, rung_command, rung_config,
+    rung_results_dir)
+from .loading import StudyResults, load
+from .results import CLAIMS, UNIT_TABLES, Claim, claims, fmt_mean_std, study_claims, tidy
+from .tables import table_cells
+
+NOT_COMPUTED = "not yet computed"
+BASE_AXIS = "base"
+HEADLINE: dict[str, str] = {
+    "SIPE beats the CAM baseline (localization maps)": "SIPE - CAM",
+    "SIPE beats the CAM baseline with denseCRF (void as background)": "SIPE - CAM, denseCRF (void as background)",
+    "SIPE beats the CAM baseline with denseCRF (void ignored)": "SIPE - CAM, denseCRF (void ignored)",
+    "IPE improves over the CAM baseline": "CAM + IPE - CAM (Table 4)",
+    "GSC improves over CAM + IPE": "CAM + IPE + GSC - CAM + IPE (Table 4)",
+    "Structure-aware seeds beat the best CAM threshold": "structure-aware seeds - best threshold (Fig. 8)",
+    "Estimated background beats the threshold for option (4)": "estimated - threshold background, option (4) (Table 5)",
+}
+"""The headline deltas of the ladder: claim -> a short label of its delta."""
+AXIS_UNITS = {"data": "doubling of the training images", "length": "doubling of the samples seen",
+              "backbone": "doubling of the backbone's training FLOPs", "crop": "doubling of the crop side",
+              "scales": "doubling of the map pixels (sum of squared scales)", "combined": "the combined rung over the base"}
+"""What one unit of each axis's position is (`axis_position`)."""
+PAPER_TRAIN_IMAGES = paper.FULL_VOC_SIZES["train_aug"]
+SLOPE_COLUMNS = ["claim", "axis", "per", "rungs", "points", "base_delta", "paper_delta", "slope", "ci_low", "ci_high",
+                 "direction"]
+
+
+@dataclass
+class RungResults:
+    """One rung's (or the base study's) configuration, results folder, published units, tidy tables and
+    planned units (names, in run order)."""
+
+    name: str
+    axis: str
+    cfg: ExperimentConfig
+    results_dir: Path
+    results: StudyResults
+    tables: dict[str, pd.DataFrame]
+    planned: tuple[str, ...]
+
+    @property
+    def computed(self) -> bool:
+        return bool(self.results.units)
+
+
+def _read(name: str, axis: str, cfg: ExperimentConfig, results_dir: Path, units: Sequence[pipeline.Unit]) -> RungResults:
+    r = load(cfg, results_dir, units)
+    return RungResults(name, axis, cfg, results_dir, r, {t: tidy(t, r, cfg) for t in UNIT_TABLES},
+                       tuple(u.name for u in units))
+
+
+def load_ladder(base: ExperimentConfig, work_dir: str | Path, base_results_dir: str | Path,
+                rungs: Sequence[Rung] = RUNGS) -> list[RungResults]:
+    """The base study's SIPE and CAM-baseline units (from `base_results_dir`) and every rung's units (from
+    `rung_results_dir`), in ladder order; a rung's units count only when their records match its configuration."""
+    units = [u for u in pipeline.plan(base) if u.variant in LADDER_VARIANTS]
+    out = [_read(base.profile, BASE_AXIS, base, Path(base_results_dir), units)]
+    for rung in rungs:
+        cfg = rung_config(rung, base)
+        out.append(_read(rung.name, rung.axis, cfg, rung_results_dir(base.profile, work_dir, rung.name), rung.units))
+    return out
+
+
+def rung_status(ladder: Sequence[RungResults]) -> pd.DataFrame:
+    """Per rung: its units, how many of them are planned and published for its configuration, its results folder
+    (relative to the repository when inside it) and the command that computes it (columns rung, axis, units,
+    planned, published, results, command)."""
+    rows = []
+    for rr in ladder:
+        folder = rr.results_dir.resolve()
+        shown = folder.relative_to(REPO_ROOT) if folder.is_relative_to(REPO_ROOT) else folder
+        command = "" if rr.axis == BASE_AXIS else rung_command(get_rung(rr.name), rr.cfg.profile)
+        rows.append({"rung": rr.name, "axis": rr.axis, "units": " ".join(rr.planned),
+                     "planned": len(rr.planned), "published": len(rr.results.units), "results": str(shown),
+                     "command": command})
+    return pd.DataFrame(rows)
+
+
+def decided_claims(cfg: ExperimentConfig, variants: Sequence[str] = LADDER_VARIANTS) -> list[Claim]:
+    """The claims of `sipe.study.results.CLAIMS` whose two cells come from the classification tables
+    (`UNIT_TABLES`) and from units of `variants` only (a row a table derives from its cells, such as Fig. 8's
+    best threshold, counts by the variants of that table's cells)."""
+    cells, by_table = {}, {}
+    for name in UNIT_TABLES:
+        for c in table_cells(name, cfg):
+            cells[(name, c.row, c.quantity)] = {c.variant}
+            by_table.setdefault(name, set()).add(c.variant)
+    allowed = set(variants)
+
+    def inside(cell: tuple[str, str, str]) -> bool:
+        return cell[0] in by_table and cells.get(cell, by_table[cell[0]]) <= allowed
+
+    return [c for c in CLAIMS if inside(c.better) and inside(c.baseline)]
+
+
+def rung_claims(rr: RungResults, claim_list: Sequence[Claim]) -> pd.DataFrame:
+    """`study_claims` of one rung over its tidy tables (one-seed intervals from its confusions), with columns
+    rung and axis first; when the rung has no results, the paper's deltas with the verdict NOT_COMPUTED."""
+    if rr.computed:
+        frame = study_claims(rr.results, rr.cfg, rr.tables, claim_list)
+    else:
+        frame = claims({}, claim_list=claim_list).assign(verdict=NOT_COMPUTED)
+    frame = frame.drop(columns=["source", "evidence"])
+    frame.insert(0, "axis", rr.axis)
+    frame.insert(0, "rung", rr.name)
+    return frame
+
+
+def ladder_claims(ladder: Sequence[RungResults], claim_list: Sequence[Claim]) -> pd.DataFrame:
+    """`rung_claims` of every rung, one frame (rung, axis, claim, paper_delta, ours_mean, ours_std, n_seeds,
+    ci_low, ci_high, verdict)."""
+    return pd.concat([rung_claims(rr, claim_list) for rr in ladder], ignore_index=True)
+
+
+def _by_rung(frame: pd.DataFrame, values: str) -> pd.DataFrame:
+    rungs, names = list(dict.fromkeys(frame["rung"])), list(dict.fromkeys(frame["claim"]))
+    table = frame.pivot(index="claim", columns="rung", values=values).reindex(index=names, columns=rungs)
+    table.columns.name = None
+    paper_delta = frame.drop_duplicates("claim").set_index("claim")["paper_delta"].astype(float)
+    table.insert(0, "paper", [("–" if math.isnan(v) else f"{v:+.1f}") for v in paper_delta.reindex(table.index)])
+    return table
+
+
+def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Claim x rung verdicts of a `ladder_claims` frame (rungs and claims in the frame's order), after the
+    paper's delta."""
+    return _by_rung(frame, "verdict")
+
+
+def _delta_text(mean: float, std: float, n: int, lo: float, hi: float, verdict: str) -> str:
+    if verdict == NOT_COMPUTED:
+        return NOT_COMPUTED
+    if n == 0 or math.isnan(mean):
+        return "–"
+    if n == 1:
+        return f"{mean:+.1f}" + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]")
+    return f"{mean:+.1f} ± {std:.1f} (n={n})"
+
+
+def delta_table(frame: pd.DataFrame, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The deltas of a `ladder_claims` frame as the book shows them: one row per claim (its label in `labels`,
+    default the claim), the paper's delta, then per rung ours as mean ± std (n) over seeds, or one seed's delta
+    with its 95% interval over images, or NOT_COMPUTED."""
+    shown = frame.assign(text=[_delta_text(*row) for row in frame[
+        ["ours_mean", "ours_std", "n_seeds", "ci_low", "ci_high", "verdict"]].itertuples(index=False)])
+    table = _by_rung(shown, "text")
+    if labels:
+        table.index = [labels.get(c, c) for c in table.index]
+    table.index.name = "delta"
+    return table
+
+
+def seed_deltas(tables: Mapping[str, pd.DataFrame], claim_list: Sequence[Claim]) -> pd.DataFrame:
+    """Per claim and seed, better - baseline of its two cells in tidy `tables` (seeds both cells have):
+    columns claim, seed, delta."""
+    rows = []
+    for c in claim_list:
+        values = []
+        for table, row, quantity in (c.better, c.baseline):
+            t = tables.get(table)
+            if t is None or t.empty:
+                values.append(pd.Series(dtype=float))
+                continue
+            sel = t[(t["row"] == row) & (t["quantity"] == quantity)]
+            values.append(sel.groupby("seed")["value"].mean().astype(float))
+        delta = (values[0] - values[1]).dropna()
+        rows += [{"claim": c.claim, "seed": int(s), "delta": float(d)} for s, d in delta.items()]
+    return pd.DataFrame(rows, columns=["claim", "seed", "delta"])
+
+
+def training_images(cfg: ExperimentConfig) -> int:
+    """The number of training images a configuration reads (its split, capped by data.max_images)."""
+    return len(voc.read_split(cfg.data.resolved_root(), cfg.data.train_split)[: cfg.data.max_images])
+
+
+def samples_seen(cfg: ExperimentConfig, n_images: int) -> int:
+    """Training samples seen: the steps `plan_steps` plans for `n_images` images x the batch size."""
+    return plan_steps(n_images, cfg)[1] * cfg.train.batch_size
+
+
+def paper_samples_seen() -> int:
+    """Samples seen by the paper's training (the `paper` profile on the full train_aug set)."""
+    return samples_seen(get_profile("paper"), PAPER_TRAIN_IMAGES)
+
+
+def axis_position(cfg: ExperimentConfig, axis: str, n_images: int) -> float:
+    """Where a configuration stands on an axis (every axis grows toward the paper's setting): log2 of the
+    training images (data), of the samples seen (length), of the backbone's training FLOPs (backbone), of the
+    crop side (crop), of the map pixels, the sum of squared scales (scales)."""
+    if axis == "data":
+        return math.log2(n_images)
+    if axis == "length":
+        return math.log2(samples_seen(cfg, n_images))
+    if axis == "backbone":
+        return math.log2(BACKBONE_COSTS[cfg.model.backbone].train_gflops)
+    if axis == "crop":
+        return math.log2(cfg.data.crop_size)
+    if axis == "scales":
+        return math.log2(sum(s * s for s in cfg.infer.scales))
+    raise ValueError(f"no position on axis {axis!r}; axes with positions: {sorted(AXIS_UNITS)}")
+
+
+def positions(ladder: Sequence[RungResults]) -> pd.DataFrame:
+    """Each rung's position on its axis and the base's on every axis (`axis_position`; the combined rung at 1,
+    the base at 0 on its axis): columns rung, axis, position."""
+    base = ladder[0]
+    n_base = training_images(base.cfg)
+    rows = []
+    for rr in ladder[1:]:
+        if rr.axis == "combined":
+            rows += [{"rung": base.name, "axis": rr.axis, "position": 0.0}, {"rung": rr.name, "axis": rr.axis, "position": 1.0}]
+            continue
+        rows += [{"rung": base.name, "axis": rr.axis, "position": axis_position(base.cfg, rr.axis, n_base)},
+                 {"rung": rr.name, "axis": rr.axis, "position": axis_position(rr.cfg, rr.axis, training_images(rr.cfg))}]
+    return pd.DataFrame(rows, columns=["rung", "axis", "position"]).drop_duplicates(ignore_index=True)
+
+
+def ladder_seed_deltas(ladder: Sequence[RungResults], claim_list: Sequence[Claim]) -> pd.DataFrame:
+    """`seed_deltas` of every computed rung: columns rung, claim, seed, delta."""
+    frames = [seed_deltas(rr.tables, claim_list).assign(rung=rr.name) for rr in ladder if rr.computed]
+    if not frames:
+        return pd.DataFrame(columns=["rung", "claim", "seed", "delta"])
+    return pd.concat(frames, ignore_index=True)[["rung", "claim", "seed", "delta"]]
+
+
+def slope(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(slope, low, high): the least-squares slope of y on x and its t interval; the interval is nan with fewer
+    than three points, and everything is nan without two distinct x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return math.nan, math.nan, math.nan
+    xc = x - x.mean()
+    b = float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
+    dof = len(x) - 2
+    if dof < 1:
+        return b, math.nan, math.nan
+    residual = y - y.mean() - b * xc
+    se = math.sqrt(float((residual ** 2).sum()) / dof / float((xc ** 2).sum()))
+    half = float(stats.t.ppf((1 + level) / 2, dof)) * se
+    return b, b - half, b + half
+
+
+def direction(base_delta: float, paper_delta: float, lo: float, hi: float) -> str:
+    """Whether a slope's interval [lo, hi] moves a delta from `base_delta` toward `paper_delta`: 'toward the
+    paper' or 'away from the paper' when the interval excludes 0 on that side, else 'no clear move'; 'no
+    interval' without one, 'no paper delta' when the paper has none."""
+    if math.isnan(paper_delta):
+        return "no paper delta"
+    if math.isnan(lo) or math.isnan(hi):
+        return "no interval"
+    target = 1.0 if paper_delta >= base_delta else -1.0
+    if lo > 0 or hi < 0:
+        return "toward the paper" if (lo > 0) == (target > 0) else "away from the paper"
+    return "no clear move"
+
+
+def axis_slopes(deltas: pd.DataFrame, where: pd.DataFrame, paper_deltas: Mapping[str, float],
+                base: str) -> pd.DataFrame:
+    """Per claim of `paper_deltas` and axis of `where`, the slope of the per-seed deltas (`ladder_seed_deltas`:
+    rung, claim, seed, delta) over the positions of the base (`base`) and the computed rungs of that axis
+    (`positions`), its 95% interval and its `direction` from the base's mean delta toward the paper's:
+    SLOPE_COLUMNS. An axis with no computed rung shows NOT_COMPUTED."""
+    rows = []
+    for claim, paper_delta in paper_deltas.items():
+        mine = deltas[deltas["claim"] == claim]
+        base_delta = float(mine.loc[mine["rung"] == base, "delta"].mean()) if (mine["rung"] == base).any() else math.nan
+        for axis, on_axis in where.groupby("axis", sort=False):
+            points = mine.merge(on_axis[["rung", "position"]], on="rung")
+            rungs = [r for r in dict.fromkeys(points["rung"]) if r != base]
+            row = {"claim": claim, "axis": axis, "per": AXIS_UNITS.get(axis, axis), "rungs": ", ".join(rungs),
+                   "points": len(points), "base_delta": base_delta, "paper_delta": paper_delta}
+            if not rungs or math.isnan(base_delta):
+                rows.append({**row, "slope": math.nan, "ci_low": math.nan, "ci_high": math.nan, "direction": NOT_COMPUTED})
+                continue
+            b, lo, hi = slope(points["position"], points["delta"])
+            rows.append({**row, "slope": b, "ci_low": lo, "ci_high": hi, "direction": direction(base_delta, paper_delta, lo, hi)})
+    return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
+
+
+def slope_table(slopes: pd.DataFrame) -> pd.DataFrame:
+    """Claim x axis of an `axis_slopes` frame, after the paper's delta and the base's: the direction, with the
+    slope per unit of the axis (AXIS_UNITS) and its 95% interval where there is one."""
+    def text(r: pd.Series) -> str:
+        if math.isnan(r["slope"]):
+            return r["direction"]
+        interval = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        return f"{r['direction']}: {r['slope']:+.2f}{interval}"
+
+    shown = slopes.assign(text=slopes.apply(text, axis=1))
+    table = shown.pivot(index="claim", columns="axis", values="text").reindex(
+        index=list(dict.fromkeys(slopes["claim"])), columns=list(dict.fromkeys(slopes["axis"])))
+    table.columns.name = None
+    first = slopes.drop_duplicates("claim").set_index("claim").reindex(table.index)
+    for position, (name, column) in enumerate((("paper", "paper_delta"), ("base", "base_delta"))):
+        table.insert(position, name, [("–" if math.isnan(v) else f"{v:+.1f}") for v in first[column].astype(float)])
+    return table
+
+
+def failing_claims(frame: pd.DataFrame, base: str) -> dict[str, float]:
+    """{claim: the paper's delta} of the claims that fail in the base study (`ladder_claims` frame)."""
+    sel = frame[(frame["rung"] == base) & (frame["verdict"] == "fails")]
+    return dict(zip(sel["claim"], sel["paper_delta"].astype(float)))
+
+
+def absolute_table(ladder: Sequence[RungResults]) -> pd.DataFrame:
+    """Per rung: training images, samples seen, and SIPE's and the CAM baseline's Table 1 mIoU (mean and std
+    over seeds, n), nan where not computed; then the paper's row."""
+    rows = []
+    for rr in ladder:
+        n = training_images(rr.cfg)
+        row = {"rung": rr.name, "axis": rr.axis, "training images": n, "samples seen": samples_seen(rr.cfg, n)}
+        t1 = rr.tables["table1"]
+        for label, name in (("SIPE", "SIPE"), ("CAM", "Baseline (CAM)")):
+            v = t1.loc[(t1["row"] == name) & (t1["quantity"] == "loc_maps_miou"), "value"].astype(float)
+            row.update({f"{label} mean": v.mean() if len(v) else math.nan,
+                        f"{label} std": v.std(ddof=1) if len(v) > 1 else math.nan, f"{label} n": len(v),
+                        label: fmt_mean_std(v.tolist()) if len(v) else NOT_COMPUTED})
+        rows.append(row)
+    sipe, cam = (paper.paper_value("table1", r, "loc_maps_miou") for r in ("SIPE", "Baseline (CAM)"))
+    rows.append({"rung": "paper", "axis": "", "training images": PAPER_TRAIN_IMAGES, "samples seen": paper_samples_seen(),
+                 "SIPE mean": sipe, "SIPE std": math.nan, "SIPE n": 0, "SIPE": f"{sipe:.1f}",
+                 "CAM mean": cam, "CAM std": math.nan, "CAM n": 0, "CAM": f"{cam:.1f}"})
+    return pd.DataFrame(rows)
+
+
+def delta_figure(frame: pd.DataFrame, labels: Mapping[str, str] = HEADLINE, columns: int = 4) -> Figure:
+    """One panel per claim of `labels`: its delta per rung of a `ladder_claims` frame (mean over seeds with
+    the seeds' std, or one seed with its 95% interval over images), the paper's delta as a dashed line, zero as
+    a thin one; rungs not computed are named on the axis and left empty."""
+    rungs = list(dict.fromkeys(frame["rung"]))
+    n = len(labels)
+    rows = math.ceil(n / columns)
+    fig = Figure(figsize=(3.4 * min(columns, n), 3.0 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, min(columns, n), squeeze=False).ravel())
+    for ax, (claim, label) in zip(axes, labels.items()):
+        part = frame[frame["claim"] == claim].set_index("rung").reindex(rungs)
+        done = part["verdict"] != NOT_COMPUTED
+        x = np.arange(len(rungs))
+        mean = part["ours_mean"].astype(float).to_numpy()
+        one = part["n_seeds"].fillna(0).to_numpy() == 1
+        low = np.where(one, mean - part["ci_low"].astype(float), part["ours_std"].astype(float))
+        high = np.where(one, part["ci_high"].astype(float) - mean, part["ours_std"].astype(float))
+        ok = done.to_numpy() & ~np.isnan(mean)
+        ax.errorbar(x[ok], mean[ok], yerr=np.nan_to_num(np.vstack([low[ok], high[ok]])), fmt="o", capsize=3,
+                    color="tab:blue", label="ours")
+        paper_delta = part["paper_delta"].astype(float).dropna()
+        if len(paper_delta):
+            ax.axhline(paper_delta.iloc[0], color="tab:red", linestyle="--", label="paper")
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_xticks(x, [r if d else f"{r}\n(not yet)" for r, d in zip(rungs, done)], rotation=60, fontsize=7)
+        ax.set_xlim(-0.5, len(rungs) - 0.5)
+        ax.set_title("\n".join(textwrap.wrap(label, 34)), fontsize=8)
+        ax.set_ylabel("mIoU points", fontsize=8)
+    axes[0].legend(fontsize=7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig
+
+
+def absolute_figure(table: pd.DataFrame) -> Figure:
+    """SIPE's and the CAM baseline's mIoU against the samples seen (log axis) of every computed rung of an
+    `absolute_table`, each point named by its rung, with the paper's two numbers as stars."""
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
+    ours, paper_row = table[table["rung"] != "paper"], table[table["rung"] == "paper"]
+    for label, colour, marker in (("SIPE", "tab:blue", "o"), ("CAM", "tab:orange", "s")):
+        done = ours[ours[f"{label} n"] > 0]
+        ax.errorbar(done["samples seen"], done[f"{label} mean"], yerr=done[f"{label} std"].fillna(0.0), fmt=marker,
+                    color=colour, capsize=3, label=f"{label} (ours)")
+        for _, r in done.iterrows():
+            ax.annotate(r["rung"], (r["samples seen"], r[f"{label} mean"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.scatter(paper_row["samples seen"], paper_row[f"{label} mean"], marker="*", s=160, color=colour,
+                   edgecolor="black", label=f"{label} (paper)", zorder=3)
+    if not (ours["SIPE n"] > 0).any():
+        ax.text(0.5, 0.5, "no rung computed yet", transform=ax.transAxes, ha="center", color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples seen (log)")
+    ax.set_ylabel("mIoU on VOC train (localization maps)")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str) -> str:
+    """One sentence per finding: how many rungs are computed, and for each claim that fails in the base study
+    the axes along which its delta moves toward (or away from) the paper's, read from `axis_slopes`."""
+    rungs = [r for r in dict.fromkeys(frame["rung"]) if r != base]
+    done = [r for r in rungs if (frame.loc[frame["rung"] == r, "verdict"] != NOT_COMPUTED).any()]
+    if not done:
+        return (f"No rung is computed yet ({len(rungs)} declared): the tables show the {base} study alone, and "
+                "whether a failing claim moves toward the paper cannot be read yet.")
+    text = f"{len(done)} of {len(rungs)} rungs are computed ({', '.join(done)})."
+    if slopes.empty:
+        return text + f" No claim that these units decide fails in the {base} study."
+    for claim, part in slopes.groupby("claim", sort=False):
+        moves = {d: part.loc[part["direction"] == d, "axis"].tolist() for d in ("toward the paper", "away from the paper")}
+        found = [f"{d} along {', '.join(axes)}" for d, axes in moves.items() if axes]
+        text += f" {claim}: " + ("; ".join(found) if found else "no axis moves it clearly") + "."
+    return text

@@ -1,0 +1,319 @@
+"""The ladder of settings (sipe.study.ladder, sipe.study.ladderresults): the rungs' configurations, the command
+line, the cost estimate, the chapter's deltas, verdicts and slopes on hand-made tables, and the chapter run
+with no rung computed."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sipe.__main__ import main
+from sipe.infra.config import ConfigError, get_profile
+from sipe.stages.train import plan_steps
+from sipe.study import ladder, ladderresults as lr, pipeline, results
+from sipe.study.loading import StudyResults
+from sipe.study.records import RESULT_COLUMNS, RESULTS_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+SUBSET = get_profile("subset")
+SUBSET_TRAIN_IMAGES = 1500
+PLAN_FIELDS = {"study.variants", "study.seeds", "study.multi_seed"}
+
+
+def flat(cfg) -> dict[str, object]:
+    return {f"{section}.{k}": v for section, fields in cfg.to_dict().items() if isinstance(fields, dict)
+            for k, v in fields.items()}
+
+
+def differing(a, b) -> set[str]:
+    fa, fb = flat(a), flat(b)
+    return {k for k in fa if fa[k] != fb[k]}
+
+
+@pytest.mark.parametrize("rung", ladder.RUNGS, ids=lambda r: r.name)
+def test_a_rung_differs_from_subset_in_exactly_its_declared_fields(rung):
+    cfg = ladder.rung_config(rung, SUBSET)
+    changed = differing(cfg, SUBSET)
+    assert changed - PLAN_FIELDS == set(rung.overrides)
+    assert cfg.study.variants == rung.variants == ladder.LADDER_VARIANTS and cfg.study.seeds == rung.seeds
+    assert pipeline.plan(cfg) == rung.units
+    for unit in rung.units:
+        mine, base = pipeline.unit_config(cfg, unit), pipeline.unit_config(SUBSET, unit)
+        assert mine.stage_hash("eval") != base.stage_hash("eval")
+        assert (mine.stage_hash("train") == base.stage_hash("train")) == (rung.name == "scales4")
+
+
+def test_the_rungs_set_what_the_ladder_promises():
+    by_name = {r.name: ladder.rung_config(r, SUBSET) for r in ladder.RUNGS}
+    base_steps = plan_steps(SUBSET_TRAIN_IMAGES, SUBSET)[1]
+    for name, n in (("data375", 375), ("data750", 750)):
+        assert by_name[name].data.max_images == n
+        assert plan_steps(n, by_name[name])[1] == base_steps == 935
+    assert [plan_steps(SUBSET_TRAIN_IMAGES, by_name[n])[1] for n in ("epochs10", "epochs20")] == [2 * 935, 4 * 935]
+    crop = by_name["crop352"].data
+    assert crop.crop_size == 352 and np.allclose(np.divide(crop.resize_long, crop.crop_size),
+                                                 np.divide(SUBSET.data.resize_long, SUBSET.data.crop_size))
+    assert by_name["scales4"].infer.scales == (1.0, 0.5, 1.5, 2.0)
+    assert by_name["lite2"].model.backbone == "efficientnet_lite2" and by_name["lite2"].model.semantic_layer == "conv_head"
+    assert len(ladder.get_rung("combined").seeds) == 3
+
+
+def test_a_rung_refuses_unknown_fields_unchanged_values_unknown_variants_and_other_profiles():
+    rung = ladder.get_rung("lite2")
+    with pytest.raises(ConfigError, match=r"unknown config field 'model\.backbon'"):
+        ladder.rung_config(replace(rung, overrides={"model.backbon": "efficientnet_lite2"}), SUBSET)
+    with pytest.raises(ConfigError, match=r"train\.epochs=5 is the base profile's value"):
+        ladder.rung_config(replace(rung, overrides={"train.epochs": 5}), SUBSET)
+    with pytest.raises(ConfigError, match=r"model\.backbone='efficientnet_lite9'; choose one of"):
+        ladder.rung_config(replace(rung, overrides={"model.backbone": "efficientnet_lite9"}), SUBSET)
+    with pytest.raises(ConfigError, match="variants must be among"):
+        ladder.rung_config(replace(rung, variants=("sipe", "nope")), SUBSET)
+    with pytest.raises(ConfigError, match=r"applies to the profiles \['smoke', 'subset'\], not 'paper'"):
+        ladder.rung_config(rung, get_profile("paper"))
+
+
+def test_an_unknown_rung_names_the_rungs():
+    with pytest.raises(ConfigError) as error:
+        ladder.get_rung("lite3")
+    assert str(error.value).startswith("unknown rung 'lite3'; choose one of ['data375', 'data750', 'epochs10'")
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """Replaces the runner of `python -m sipe stages`: the calls it gets (config, work, results folder, units)."""
+    from sipe.study import plan
+
+    calls = []
+    monkeypatch.setattr(plan, "run_plan", lambda cfg, work, results_dir, units, progress=True:
+                        calls.append((cfg, Path(work), results_dir, list(units))))
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    return calls
+
+
+def test_the_rung_option_sets_the_settings_plan_and_results_folder(captured, tmp_path):
+    assert main(["stages", "--profile", "subset", "--rung", "lite2", "--work-dir", str(tmp_path), "--no-progress"]) == 0
+    assert main(["stages", "--profile", "smoke", "--rung", "combined", "--work-dir", str(tmp_path),
+                 "--units", "cam-s16", "sipe-s15"]) == 0
+    (cfg, work, results_dir, units), (cfg2, _, results_dir2, units2) = captured
+    assert cfg == ladder.rung_config(ladder.get_rung("lite2"), SUBSET) and work == tmp_path
+    assert Path(results_dir) == REPO / "results" / "ladder" / "lite2"
+    assert units == [pipeline.Unit("sipe", 15), pipeline.Unit("cam", 15)]
+    assert cfg2.profile == "smoke" and cfg2.infer.scales == ladder.FOUR_SCALES
+    assert Path(results_dir2) == tmp_path / "results" / "ladder" / "combined"
+    assert units2 == [pipeline.Unit("cam", 16), pipeline.Unit("sipe", 15)]
+
+
+def test_the_rung_option_reports_unknown_rungs_and_units_on_one_line(captured, tmp_path, capsys):
+    assert main(["stages", "--profile", "subset", "--rung", "lite3", "--work-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown rung 'lite3'; choose one of ['data375'")
+    assert main(["stages", "--profile", "subset", "--rung", "lite2", "--units", "sipe-s16"]) == 2
+    assert "--units ['sipe-s16'] not in the rung lite2 plan: ['cam-s15', 'sipe-s15']" in capsys.readouterr().err
+    assert main(["train", "--profile", "subset", "--rung", "lite2"]) == 2
+    assert "--rung applies to the stages and show-config commands" in capsys.readouterr().err
+    assert captured == []
+
+
+def test_the_ladder_command_prints_every_rung_and_the_total(capsys):
+    assert main(["ladder"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"`{r.name}`" in out for r in ladder.RUNGS)
+    assert re.search(r"Total: \d+\.\d hours of stage time, within the 12-hour budget", out)
+
+
+def write_record(folder: Path, unit: str, train: float, maps: tuple[float, float], evals: tuple[float, float],
+                 steps_per_epoch: int = 187, epochs: int = 5) -> None:
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    wall = {"train": train, "maps_eval": maps[0], "maps_selection": maps[1], "eval_eval": evals[0],
+            "eval_selection": evals[1]}
+    (folder / "runs" / f"{unit}.json").write_text(json.dumps({"wall_seconds": wall}))
+    steps = np.arange(1, steps_per_epoch * epochs + 1)
+    pd.DataFrame({"step": steps, "epoch": (steps - 1) // steps_per_epoch}).to_csv(folder / "logs" / f"{unit}.csv", index=False)
+
+
+def test_the_budget_scales_the_measured_stage_times(tmp_path):
+    for unit, train in (("sipe-s15", 1000.0), ("sipe-s16", 1200.0), ("sipe-s17", 5000.0), ("cam-s15", 800.0)):
+        write_record(tmp_path, unit, train, (300.0, 100.0), (200.0, 20.0))
+    measured = ladder.measured_seconds(tmp_path)
+    assert measured.loc["sipe", "train"] == 1200.0 and measured.loc["cam", "train"] == 800.0
+    assert measured.loc["sipe", ["maps", "eval", "steps_per_epoch", "steps"]].tolist() == [400.0, 220.0, 187, 935]
+    rungs = [ladder.get_rung(n) for n in ("epochs10", "data375", "lite2", "crop352", "scales4", "combined")]
+    table = ladder.budget(rungs, tmp_path).set_index("rung")
+    hours = lambda seconds: pytest.approx(seconds / 3600.0)
+    lite2_train, lite2_maps = 129.5 / 85.7, 69.5 / 51.5
+    assert table.loc["epochs10", "train_h"] == hours(2 * (1200 + 800))
+    assert table.loc["epochs10", "maps_h"] == hours(2 * 400) and table.loc["epochs10", "eval_h"] == hours(2 * 220)
+    assert table.loc["data375", "train_h"] == hours(1200 + 800)
+    assert table.loc["lite2", "train_h"] == hours(lite2_train * 2000) and table.loc["lite2", "maps_h"] == hours(lite2_maps * 800)
+    assert table.loc["crop352", "train_h"] == hours((352 / 256) ** 2 * 2000)
+    assert table.loc["scales4", "train_h"] == 0.0 and table.loc["scales4", "maps_h"] == hours(7.5 / 3.5 * 800)
+    assert table.loc["combined", "train_h"] == hours(2 * lite2_train * 2000)
+    assert table.loc["combined", "maps_h"] == hours(3 * lite2_maps * 7.5 / 3.5 * 800)
+    assert table["total_h"].tolist() == pytest.approx(table[["train_h", "maps_h", "eval_h"]].sum(axis=1).tolist())
+    with pytest.raises(ConfigError, match="exceed its 1-hour budget"):
+        ladder.check_fits(table.reset_index(), budget_hours=1.0)
+
+
+def test_a_variant_without_a_measured_unit_is_a_clear_error(tmp_path):
+    write_record(tmp_path, "sipe-s15", 1000.0, (300.0, 100.0), (200.0, 20.0))
+    with pytest.raises(ConfigError, match="no measured unit of 'cam'"):
+        ladder.measured_seconds(tmp_path)
+
+
+def test_the_declared_ladder_fits_the_budget_and_the_book_shows_its_table():
+    table = ladder.budget()
+    assert ladder.check_fits(table) <= ladder.BUDGET_HOURS
+    page = (REPO / "book" / "reproduce.md").read_text()
+    block = re.search(r"<!-- ladder table:.*?-->\n(.*?)<!-- end of the ladder table -->", page, re.S)
+    assert block and block.group(1) == ladder.budget_markdown(table)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(ladder.BACKBONE_COSTS))
+def test_backbone_costs_are_the_measured_flops(backbone):
+    measured = ladder.measure_backbone_flops(backbone)
+    declared = ladder.BACKBONE_COSTS[backbone]
+    assert measured.train_gflops == pytest.approx(declared.train_gflops, rel=0.01)
+    assert measured.maps_gflops == pytest.approx(declared.maps_gflops, rel=0.01)
+
+
+def tidy_rows(cells: dict[tuple[str, str], list[float]], seeds=(15, 16, 17)) -> pd.DataFrame:
+    """A tidy table: {(row, quantity): value per seed}."""
+    return pd.DataFrame([{"row": row, "quantity": q, "variant": "", "seed": s, "split": "train", "reading": "",
+                          "value": v} for (row, q), values in cells.items() for s, v in zip(seeds, values)])
+
+
+def hand_made(sipe: list[float], cam: list[float], seeds=(15, 16, 17)) -> dict[str, pd.DataFrame]:
+    return {"table1": tidy_rows({("SIPE", "loc_maps_miou"): sipe, ("Baseline (CAM)", "loc_maps_miou"): cam}, seeds)}
+
+
+SIPE_VS_CAM = next(c for c in results.CLAIMS if c.claim == "SIPE beats the CAM baseline (localization maps)")
+
+
+def test_seed_deltas_pair_the_two_cells_by_seed():
+    tables = hand_made([36.0, 35.5, 36.5], [34.0, 34.0, 33.0])
+    tables["table1"] = tables["table1"][~((tables["table1"]["row"] == "SIPE") & (tables["table1"]["seed"] == 17))]
+    deltas = lr.seed_deltas(tables, [SIPE_VS_CAM])
+    assert deltas.to_dict("list") == {"claim": [SIPE_VS_CAM.claim] * 2, "seed": [15, 16], "delta": [2.0, 1.5]}
+    assert lr.seed_deltas({}, [SIPE_VS_CAM]).empty
+
+
+def empty_rung(name: str, axis: str, tmp_path: Path) -> lr.RungResults:
+    r = StudyResults(pd.DataFrame(columns=[*RESULT_COLUMNS, "unit"]), {}, tmp_path, "train")
+    return lr.RungResults(name, axis, SUBSET, tmp_path, r, {}, ("sipe-s15", "cam-s15"))
+
+
+def test_deltas_and_verdicts_per_rung_with_a_rung_not_computed(tmp_path):
+    base = results.claims(hand_made([36.0, 36.5, 35.5], [34.0, 34.0, 34.0]), claim_list=[SIPE_VS_CAM])
+    worse = results.claims(hand_made([33.0, 32.0, 33.0], [34.0, 34.0, 34.0]), claim_list=[SIPE_VS_CAM])
+    frame = pd.concat([base.assign(rung="subset", axis="base"), worse.assign(rung="epochs10", axis="length"),
+                       lr.rung_claims(empty_rung("lite2", "backbone", tmp_path), [SIPE_VS_CAM])], ignore_index=True)
+    verdicts = lr.verdict_table(frame)
+    assert verdicts.loc[SIPE_VS_CAM.claim].tolist() == ["+8.5", "holds", "fails", lr.NOT_COMPUTED]
+    assert list(verdicts.columns) == ["paper", "subset", "epochs10", "lite2"]
+    shown = lr.delta_table(frame, lr.HEADLINE)
+    assert shown.loc["SIPE - CAM"].tolist() == ["+8.5", "+2.0 ± 0.5 (n=3)", "-1.3 ± 0.6 (n=3)", lr.NOT_COMPUTED]
+
+
+def test_rung_status_names_the_units_folder_and_command(tmp_path, monkeypatch):
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    folder = ladder.rung_results_dir("subset", tmp_path, "lite2")
+    r = StudyResults(pd.DataFrame(columns=[*RESULT_COLUMNS, "unit"]), {}, folder, "train", missing=["cam-s15", "sipe-s15"])
+    status = lr.rung_status([replace(empty_rung("lite2", "backbone", tmp_path), results_dir=folder, results=r)])
+    assert status.iloc[0].to_dict() == {"rung": "lite2", "axis": "backbone", "units": "sipe-s15 cam-s15", "planned": 2,
+                                        "published": 0, "results": "results/ladder/lite2",
+                                        "command": "python -m sipe stages --profile subset --rung lite2"}
+
+
+def test_a_one_seed_delta_shows_its_interval():
+    frame = pd.DataFrame([{"rung": "lite2", "axis": "backbone", "claim": "c", "paper_delta": 1.0, "ours_mean": -0.5,
+                           "ours_std": math.nan, "n_seeds": 1, "ci_low": -1.25, "ci_high": 0.5, "verdict": "mixed"}])
+    assert lr.delta_table(frame).loc["c"].tolist() == ["+1.0", "-0.5 [-1.2, +0.5]"]
+
+
+def test_the_ladder_decides_the_claims_of_sipe_and_cam_units_only():
+    names = [c.claim for c in lr.decided_claims(SUBSET)]
+    assert set(names) == {*lr.HEADLINE, "denseCRF improves SIPE's localization maps", results.ARGMAX_CLAIM}
+    assert all(h in {c.claim for c in results.CLAIMS} for h in lr.HEADLINE)
+
+
+def test_slope_is_least_squares_with_a_t_interval():
+    x, y = [0, 0, 0, 1, 2], [-1.0, -1.2, -0.8, 0.5, 2.1]
+    b, lo, hi = lr.slope(x, y)
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf(0.975, len(x) - 2) * fit.stderr
+    assert (b, lo, hi) == pytest.approx((fit.slope, fit.slope - half, fit.slope + half))
+    assert lr.slope([0, 1, 2], [1.0, 3.0, 5.0]) == pytest.approx((2.0, 2.0, 2.0))
+    b, lo, hi = lr.slope([0, 1], [1.0, 3.0])
+    assert b == 2.0 and math.isnan(lo) and math.isnan(hi)
+    assert all(math.isnan(v) for v in lr.slope([1, 1, 1], [1.0, 2.0, 3.0]))
+
+
+def test_direction_reads_the_interval_against_the_paper():
+    assert lr.direction(-1.0, 5.0, 0.2, 1.0) == "toward the paper"
+    assert lr.direction(-1.0, 5.0, -2.0, -0.1) == "away from the paper"
+    assert lr.direction(8.0, 5.0, -2.0, -0.1) == "toward the paper"
+    assert lr.direction(-1.0, 5.0, -0.5, 0.5) == "no clear move"
+    assert lr.direction(-1.0, 5.0, math.nan, math.nan) == "no interval"
+    assert lr.direction(-1.0, math.nan, 0.2, 1.0) == "no paper delta"
+
+
+def test_axis_slopes_per_claim_and_axis():
+    deltas = pd.DataFrame([("subset", "c", s, d) for s, d in zip((15, 16, 17), (-1.0, -1.2, -0.8))]
+                          + [("epochs10", "c", 15, 0.5), ("epochs20", "c", 15, 2.1), ("lite2", "c", 15, -3.0)],
+                          columns=["rung", "claim", "seed", "delta"])
+    where = pd.DataFrame([("subset", "length", 12.87), ("epochs10", "length", 13.87), ("epochs20", "length", 14.87),
+                          ("subset", "backbone", 6.42), ("lite2", "backbone", 7.02),
+                          ("subset", "crop", 8.0), ("crop352", "crop", 8.46)], columns=["rung", "axis", "position"])
+    slopes = lr.axis_slopes(deltas, where, {"c": 5.0}, "subset").set_index("axis")
+    fit = stats.linregress([12.87] * 3 + [13.87, 14.87], [-1.0, -1.2, -0.8, 0.5, 2.1])
+    assert slopes.loc["length", "slope"] == pytest.approx(fit.slope)
+    assert slopes.loc["length", ["rungs", "points", "direction"]].tolist() == ["epochs10, epochs20", 5, "toward the paper"]
+    assert slopes.loc["length", "base_delta"] == pytest.approx(-1.0)
+    assert slopes.loc["backbone", "slope"] == pytest.approx(-2.0 / 0.6)
+    assert slopes.loc["backbone", "direction"] == "away from the paper"
+    assert slopes.loc["crop", "direction"] == lr.NOT_COMPUTED and math.isnan(slopes.loc["crop", "slope"])
+    table = lr.slope_table(slopes.reset_index())
+    assert table.loc["c", ["paper", "base", "crop"]].tolist() == ["+5.0", "-1.0", lr.NOT_COMPUTED]
+    assert table.loc["c", "length"].startswith("toward the paper: +1.")
+
+
+def test_failing_claims_are_read_from_the_base_rung():
+    frame = pd.DataFrame({"rung": ["subset", "subset", "lite2"], "claim": ["a", "b", "a"], "paper_delta": [3.1, 1.0, 3.1],
+                          "verdict": ["fails", "holds", "holds"]})
+    assert lr.failing_claims(frame, "subset") == {"a": 3.1}
+
+
+def test_positions_grow_toward_the_paper():
+    lite2 = ladder.rung_config(ladder.get_rung("lite2"), SUBSET)
+    assert lr.axis_position(SUBSET, "data", 1500) == pytest.approx(math.log2(1500))
+    assert lr.axis_position(SUBSET, "length", 1500) == pytest.approx(math.log2(7480))
+    assert lr.axis_position(lite2, "backbone", 1500) - lr.axis_position(SUBSET, "backbone", 1500) == \
+        pytest.approx(math.log2(129.5 / 85.7))
+    assert lr.axis_position(SUBSET, "scales", 1500) == pytest.approx(math.log2(3.5))
+    assert lr.paper_samples_seen() == 52880 and lr.samples_seen(SUBSET, 1500) == 7480
+
+
+def test_the_chapter_runs_with_no_rung_computed(synthetic_root, tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "sipe.reproduce", "--profile", "smoke", "--data-root", str(synthetic_root),
+                          "--work-dir", str(tmp_path / "work"), "--out", str(out), "--only", "12_ladder", "--device", "cpu",
+                          "--no-compute"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    nb = nbformat.read(out / "12_ladder.ipynb", as_version=4)
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells
+                     if c.cell_type == "code" for o in c.outputs)
+    assert "No rung is computed yet (8 declared)" in text
+    assert text.count(lr.NOT_COMPUTED) >= len(ladder.RUNGS)
+    assert sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs) == 2
+    assert not (tmp_path / "work" / "results" / "ladder").exists()
