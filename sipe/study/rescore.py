@@ -33,6 +33,8 @@ from ..infra.errors import SipeError, cli_entry
 from ..infra.runtime import atomic_write_json, atomic_write_text, read_json
 from ..stages.crf import score_crf
 from ..stages.evaluation import MIoUResult, default_class_names, miou_result
+from .pipeline import Unit
+from .plan import kind_of
 from .records import unit_paths
 
 REASON = ("void-ignored mIoU over the classes present in the ground truth of the evaluated images (the same "
@@ -167,16 +169,20 @@ def rescore_unit(results_dir: str | Path, name: str, reason: str = REASON, revis
         raise RescoreError(f"{name}: {paths['npz']} holds no void-ignored reading to rescore")
     text = paths["csv"].read_text()
     new_text, changes = rescore_text(text, found, name)
-    now = prov.stage_code_hashes()["eval"]
+    variant = str(record.get("variant", ""))
+    stamped = {"eval": prov.stage_code_hashes()["eval"]}
+    if variant in record.get("code", {}):
+        stamped[variant] = kind_of(Unit(variant, int(record.get("seed", 0)))).code_hashes()[variant]
     previous = dict(record.get("code", {}))
-    if new_text == text and previous.get("eval") == now:
+    if new_text == text and all(previous.get(k) == v for k, v in stamped.items()):
         return changes
     record["rescored"] = {
         "revision": rev, "date": prov.utc_now(), "reason": reason, "confusions": CONFUSIONS_UNCHANGED,
         "readings": changes, "previous_code": previous,
         **({"previous": record["rescored"]} if "rescored" in record else {}),
     }
-    record["code"] = {**previous, "eval": now}
+    record["code"] = {**previous, **stamped}
+    record["code_revisions"] = {**record.get("code_revisions", {}), **{part: rev for part in stamped}}
     if new_text != text:
         atomic_write_text(paths["csv"], new_text)
     atomic_write_json(paths["json"], record)
