@@ -206,20 +206,27 @@ def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
 
     from sipe.study.results import CLAIM_COLUMNS
 
+    nan = np.nan
     table = pd.DataFrame([
-        ["SIPE beats the CAM baseline (localization maps)", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"],
-        ["Option (4) beats option (1), estimated background", "Table 5", 4.0, 1.5, np.nan, 1, 0.4, 2.6, "holds", "05"],
-        ["Structure-aware seeds beat the best CAM threshold", "Fig. 8", 5.3, np.nan, np.nan, 0, np.nan, np.nan, "not yet run", "06"],
+        ["SIPE beats the CAM baseline (localization maps)", "Table 1", 8.5, 5.0, 1.0, 3, 3.1, 6.2, 5.0 / 8.5, 3.1 / 8.5,
+         6.2 / 8.5, "holds", "undecided", "03"],
+        ["Option (4) beats option (1), estimated background", "Table 5", 4.0, 1.5, nan, 1, 0.4, 2.6, 1.5 / 4, 0.1, 0.65,
+         "holds", "undecided", "05"],
+        ["Structure-aware seeds beat the best CAM threshold", "Fig. 8", 5.3, nan, nan, 0, nan, nan, nan, nan, nan,
+         "not yet run", nan, "06"],
     ], columns=CLAIM_COLUMNS)
     page = claims_markdown(table, "subset", "results/subset", "profile subset; maps in bfloat16 (paper: float32)")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in page.splitlines() if line.startswith("| ") and "---" not in line}
-    assert rows["SIPE beats the CAM baseline (localization maps)"][1:5] == ["+8.5", "+5.0 ± 1.0 (n=3)", "–", "holds"]
-    assert rows["Option (4) beats option (1), estimated background"][2:5] == ["+1.5 (n=1)", "[+0.4, +2.6]", "holds"]
-    assert rows["Structure-aware seeds beat the best CAM threshold"][2:5] == ["–", "–", "not yet run"]
+    assert rows["SIPE beats the CAM baseline (localization maps)"][1:7] == \
+        ["+8.5", "+5.0 ± 1.0 (n=3)", "[+3.1, +6.2]", "59% [36%, 73%]", "holds", "undecided"]
+    assert rows["Option (4) beats option (1), estimated background"][2:7] == \
+        ["+1.5 (n=1)", "[+0.4, +2.6]", "38% [10%, 65%]", "holds", "undecided"]
+    assert rows["Structure-aware seeds beat the best CAM threshold"][2:7] == ["–", "–", "–", "not yet run", "–"]
     assert "`subset`" in page and "results/subset" in page
     assert "Setting: profile subset; maps in bfloat16 (paper: float32)." in page
-    assert "Of the 3 claims the study checks, 2 hold, 1 is not yet run.\n" in page
+    assert "Of the 3 claims the study checks, 2 hold, 1 is not yet run. Share of the paper's effect reproduced (claims with " \
+        "an interval and a paper difference): undecided 2.\n" in page
 
 
 def test_git_revision(tmp_path):

@@ -87,6 +87,11 @@ def test_bootstrap_interval_of_a_difference_over_images():
     ([-3.5], 1, (-4.0, -1.2), True, "fails"),
     ([0.3], 1, None, True, results.NO_INTERVAL),
     ([], 1, None, False, "not yet run"),
+    ([2.0, 3.0, 2.5], 1, (-0.5, 4.0), False, "mixed"),   # several seeds agreeing, but the interval decides
+    ([2.0, 3.0, 2.5], 1, (0.5, 4.0), False, "holds"),
+    ([-2.0, -3.0], -1, (-3.5, -0.2), False, "holds"),
+    ([2.0, 3.0, -0.5], 1, (0.2, 3.5), False, "holds"),   # a seed of the other sign within a one-sided interval
+    ([0.3, -0.2, 0.1], 1, (-1.5, 1.2), True, "mixed"),
 ])
 def test_verdict_rules(deltas, sign, ci, unchanged, expected):
     assert results.verdict(deltas, sign, ci, unchanged) == expected
@@ -305,9 +310,15 @@ def test_verdict_note_counts_verdicts_and_names_failing_and_mixed_claims():
     assert note.endswith("Failing: b. Mixed: c.")
     assert results.verdict_note(frame, "the study checks", name_claims=False) == \
         "Of the 5 claims the study checks, 2 hold, 1 is mixed, 1 fails, 1 is not testable here."
-    shown = results.claims_display(pd.DataFrame([["x", "Table 1", 8.5, 5.0, 1.0, 3, np.nan, np.nan, "holds", "03"]],
-                                                columns=results.CLAIM_COLUMNS))
-    assert shown.iloc[0].tolist() == ["x", "Table 1", "+8.5", "+5.0 ± 1.0 (n=3)", "–", "holds", "03"]
+    shown = results.claims_display(pd.DataFrame(
+        [["x", "Table 1", 8.5, 5.0, 1.0, 3, 4.2, 5.9, 5.0 / 8.5, 4.2 / 8.5, 5.9 / 8.5, "holds", results.AT_LEAST_HALF, "03"],
+         ["y", "Table 5", 1.6, 4.8, np.nan, 1, np.nan, np.nan, np.nan, np.nan, np.nan, results.NO_INTERVAL, np.nan, "05"]],
+        columns=results.CLAIM_COLUMNS))
+    assert shown.iloc[0].tolist() == ["x", "Table 1", "+8.5", "+5.0 ± 1.0 (n=3)", "[+4.2, +5.9]", "59% [49%, 69%]",
+                                      "holds", results.AT_LEAST_HALF, "03"]
+    assert shown.iloc[1].tolist() == ["y", "Table 5", "+1.6", "+4.8 (n=1)", "–", "–", results.NO_INTERVAL, "–", "05"]
+    assert results.verdict_note(shown, name_claims=False) == "Of the 2 claims this chapter checks, 1 holds, 1 has no " \
+        "interval to decide it. Share of the paper's effect reproduced (claims with an interval and a paper difference): >= 50% 1."
 
 
 def test_code_note_gives_one_diff_per_revision_and_changed_files():
@@ -403,3 +414,86 @@ def test_fig1_table_weights_the_share_by_pixels_and_keeps_every_pair() -> None:
     assert t[("class centre", 15)] == pytest.approx(0.3) and t[("prototype", 16)] == pytest.approx(0.6)
     assert t[("share of pixels closer to the prototype", 15)] == pytest.approx(0.25)
     assert list(table.columns) == results.TIDY_COLUMNS and len(pairs) == 4 and set(pairs["seed"]) == {15, 16}
+def _two_class(fg: int, tp: int, fp: int, bg: int = 200) -> np.ndarray:
+    """(2,2) confusion of one image: rows ground truth (background, object), columns prediction."""
+    return np.array([[bg - fp, fp], [fg - tp, tp]])
+
+
+def _seed_confusions(rng: np.random.Generator, n: int = 80, every: int = 0, few: bool = False):
+    """(better, baseline) per-image confusions of one seed: `better` finds `every` more object pixels in every
+    image; or (few) finds 2 fewer in every image and 2,200 more in one large image."""
+    fg, fp = rng.integers(40, 60, n), rng.integers(5, 15, n)
+    tp = (fg * rng.uniform(0.4, 0.6, n)).astype(int)
+    base = np.stack([_two_class(f, t, p) for f, t, p in zip(fg, tp, fp)])
+    better = base.copy()
+    shift = -2 if few else every
+    better[:, 1, 1] += shift
+    better[:, 1, 0] -= shift
+    if few:
+        base = np.concatenate([base, _two_class(3000, 600, 10)[None]])
+        better = np.concatenate([better, _two_class(3000, 2800, 10)[None]])
+    return better, base
+
+
+def test_the_interval_covers_images_as_well_as_seeds():
+    """Three seeds agreeing closely: an effect carried by one image in each gets a wide interval (and no verdict),
+    one present in every image a narrow one; seeds that disagree widen it whatever the images say."""
+    rng = np.random.default_rng(0)
+    few = [results.confusion_evidence(*_seed_confusions(rng, few=True)) for _ in range(3)]
+    every = [results.confusion_evidence(*_seed_confusions(rng, every=4)) for _ in range(3)]
+    for evidence in (few, every):
+        deltas = [e.delta(np.ones((1, e.size)))[0] for e in evidence]
+        assert min(deltas) > 0 and np.std(deltas, ddof=1) < 0.2, "consistent over seeds"
+        assert results.verdict(deltas, 1) == "holds", "the seeds alone would call both effects established"
+    delta, lo, hi = results.bootstrap_claim(few, samples=1000)
+    assert 15 < delta < 20 and lo < 0 < hi and hi - lo > 20
+    assert results.verdict([delta] * 3, 1, (lo, hi)) == "mixed"
+    delta, lo, hi = results.bootstrap_claim(every, samples=1000)
+    assert 0 < lo < delta < hi and hi - lo < 0.5
+    assert results.verdict([delta] * 3, 1, (lo, hi)) == "holds"
+    disagree = every[:2] + [results.confusion_evidence(*_seed_confusions(rng, every=-4))]
+    _, lo, hi = results.bootstrap_claim(disagree, samples=1000)
+    assert lo < 0 < hi, "one seed of three with the opposite effect"
+
+
+def test_one_seed_interval_is_the_bootstrap_over_its_images():
+    rng = np.random.default_rng(5)
+    better, base = _seed_confusions(rng, every=4)
+    assert results.bootstrap_claim([results.confusion_evidence(better, base)], samples=300, seed=2) == \
+        results.bootstrap_delta(better, base, samples=300, seed=2)
+    with pytest.raises(ValueError, match="no seed"):
+        results.bootstrap_claim([])
+
+
+@pytest.mark.parametrize("paper, ci, unchanged, expected", [
+    (8.5, (9.0, 12.0), False, (9.0 / 8.5, 12.0 / 8.5, results.IN_FULL)),
+    (8.5, (4.5, 6.0), False, (4.5 / 8.5, 6.0 / 8.5, results.AT_LEAST_HALF)),
+    (8.5, (4.0, 6.0), False, (4.0 / 8.5, 6.0 / 8.5, results.UNDECIDED)),
+    (8.5, (1.0, 4.0), False, (1.0 / 8.5, 4.0 / 8.5, results.SMALLER)),
+    (8.5, (-3.0, -1.0), False, (-3.0 / 8.5, -1.0 / 8.5, results.SMALLER)),     # the opposite effect
+    (-2.0, (-3.0, -2.5), False, (1.25, 1.5, results.IN_FULL)),                  # the paper's delta is negative
+    (-0.3, (-0.5, 0.5), True, None),                                            # a claim of no change
+    (float("nan"), (1.0, 2.0), False, None),
+    (8.5, None, False, None),
+])
+def test_magnitude_is_the_share_of_the_papers_effect_the_interval_shows(paper, ci, unchanged, expected):
+    got = results.magnitude(paper, ci, unchanged)
+    if expected is None:
+        assert got is None
+    else:
+        assert got[:2] == pytest.approx(expected[:2]) and got[2] == expected[2]
+
+
+def test_claims_take_the_interval_over_images_and_seeds():
+    rng = np.random.default_rng(1)
+    pairs = {s: _seed_confusions(rng, few=True) for s in (15, 16, 17)}
+    rows = lambda name, i: pd.DataFrame([{"row": name, "quantity": "loc_maps_miou", "seed": s,
+                                          "value": float(results.miou_of_confusions(p[i].sum(0)))} for s, p in pairs.items()])
+    t4 = pd.concat([rows("CAM + IPE + GSC", 0), rows("CAM + IPE", 1)])
+    claim = [c for c in results.CLAIMS if c.claim == "GSC improves over CAM + IPE"]
+    seeds_only = results.claims({"table4": t4}, None, claim).iloc[0]
+    assert seeds_only["verdict"] == "holds" and np.isnan(seeds_only["ci_low"]) and np.isnan(seeds_only["share"])
+    out = results.claims({"table4": t4}, lambda c, s: results.confusion_evidence(*pairs[s]), claim).iloc[0]
+    assert out["n_seeds"] == 3 and out["ci_low"] < 0 < out["ci_high"] and out["verdict"] == "mixed"
+    assert out["share"] == pytest.approx(out["ours_mean"] / 5.4) and out["share_low"] < 0 < 1 < out["share_high"]
+    assert out["magnitude"] == results.UNDECIDED

@@ -416,3 +416,16 @@ def test_ratio_and_refinement_notes_read_every_reading_per_seed() -> None:
     unpaired = pd.concat([tp, pd.DataFrame([row("SIPE", "maps_miou", 2, 10.0)])])
     assert segresults.refinement_note(unpaired) == segresults.refinement_note(tp), "means over the paired seeds only"
     assert segresults.refinement_note(segresults.empty_table()) == "The random walk has not run yet."
+
+
+def test_ir_labels_void_ignored_keep_every_class_of_the_ground_truth(synthetic_root: Path, tmp_path: Path) -> None:
+    """The IR labels' void-ignored mIoU averages over the classes of the ground truth (`gt_pixels`, from the
+    void-as-background confusion), so a class the IR labels leave all void scores 0 instead of dropping out."""
+    stages = segstudy._Stages(smoke(synthetic_root), tmp_path, 0, progress=False)
+    ir = np.zeros((1, 21, 21), np.int64)
+    ir[0, 0, 0], ir[0, 8, 8] = 40, 15                 # background and cat right; every dog pixel (12) void
+    gt_pixels = np.zeros(21, np.int64)
+    gt_pixels[[0, 8, 12]] = 50, 15, 10
+    assert stages.score(ir, "cam", "pseudo/ir_labels", "train", "void_ignored", gt_pixels=gt_pixels) == \
+        pytest.approx(200.0 / 3)
+    assert stages.score(ir, "cam", "pseudo/ir_labels", "train", "void_ignored") == pytest.approx(100.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
@@ -168,12 +168,33 @@ def evaluate_crf(
     labeler = CRFLabeler(str(maps_dir), str(root), which, bg_scale, t, gt_prob, strict, threshold, backgrounds)
     stack = accumulate_confusion(ids, labeler, root, num_classes, workers=workers, progress=progress,
                                  desc=f"denseCRF ({which})", per_image=True)
-    confs = stack.sum(0)
     bg = "" if threshold is None else f", constant background {threshold:g}"
     if backgrounds is not None:
         bg = f", IRN backgrounds {backgrounds[0]:g} / {backgrounds[1]:g}"
     setting = f"denseCRF ({t} iterations, gt_prob {gt_prob}, background x {bg_scale}{bg}{', strict' if strict else ''})"
-    as_bg, ignored = (miou_result(c, class_names, present_classes, split, len(ids)) for c in confs)
+    res = score_crf(stack.sum(0), class_names, present_classes, split, len(ids), setting)
+    return replace(res, per_image_confusion=stack) if per_image else res
+
+
+def score_crf(
+    confs: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    present_classes: PresentClasses = "gt",
+    split: str | None = None,
+    n_images: int | None = None,
+    setting: str = "denseCRF",
+) -> CRFResult:
+    """CRFResult of the two confusions (2,C,C) of CRF labels: [0] void counted as background, [1] void ignored.
+
+    Both readings average over the same classes, those present in the ground truth of the evaluated images
+    (the rows of [0] count every labelled pixel): a class whose pixels are all void scores 0 when void is
+    ignored, rather than dropping out of the mean."""
+    confs = np.asarray(confs)
+    if confs.ndim != 3 or confs.shape[0] != 2:
+        raise ValueError(f"need the confusions (2,C,C) of void as background and void ignored, got {confs.shape}")
+    gt_pixels = confs[0].sum(axis=1)
+    as_bg = miou_result(confs[0], class_names, present_classes, split, n_images)
+    ignored = miou_result(confs[1], class_names, present_classes, split, n_images, gt_pixels=gt_pixels)
     total = confs[0].sum()
     void_fraction = float((total - confs[1].sum()) / total) if total else float("nan")
     return CRFResult(
@@ -186,5 +207,4 @@ def evaluate_crf(
             f"{ignored.note}; {setting}, void pixels ({100 * void_fraction:.1f}%) ignored", ignored.confusion,
         ),
         void_fraction=void_fraction,
-        per_image_confusion=stack if per_image else None,
     )

@@ -129,12 +129,16 @@ def default_class_names(num_classes: int) -> list[str]:
 
 
 def iou_table(
-    conf: np.ndarray, class_names: Sequence[str] | None = None, present_classes: PresentClasses = None
+    conf: np.ndarray, class_names: Sequence[str] | None = None, present_classes: PresentClasses = None,
+    gt_pixels: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per-class table indexed by class name: iou (percent), gt_pixels, pred_pixels.
 
     present_classes: None keeps every class (iou nan where a class has neither ground truth nor
     prediction); 'gt' keeps the classes with ground-truth pixels; a list of names keeps those classes.
+    gt_pixels (C,): the ground truth's pixels per class when `conf` scores only part of them (void
+    predictions ignored): they decide which classes are present, and a present class none of whose
+    pixels is scored has iou 0. Default: the rows of `conf`.
     """
     conf = np.asarray(conf)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
@@ -142,9 +146,17 @@ def iou_table(
     names = list(class_names) if class_names is not None else default_class_names(conf.shape[0])
     if len(names) != conf.shape[0]:
         raise ValueError(f"{len(names)} class names for a {conf.shape[0]}-class confusion matrix")
+    iou = 100.0 * iou_from_confusion(conf)
+    if gt_pixels is not None:
+        gt_pixels = np.asarray(gt_pixels)
+        if gt_pixels.shape != (conf.shape[0],):
+            raise ValueError(f"gt_pixels has shape {gt_pixels.shape}, expected ({conf.shape[0]},)")
+        if (gt_pixels < conf.sum(axis=1)).any():
+            raise ValueError("gt_pixels counts fewer pixels of a class than the confusion matrix scores")
+        iou = np.where((gt_pixels > 0) & np.isnan(iou), 0.0, iou)
     table = pd.DataFrame(
         {
-            "iou": 100.0 * iou_from_confusion(conf),
+            "iou": iou,
             "gt_pixels": conf.sum(axis=1).astype(np.int64),
             "pred_pixels": conf.sum(axis=0).astype(np.int64),
         },
@@ -155,7 +167,7 @@ def iou_table(
     if isinstance(present_classes, str):
         if present_classes != "gt":
             raise ValueError(f"present_classes={present_classes!r}: use None, 'gt' or a list of class names")
-        return table[table["gt_pixels"] > 0]
+        return table[(gt_pixels if gt_pixels is not None else table["gt_pixels"].to_numpy()) > 0]
     unknown = [c for c in present_classes if c not in table.index]
     if unknown:
         raise KeyError(f"unknown class names {unknown}; valid names: {names}")
@@ -180,9 +192,11 @@ def miou_result(
     present_classes: PresentClasses = "gt",
     split: str | None = None,
     n_images: int | None = None,
+    gt_pixels: np.ndarray | None = None,
 ) -> MIoUResult:
-    """MIoUResult of a (C,C) confusion matrix; the note states which classes the mean is over."""
-    table = iou_table(conf, class_names, present_classes)
+    """MIoUResult of a (C,C) confusion matrix; the note states which classes the mean is over (gt_pixels:
+    as in `iou_table`)."""
+    table = iou_table(conf, class_names, present_classes, gt_pixels)
     all_names = list(class_names) if class_names is not None else default_class_names(np.shape(conf)[0])
     where = _where(split, n_images)
     if present_classes is None:

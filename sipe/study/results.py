@@ -30,9 +30,13 @@ from .tables import (AUTHORS_WEIGHT, FIG8_ARGMAX, FIG8_BEST, PROFILE_WEIGHT, SCC
                      argmax_threshold, table_cells)
 
 CLAIM_COLUMNS = ["claim", "source", "paper_delta", "ours_mean", "ours_std", "n_seeds", "ci_low", "ci_high",
-                 "verdict", "evidence"]
+                 "share", "share_low", "share_high", "verdict", "magnitude", "evidence"]
 UNCHANGED_TOLERANCE = 1.0
 """mIoU points within which a difference counts as 'basically unchanged' (Table 5, (1) -> (2))."""
+MAGNITUDE_SHARE = 0.5
+"""The share of the paper's effect a claim's interval must clear to 'reproduce >= 50%' of it (`magnitude`)."""
+IN_FULL, AT_LEAST_HALF, SMALLER, UNDECIDED = ("reproduces it in full", "reproduces >= 50%", "smaller (< 50%)",
+                                              "undecided")
 BOOTSTRAP_SAMPLES = 2000
 CLAIM_TABLES = ("table1", "table4", "table5", "fig8", "fig1", "bg_weight", "table2", "pseudo_labels")
 PAPER_ONLY_QUANTITIES: dict[str, tuple[str, ...]] = {"table2": ("test_miou",)}
@@ -226,41 +230,85 @@ def per_class(r: StudyResults, cells: Sequence[tuple[str, str, str, str]]) -> pd
 def miou_of_confusions(conf: np.ndarray) -> np.ndarray:
     """mIoU (percent) over the classes present in the ground truth of each confusion (...,C,C)."""
     conf = np.asarray(conf, dtype=np.float64)
-    tp = np.diagonal(conf, axis1=-2, axis2=-1)
-    gt, pred = conf.sum(-1), conf.sum(-2)
+    return _miou_of_counts(np.diagonal(conf, axis1=-2, axis2=-1), conf.sum(-1), conf.sum(-2))
+
+
+def _miou_of_counts(tp: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(gt > 0, tp / (gt + pred - tp), np.nan)
     return 100.0 * np.nanmean(iou, axis=-1)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One seed's per-item evidence of a claim's delta: `size` items (images, or (image, class) pairs) and
+    `delta(weights)`, the delta (S,) with the items weighted by weights (S, size): the counts of S resamples,
+    or ones for the seed's own delta."""
+
+    size: int
+    delta: Callable[[np.ndarray], np.ndarray]
+
+
+def confusion_evidence(a: np.ndarray, b: np.ndarray) -> Evidence:
+    """Evidence of mIoU(a) - mIoU(b) from the per-image confusions (N,C,C) of two readings of the same N images."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"confusions differ in shape: {a.shape} vs {b.shape}")
+
+    def counts(c: np.ndarray) -> np.ndarray:
+        c = c.astype(np.float64)
+        return np.stack([np.diagonal(c, axis1=-2, axis2=-1), c.sum(-1), c.sum(-2)])
+
+    ca, cb = counts(a), counts(b)
+    return Evidence(a.shape[0], lambda w: _miou_of_counts(*(w @ ca)) - _miou_of_counts(*(w @ cb)))
+
+
+def paired_evidence(a: np.ndarray, b: np.ndarray) -> Evidence:
+    """Evidence of mean(a - b) over paired items (N,)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"need two equal-length 1-d samples, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    return Evidence(len(d), lambda w: (w @ d) / w.sum(-1))
+
+
+def _resample_counts(rng: np.random.Generator, n: int, samples: int) -> np.ndarray:
+    """float64 (samples, n): how often each of n items is drawn in each of `samples` resamples of n with replacement."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)]).astype(np.float64)
+
+
+def bootstrap_claim(evidence: Sequence[Evidence], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """(delta, low, high): the mean over seeds of each seed's delta, and its percentile interval under a
+    bootstrap over seeds and items: each draw picks as many seeds as there are, with replacement, resamples
+    each picked seed's items with replacement and averages the picked seeds' deltas. So the interval is wide
+    when the seeds disagree and when a few items carry the effect. One seed: the bootstrap over its items."""
+    if not evidence:
+        raise ValueError("no seed's evidence to bootstrap")
+    rng = np.random.default_rng(seed)
+    k = len(evidence)
+    picks = np.zeros((samples, k), dtype=np.int64) if k == 1 else rng.integers(0, k, (samples, k))
+    draws = np.empty((samples, k))
+    for s, ev in enumerate(evidence):
+        where = picks == s
+        if where.any():
+            draws[where] = ev.delta(_resample_counts(rng, ev.size, int(where.sum())))
+    delta = float(np.mean([ev.delta(np.ones((1, ev.size)))[0] for ev in evidence]))
+    lo, hi = np.percentile(draws.mean(1), [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return delta, float(lo), float(hi)
 
 
 def bootstrap_delta(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
                     level: float = 0.95) -> tuple[float, float, float]:
     """(delta, low, high): mIoU(a) - mIoU(b) over the same images, and its percentile bootstrap interval
     over images. a, b: per-image confusions (N,C,C) of two readings of the same N images."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"confusions differ in shape: {a.shape} vs {b.shape}")
-    n = a.shape[0]
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)]).astype(np.float64)
-    flat_a, flat_b = a.reshape(n, -1).astype(np.float64), b.reshape(n, -1).astype(np.float64)
-    boot = miou_of_confusions((counts @ flat_a).reshape(samples, *a.shape[1:])) - \
-        miou_of_confusions((counts @ flat_b).reshape(samples, *b.shape[1:]))
-    lo, hi = np.percentile(boot, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(miou_of_confusions(a.sum(0)) - miou_of_confusions(b.sum(0))), float(lo), float(hi)
+    return bootstrap_claim([confusion_evidence(a, b)], samples, seed, level)
 
 
 def bootstrap_mean_delta(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
                          level: float = 0.95) -> tuple[float, float, float]:
     """(delta, low, high): mean(a - b) over paired items (N,) and its percentile bootstrap interval."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
-        raise ValueError(f"need two equal-length 1-d samples, got shapes {a.shape} and {b.shape}")
-    d = a - b
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), (samples, len(d)))].mean(1)
-    lo, hi = np.percentile(boot, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(d.mean()), float(lo), float(hi)
+    return bootstrap_claim([paired_evidence(a, b)], samples, seed, level)
 
 
 FIG1_CENTROID = "class centroid (other images)"
@@ -273,23 +321,25 @@ def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] 
             unchanged: bool = False) -> str:
     """'holds' | 'mixed' | 'fails' | NO_INTERVAL | 'not yet run' ('not testable' is set by `study_claims`).
 
-    Several seeds: holds when every seed's delta has the paper's sign and ``|mean| > std``; fails when every
-    seed has the opposite sign and ``|mean| > std``; else mixed. One seed: the 95% bootstrap interval over
-    images decides (entirely on the paper's side: holds; entirely opposite: fails; else mixed); NO_INTERVAL
-    without one. unchanged=True (a claim of no change, tolerance t = UNCHANGED_TOLERANCE): several seeds hold
-    when every seed's ``|delta| <= t``, fail when every seed is beyond t on the same side and ``|mean| > std``;
-    one seed holds when its interval lies inside [-t, t], fails when it lies entirely outside; else mixed."""
+    The 95% interval `ci` (over seeds and images, `bootstrap_claim`) decides whenever there is one, for any
+    number of seeds: holds when it lies entirely on the paper's side of zero, fails when entirely on the other
+    side, else mixed. unchanged=True (a claim of no change, tolerance t = UNCHANGED_TOLERANCE): holds when the
+    interval lies inside [-t, t], fails when entirely outside, else mixed. Without an interval, one seed gives
+    NO_INTERVAL and several seeds are judged on their deltas alone: holds when every seed's delta has the
+    paper's sign and ``|mean| > std``, fails when every seed has the opposite sign and ``|mean| > std``, else
+    mixed (unchanged: holds when every ``|delta| <= t``, fails when every seed is beyond t on the same side and
+    ``|mean| > std``)."""
     d = np.asarray([x for x in deltas if not math.isnan(x)], dtype=float)
     if d.size == 0:
         return "not yet run"
     mean, t = float(d.mean()), UNCHANGED_TOLERANCE
-    if d.size == 1:
-        if ci is None:
-            return NO_INTERVAL
+    if ci is not None:
         if unchanged:
             return "holds" if -t <= ci[0] and ci[1] <= t else "fails" if ci[0] > t or ci[1] < -t else "mixed"
         lo, hi = (ci[0], ci[1]) if paper_sign > 0 else (-ci[1], -ci[0])
         return "holds" if lo > 0 else "fails" if hi < 0 else "mixed"
+    if d.size == 1:
+        return NO_INTERVAL
     std = float(d.std(ddof=1))
     if unchanged:
         if (np.abs(d) <= t).all():
@@ -309,9 +359,9 @@ def verdict(deltas: Sequence[float], paper_sign: float, ci: tuple[float, float] 
 class Claim:
     """A claim 'better beats baseline' between two cells (table, row, quantity) of the tidy tables.
 
-    `confusion_keys` name the per-image confusions of the two readings (for one-seed bootstrap
-    intervals); unchanged=True claims a difference of about zero. paper: the (better, baseline) cells of
-    the paper's delta when they are not the measured ones; a cell the paper lacks gives a nan delta."""
+    unchanged=True claims a difference of about zero; evidence: the chapter (notebook) that checks it. paper:
+    the (better, baseline) cells of the paper's delta when they are not the measured ones; a cell the paper
+    lacks gives a nan delta."""
 
     claim: str
     source: str
@@ -324,7 +374,7 @@ class Claim:
 
 ARGMAX_CLAIM = "CAM argmax beats the best CAM threshold"
 NO_INTERVAL = "no interval"
-"""The verdict of a one-seed claim whose readings have no per-image confusions to draw its interval from."""
+"""The verdict of a one-seed claim whose readings have no per-item evidence to draw its interval from."""
 NOT_TESTABLE = "not testable"
 """The verdict of a claim that the study's rules decide by construction (the argmax claim when its rule is a
 threshold of the sweep)."""
@@ -401,15 +451,25 @@ def _paper_number(cell: tuple[str, str, str]) -> float:
         return float("nan")
 
 
-def claims(tables: dict[str, pd.DataFrame],
-           confusions: Callable[[Claim, int], tuple[np.ndarray, np.ndarray] | None] | None = None,
-           claim_list: Sequence[Claim] = CLAIMS,
-           interval: Callable[[Claim, int], tuple[float, float] | None] | None = None) -> pd.DataFrame:
+def magnitude(paper_delta: float, ci: tuple[float, float] | None, unchanged: bool = False) -> tuple[float, float, str] | None:
+    """(low, high, word): a claim's 95% interval as shares of the paper's delta, and how much of the paper's
+    effect it shows: IN_FULL when low >= 1, AT_LEAST_HALF when low >= MAGNITUDE_SHARE, SMALLER when high <
+    MAGNITUDE_SHARE (an effect of the opposite sign included), else UNDECIDED. None without an interval, without
+    a paper delta (or a zero one), and for a claim of no change."""
+    if ci is None or unchanged or math.isnan(paper_delta) or paper_delta == 0:
+        return None
+    lo, hi = sorted((ci[0] / paper_delta, ci[1] / paper_delta))
+    word = IN_FULL if lo >= 1 else AT_LEAST_HALF if lo >= MAGNITUDE_SHARE else SMALLER if hi < MAGNITUDE_SHARE else UNDECIDED
+    return lo, hi, word
+
+
+def claims(tables: dict[str, pd.DataFrame], evidence: Callable[[Claim, int], Evidence | None] | None = None,
+           claim_list: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
     """Check every claim on tidy tables {name: frame with row, quantity, seed, value}: CLAIM_COLUMNS.
 
-    Deltas are paired by seed value (a seed only one of the two cells has is left out). For a one-seed
-    claim, `interval(claim, seed)` returns the 95% interval itself (tried first), or `confusions(claim, seed)` the
-    two readings' per-image confusions for its bootstrap interval."""
+    Deltas are paired by seed value (a seed only one of the two cells has is left out). `evidence(claim, seed)`
+    gives a seed's per-item evidence (None: none); when every seed of a claim has some, its 95% interval is
+    `bootstrap_claim`'s, over seeds and items, and its verdict (`verdict`) and magnitude (`magnitude`) follow."""
     records = []
     for c in claim_list:
         better, base = _by_seed(tables, c.better), _by_seed(tables, c.baseline)
@@ -419,19 +479,18 @@ def claims(tables: dict[str, pd.DataFrame],
         paper_better, paper_baseline = c.paper or (c.better, c.baseline)
         paper_delta = _paper_number(paper_better) - _paper_number(paper_baseline)
         sign = 1.0 if math.isnan(paper_delta) or paper_delta >= 0 or c.unchanged else -1.0
-        ci = interval(c, int(seeds[0])) if n == 1 and interval is not None else None
-        if ci is None and n == 1 and confusions is not None:
-            pair = confusions(c, int(seeds[0]))
-            if pair is not None:
-                _, lo, hi = bootstrap_delta(*pair)
-                ci = (lo, hi)
+        found = [evidence(c, int(s)) for s in seeds] if evidence is not None else []
+        ci = bootstrap_claim(found)[1:] if found and all(e is not None for e in found) else None
+        mean = float(np.mean(deltas)) if deltas else np.nan
+        share = magnitude(paper_delta, ci, c.unchanged)
         records.append({
             "claim": c.claim, "source": c.source,
             "paper_delta": round(paper_delta, 3) if not math.isnan(paper_delta) else np.nan,
-            "ours_mean": float(np.mean(deltas)) if deltas else np.nan,
-            "ours_std": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else np.nan,
+            "ours_mean": mean, "ours_std": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else np.nan,
             "n_seeds": n, "ci_low": ci[0] if ci else np.nan, "ci_high": ci[1] if ci else np.nan,
-            "verdict": verdict(deltas, sign, ci, c.unchanged), "evidence": c.evidence,
+            "share": mean / paper_delta if share else np.nan, "share_low": share[0] if share else np.nan,
+            "share_high": share[1] if share else np.nan, "verdict": verdict(deltas, sign, ci, c.unchanged),
+            "magnitude": share[2] if share else np.nan, "evidence": c.evidence,
         })
     return pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
 
@@ -450,8 +509,8 @@ def _by_seed(tables: dict[str, pd.DataFrame], cell: tuple[str, str, str]) -> pd.
 
 def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame],
                  claim_list: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """`claims` over the study's tidy tables, with bootstrap intervals for one-seed claims drawn from the
-    units' per-image confusions."""
+    """`claims` over the study's tidy tables, their intervals drawn from the units' per-image confusions (Fig. 1's
+    from its (image, class) pairs, `FIG1_PAIRS`)."""
     cells = {}
     for name in ("table1", "table4", "table5", "fig8", "bg_weight", *SEGMENTATION_TABLES):
         cells.update({(name, c.row, c.quantity): c for c in table_cells(name, cfg)})
@@ -467,41 +526,43 @@ def study_claims(r: StudyResults, cfg: ExperimentConfig, tables: dict[str, pd.Da
         curve = t[t["row"].str.startswith("CAM threshold t = ") & (t["quantity"] == q) & (t["seed"] == seed)]
         return (name, str(curve.loc[curve["value"].idxmax(), "row"]), q) if not curve.empty else cell
 
-    def pair(c: Claim, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    fig1_path = r.results_dir / f"{FIG1_PAIRS}.csv"
+    fig1_pairs = pd.read_csv(fig1_path) if fig1_path.exists() else None
+    fig1_columns = {"prototype": "prototype_mean", "class centre": "centre_mean", FIG1_CENTROID: "centroid_mean"}
+
+    def evidence(c: Claim, seed: int) -> Evidence | None:
+        """A seed's per-item evidence: the two readings' per-image confusions, or Fig. 1's (image, class) pairs."""
+        if c.better[0] == "fig1":
+            if fig1_pairs is None or c.better[1] not in fig1_columns or c.baseline[1] not in fig1_columns:
+                return None
+            both = fig1_pairs[fig1_pairs["seed"] == seed].reindex(
+                columns=[fig1_columns[c.better[1]], fig1_columns[c.baseline[1]]]).dropna()
+            return paired_evidence(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy()) if len(both) else None
         a, b = cells.get(underlying(c.better, seed)), cells.get(underlying(c.baseline, seed))
         if a is None or b is None or a.conf is None or b.conf is None:
             return None
         try:
-            return a.conf(r, seed), b.conf(r, seed)
+            return confusion_evidence(a.conf(r, seed), b.conf(r, seed))
         except (KeyError, FileNotFoundError):
             return None
 
-    def fig1_interval(c: Claim, seed: int) -> tuple[float, float] | None:
-        """Fig. 1's interval of `seed`, over its (image, class) pairs."""
-        path = r.results_dir / f"{FIG1_PAIRS}.csv"
-        if c.better[0] != "fig1" or not path.exists():
-            return None
-        pairs = pd.read_csv(path)
-        pairs = pairs[pairs["seed"] == seed]
-        column = {"prototype": "prototype_mean", "class centre": "centre_mean", FIG1_CENTROID: "centroid_mean"}
-        if c.better[1] not in column or c.baseline[1] not in column:
-            return None
-        both = pairs.reindex(columns=[column[c.better[1]], column[c.baseline[1]]]).dropna()
-        if both.empty:
-            return None
-        _, lo, hi = bootstrap_mean_delta(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy())
-        return lo, hi
-
-    frame = claims(tables, pair, claim_list, interval=fig1_interval)
+    frame = claims(tables, evidence, claim_list)
     t_argmax = argmax_threshold(cfg.study.fig8_alphas[0])
     if any(math.isclose(t_argmax, t, abs_tol=1e-6) for t in cfg.study.fig8_thresholds):
-        frame.loc[(frame["claim"] == ARGMAX_CLAIM) & (frame["n_seeds"] > 0), "verdict"] = NOT_TESTABLE
+        decided = (frame["claim"] == ARGMAX_CLAIM) & (frame["n_seeds"] > 0)
+        frame.loc[decided, "verdict"] = NOT_TESTABLE
+        frame.loc[decided, "magnitude"] = np.nan
     return frame
+
+
+INTERVAL_COLUMN = "95% interval (images and seeds)"
+SHARE_COLUMN = "share of the paper's effect"
 
 
 def claims_display(frame: pd.DataFrame) -> pd.DataFrame:
     """A claims frame (CLAIM_COLUMNS) as shown in the book: claim, source, the paper's delta, ours as
-    mean ± std (n), the one-seed 95% interval over images, verdict and evidence, all strings."""
+    mean ± std (n), its 95% interval over images and seeds, our delta as a share of the paper's with the
+    interval's, verdict, magnitude and evidence, all strings."""
     def fmt(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "–"
@@ -511,16 +572,19 @@ def claims_display(frame: pd.DataFrame) -> pd.DataFrame:
     shown["ours (mean ± std, n)"] = [
         "–" if math.isnan(m) else f"{m:+.1f}" + ("" if math.isnan(sd) else f" ± {sd:.1f}") + f" (n={n})"
         for m, sd, n in zip(shown["ours_mean"], shown["ours_std"], shown["n_seeds"])]
-    shown["95% interval over images (one seed)"] = [
+    shown[INTERVAL_COLUMN] = [
         "–" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]" for lo, hi in zip(shown["ci_low"], shown["ci_high"])]
-    shown = shown[["claim", "source", "paper_delta", "ours (mean ± std, n)", "95% interval over images (one seed)",
-                   "verdict", "evidence"]].rename(columns={"paper_delta": "paper: better - baseline"})
+    shown[SHARE_COLUMN] = [
+        "–" if math.isnan(lo) else f"{share:.0%} [{lo:.0%}, {hi:.0%}]"
+        for share, lo, hi in zip(shown["share"], shown["share_low"], shown["share_high"])]
+    shown = shown[["claim", "source", "paper_delta", "ours (mean ± std, n)", INTERVAL_COLUMN, SHARE_COLUMN,
+                   "verdict", "magnitude", "evidence"]].rename(columns={"paper_delta": "paper: better - baseline"})
     return shown.astype(object).map(fmt)
 
 
 def verdict_note(frame: pd.DataFrame, scope: str = "this chapter checks", name_claims: bool = True) -> str:
-    """One sentence counting the verdicts of a claims frame ("Of the N claims <scope>, ...") and, with
-    `name_claims`, naming the claims that fail or are mixed."""
+    """One sentence counting the verdicts of a claims frame ("Of the N claims <scope>, ..."), one counting its
+    magnitudes where it has them and, with `name_claims`, naming the claims that fail or are mixed."""
     counts = frame["verdict"].value_counts()
     words = {"holds": ("holds", "hold"), "mixed": ("is mixed", "are mixed"), "fails": ("fails", "fail"),
              NOT_TESTABLE: ("is not testable here", "are not testable here"),
@@ -528,6 +592,12 @@ def verdict_note(frame: pd.DataFrame, scope: str = "this chapter checks", name_c
              "not yet run": ("is not yet run", "are not yet run")}
     parts = [f"{counts[v]} {one if counts[v] == 1 else many}" for v, (one, many) in words.items() if counts.get(v, 0)]
     text = f"Of the {len(frame)} claims {scope}, " + (", ".join(parts) if parts else "none is decided") + "."
+    sizes = frame["magnitude"].value_counts() if "magnitude" in frame else pd.Series(dtype=int)
+    shown = [f"{label} {sizes[w]}" for w, label in ((IN_FULL, "in full"), (AT_LEAST_HALF, ">= 50%"),
+                                                     (SMALLER, "< 50%"), (UNDECIDED, "undecided")) if sizes.get(w, 0)]
+    if shown:
+        text += " Share of the paper's effect reproduced (claims with an interval and a paper difference): " + \
+            ", ".join(shown) + "."
     for v, word in (("fails", "Failing"), ("mixed", "Mixed")) if name_claims else ():
         names = frame.loc[frame["verdict"] == v, "claim"].tolist()
         if names:

@@ -54,8 +54,8 @@ def empty_table() -> pd.DataFrame:
 
 
 def chapter_claims(r: res.StudyResults | None, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The claims of the segmentation chapter on its tidy tables, with one-seed bootstrap intervals from the
-    units' confusions (`r`; None: no unit computed, every claim 'not yet run')."""
+    """The claims of the segmentation chapter on its tidy tables, with bootstrap intervals over images and seeds
+    from the units' confusions (`r`; None: no unit computed, every claim 'not yet run')."""
     chapter = [c for c in res.CLAIMS if c.evidence == NOTEBOOK]
     if r is None:
         return res.claims(tables, None, chapter)

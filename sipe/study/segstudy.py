@@ -244,10 +244,11 @@ class _Stages:
                                     per_image=True)[:, 0]
 
     def score(self, conf: np.ndarray, variant: str, reading: str, split: str, background: str = "estimated",
-              threshold: float | None = None, per_class: bool = False) -> float:
-        """Add the rows (mIoU, per-class IoU) and the confusions of one reading; returns the mIoU."""
+              threshold: float | None = None, per_class: bool = False, gt_pixels: np.ndarray | None = None) -> float:
+        """Add the rows (mIoU, per-class IoU) and the confusions of one reading; returns the mIoU (gt_pixels:
+        the ground truth's pixels per class when `conf` ignores void predictions, as in `miou_result`)."""
         n = conf.shape[0]
-        r = miou_result(conf.sum(0), self.class_names, self.present, split, n)
+        r = miou_result(conf.sum(0), self.class_names, self.present, split, n, gt_pixels=gt_pixels)
         self.rows.append(_row("miou", reading, variant, self.seed, split, r.miou, n, background, threshold))
         if per_class:
             self.rows += [_row("iou", reading, variant, self.seed, split, v, n, background, threshold, name)
@@ -300,10 +301,10 @@ class _Stages:
         maps_conf = evaluate_readings(maps_dir, root, scored, [reading], self.num_classes, progress=self.progress)[0]
         self.score(maps_conf[:, 0], variant, "pseudo/maps", split, bg, t, per_class=True)
         ir_conf = self.confusions(ir, scored)
-        self.score(ir_conf, variant, "pseudo/ir_labels", split, "void_ignored")
-        counted = self.confusions(ir, scored, void_as=0).sum()
+        counted = self.confusions(ir, scored, void_as=0)
+        self.score(ir_conf, variant, "pseudo/ir_labels", split, "void_ignored", gt_pixels=counted.sum((0, 2)))
         self.rows.append(_row("void_pct", "pseudo/ir_labels", variant, self.seed, split,
-                              100.0 * (1.0 - ir_conf.sum() / max(1, counted)), len(scored), "void_ignored"))
+                              100.0 * (1.0 - ir_conf.sum() / max(1, counted.sum())), len(scored), "void_ignored"))
         rw_bg, rw_t = ("estimated", None) if protocol.background == "maps" else ("threshold", protocol.rw_bg_threshold)
         self.score(self.confusions(pseudo, scored), variant, "pseudo/random_walk", split, rw_bg, rw_t, per_class=True)
         self.loss_row(run.metrics, "irn", variant)
