@@ -134,3 +134,19 @@ def test_rescore_the_ir_labels_of_a_segmentation_unit(tmp_path: Path, monkeypatc
     out = pd.read_csv(paths["csv"]).set_index(["reading", "quantity"])["value"]
     assert out[("pseudo/ir_labels", "miou")] == pytest.approx((100 * 50 / 52 + 100 * 21 / 23 + 0.0) / 3)
     assert out[("pseudo/ir_labels", "void_pct")] == 12.5 and out[("pseudo/maps", "miou")] == rows[0]["value"]
+
+
+def test_a_unit_without_a_void_ignored_reading_is_checked_then_restamped(tmp_path: Path, monkeypatch):
+    est = crf_confusions()[:, :1]
+    value = miou_result(est.astype(np.int64).sum(0)[0], NAMES, "gt").miou
+    rows = [{**_common(reading="is_cam", background="estimated"), "quantity": "miou", "class": "", "value": value}]
+    paths = write_unit(tmp_path, "semantic_bpm-s0", rows, {"train/is_cam/estimated": est})
+    monkeypatch.setattr(provenance, "git_revision", lambda: "c" * 40)
+    before = paths["csv"].read_bytes()
+    assert rescore.rescore_unit(tmp_path, "semantic_bpm-s0") == [{"key": "", "verified_rows": 1}]
+    record = json.loads(paths["json"].read_text())
+    assert paths["csv"].read_bytes() == before and record["code"]["eval"] == provenance.stage_code_hashes()["eval"]
+    assert record["code_revisions"]["eval"] == "c" * 40 and record["rescored"]["previous_code"]["eval"] == "old"
+    pd.DataFrame([{**rows[0], "value": value + 1e-9}], columns=list(RESULT_COLUMNS)).to_csv(paths["csv"], index=False)
+    with pytest.raises(rescore.RescoreError, match="train/is_cam/estimated gives"):
+        rescore.rescore_unit(tmp_path, "semantic_bpm-s0")
