@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.units or rescorable_units(args.results_dir)
     table = pd.DataFrame([{"unit": n, **c} for n in names for c in rescore_unit(args.results_dir, n, args.reason)])
-    print(table.drop(columns=["rows"]).to_string(index=False) if not table.empty else "nothing to rescore")
+    print(table.drop(columns=["rows"], errors="ignore").to_string(index=False) if not table.empty else "nothing to rescore")
     return 0
 
 
