@@ -57,6 +57,7 @@ NUMBER_NEUTRAL: dict[str, str] = {
     "sipe/infra/locks.py": "one writer per folder",
     "sipe/infra/provenance.py": "what a record says of a result, not the result",
     "sipe/study/records.py": "where the results files go and their columns",
+    "sipe/data/synthetic.py": "writes the synthetic test dataset; no stage calls it (the data package exports it)",
 }
 """Modules a stage imports whose code cannot change a number, each with the reason; every other module a
 stage imports, at any depth and inside functions too, is a stage source."""
