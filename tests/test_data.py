@@ -75,6 +75,21 @@ def test_synthetic_is_deterministic(tmp_path):
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files if f.suffix == ".jpg")
 
 
+def test_synthetic_objects_per_image_and_their_size(tmp_path):
+    def object_shares(root: Path) -> list[float]:
+        masks = [load_mask(root, i) for i in read_split(root, "train_aug") + read_split(root, "val")]
+        assert all(len(mask_classes(m)) == 1 for m in masks)
+        return [float(np.mean((m != 0) & (m != IGNORE_INDEX))) for m in masks]
+
+    common = {"n_images": 9, "size": (64, 80), "seed": 2, "objects": (1, 1)}
+    full = object_shares(make_synthetic_voc(tmp_path / "full", **common))
+    small = object_shares(make_synthetic_voc(tmp_path / "small", object_scale=0.5, **common))
+    assert max(small) <= 0.6 * 0.5 * 0.5 ** 2 and np.mean(small) < 0.5 * np.mean(full)
+    for bad in ({"objects": (0, 1)}, {"objects": (2, 1)}, {"object_scale": 0.0}, {"object_scale": 1.5}):
+        with pytest.raises(ValueError):
+            make_synthetic_voc(tmp_path / "bad", n_images=3, size=(48, 64), **bad)
+
+
 def test_save_mask_roundtrip_keeps_indices(tmp_path):
     mask = np.arange(256, dtype=np.uint8).reshape(16, 16)
     save_mask(tmp_path / "m.png", mask)

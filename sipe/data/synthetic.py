@@ -41,10 +41,11 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _shape_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+def _shape_mask(rng: np.random.Generator, size: tuple[int, int], scale: float = 1.0) -> np.ndarray:
+    """bool (H,W): an ellipse or a rectangle of height 0.3-0.6 H and width 0.25-0.5 W, times `scale`."""
     h, w = size
-    sh = int(rng.integers(max(8, int(0.3 * h)), max(9, int(0.6 * h)) + 1))
-    sw = int(rng.integers(max(8, int(0.25 * w)), max(9, int(0.5 * w)) + 1))
+    sh = int(rng.integers(max(8, int(0.3 * scale * h)), max(9, int(0.6 * scale * h)) + 1))
+    sw = int(rng.integers(max(8, int(0.25 * scale * w)), max(9, int(0.5 * scale * w)) + 1))
     top = int(rng.integers(2, max(3, h - sh - 2)))
     left = int(rng.integers(2, max(3, w - sw - 2)))
     canvas = Image.new("L", (w, h), 0)
@@ -66,13 +67,15 @@ def _boundary(label_map: np.ndarray) -> np.ndarray:
 
 
 def synthetic_sample(
-    rng: np.random.Generator, size: tuple[int, int], classes: Sequence[int], palette: np.ndarray
+    rng: np.random.Generator, size: tuple[int, int], classes: Sequence[int], palette: np.ndarray,
+    object_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image uint8 (H,W,3) and its mask uint8 (H,W) with objects of `classes` (1-based), last on top."""
+    """One image uint8 (H,W,3) and its mask uint8 (H,W) with objects of `classes` (1-based), last on top,
+    their sizes scaled by `object_scale`."""
     img = _background(rng, size)
     objects = np.zeros(size, dtype=np.uint8)
     for c in classes:
-        region = _shape_mask(rng, size)
+        region = _shape_mask(rng, size, object_scale)
         colour = palette[c - 1].astype(np.float32) + rng.normal(0, 6, size=(int(region.sum()), 3))
         img[region] = np.clip(colour, 0, 255).astype(np.uint8)
         objects[region] = c
@@ -81,12 +84,14 @@ def synthetic_sample(
     return img, mask
 
 
-def _class_schedule(rng: np.random.Generator, n_images: int, classes: Sequence[int]) -> list[list[int]]:
-    """Per image 1-3 distinct classes, cycling through shuffled `classes` so each appears when possible."""
+def _class_schedule(rng: np.random.Generator, n_images: int, classes: Sequence[int],
+                    objects: tuple[int, int] = (1, 3)) -> list[list[int]]:
+    """Per image `objects` (low, high) distinct classes, cycling through shuffled `classes` so each appears
+    when possible."""
     pool: list[int] = []
     schedule = []
     for _ in range(n_images):
-        k = min(int(rng.integers(1, 4)), len(classes))
+        k = min(int(rng.integers(objects[0], objects[1] + 1)), len(classes))
         chosen: list[int] = []
         while len(chosen) < k:
             if not pool:
@@ -105,16 +110,18 @@ def make_synthetic_voc(
     seed: int = 0,
     splits: Mapping[str, Sequence[int] | slice] | None = None,
     classes: Sequence[int] | None = None,
+    objects: tuple[int, int] = (1, 3),
+    object_scale: float = 1.0,
 ) -> Path:
     """Write a synthetic dataset in the VOC layout under `root` and return `root`.
 
     n_images images of `size` (H, W) with ids `synth_0000`...; `splits` maps a split name to image indices
-    (default below); `classes` are the 1-based class
-    indices to draw from (default all 20). Default splits, as in VOC: train = the first third, val = the
-    second third, train_aug = every image outside val (so train_aug - train - val, the selection split, is
-    the last third). Writes JPEGImages/*.jpg (quality 95), SegmentationClassAug/*.png,
-    ImageSets/Segmentation/<split>.txt and cls_labels_voc.npy (classes present in each mask), each file
-    written atomically.
+    (default below); `classes` are the 1-based class indices to draw from (default all 20); each image holds
+    `objects` (low, high) objects of distinct classes, each 0.3-0.6 H high and 0.25-0.5 W wide times
+    `object_scale`. Default splits, as in VOC: train = the first third, val = the second third, train_aug =
+    every image outside val (so train_aug - train - val, the selection split, is the last third). Writes
+    JPEGImages/*.jpg (quality 95), SegmentationClassAug/*.png, ImageSets/Segmentation/<split>.txt and
+    cls_labels_voc.npy (classes present in each mask), each file written atomically.
     """
     if n_images < 2:
         raise ValueError(f"n_images must be at least 2 (train and val), got {n_images}")
@@ -124,6 +131,10 @@ def make_synthetic_voc(
     classes = list(range(1, NUM_CLASSES + 1)) if classes is None else [int(c) for c in classes]
     if not classes or any(not 1 <= c <= NUM_CLASSES for c in classes):
         raise ValueError(f"classes must be non-empty values in 1..{NUM_CLASSES}, got {classes}")
+    if not 1 <= objects[0] <= objects[1]:
+        raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
+    if not 0.0 < object_scale <= 1.0:
+        raise ValueError(f"object_scale must be in (0, 1], got {object_scale}")
     third = max(1, n_images // 3)
     splits = splits if splits is not None else {
         "train_aug": [i for i in range(n_images) if not third <= i < 2 * third],
@@ -136,8 +147,8 @@ def make_synthetic_voc(
     palette = class_colours()
     ids = [f"synth_{i:04d}" for i in range(n_images)]
     labels: dict[str, np.ndarray] = {}
-    for image_id, chosen in zip(ids, _class_schedule(rng, n_images, classes), strict=True):
-        img, mask = synthetic_sample(rng, (h, w), chosen, palette)
+    for image_id, chosen in zip(ids, _class_schedule(rng, n_images, classes, objects), strict=True):
+        img, mask = synthetic_sample(rng, (h, w), chosen, palette, object_scale)
         jpeg = io.BytesIO()
         Image.fromarray(img).save(jpeg, format="JPEG", quality=95)
         atomic_write_bytes(root / IMAGE_DIR / f"{image_id}.jpg", jpeg.getvalue())
