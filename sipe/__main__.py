@@ -61,11 +61,12 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def ladder_table(args: argparse.Namespace) -> int:
     """`python -m sipe ladder [--results-dir DIR]`: each rung's overrides, units and estimated hours (from the
-    stage times of the units in DIR, default results/subset), the total and the budget it is checked against."""
+    stage times of the units in DIR, default results/subset), the total and the budget it is checked against, and the
+    hours each rung's computed units took (`ladder.measured_hours`)."""
     from .study import ladder
 
     table = ladder.budget(measured_dir=args.results_dir or None)
-    print(ladder.budget_markdown(table), end="")
+    print(ladder.budget_markdown(table, measured=ladder.measured_hours()), end="")
     return 0 if table["total_h"].sum() <= ladder.BUDGET_HOURS else 1
 
 

@@ -164,6 +164,31 @@ def test_the_budget_scales_the_measured_stage_times(tmp_path):
         ladder.check_fits(table.reset_index(), budget_hours=1.0)
 
 
+def test_measured_hours_count_a_shared_training_once(tmp_path):
+    def record(folder: Path, unit: str, key: str) -> None:
+        write_record(folder, unit, 3600.0, (1800.0, 360.0), (360.0, 72.0))
+        path = folder / "runs" / f"{unit}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "train_key": key}))
+
+    record(tmp_path / "subset", "sipe-s15", "sipe-s15-base")
+    record(tmp_path / "subset", "cam-s15", "cam-s15-base")
+    record(tmp_path / "ladder" / "scales4", "sipe-s15", "sipe-s15-base")
+    record(tmp_path / "ladder" / "lite2", "sipe-s15", "sipe-s15-lite2")
+    record(tmp_path / "ladder" / "lite2", "cam-s15", "cam-s15-lite2")
+    record(tmp_path / "ladder" / "combined", "sipe-s15", "sipe-s15-lite2")
+    rungs = [ladder.get_rung(n) for n in ("lite2", "scales4", "combined", "data375")]
+    table = ladder.measured_hours(rungs, tmp_path).set_index("rung")
+    assert table.loc["lite2", "measured_h"] == pytest.approx(2 * 1.72)
+    assert table.loc["scales4", "measured_h"] == pytest.approx(0.72)
+    assert table.loc["combined", "measured_h"] == pytest.approx(0.72)
+    assert math.isnan(table.loc["data375", "measured_h"])
+    assert table["units_done"].tolist() == [2, 1, 1, 0] and table["units"].tolist() == [2, 2, 6, 2]
+    shown = ladder.budget_markdown(ladder.budget(rungs, tmp_path / "subset").assign(total_h=1.0),
+                                   measured=table.reset_index())
+    assert "| 3.4 " in shown and "0.7 (1 of 2 units)" in shown and "0.7 (1 of 6 units)" in shown
+    assert "not yet computed" in shown
+
+
 def test_a_variant_without_a_measured_unit_is_a_clear_error(tmp_path):
     write_record(tmp_path, "sipe-s15", 1000.0, (300.0, 100.0), (200.0, 20.0))
     with pytest.raises(ConfigError, match="no measured unit of 'cam'"):
@@ -175,7 +200,7 @@ def test_the_declared_ladder_fits_the_budget_and_the_book_shows_its_table():
     assert ladder.check_fits(table) <= ladder.BUDGET_HOURS
     page = (REPO / "book" / "reproduce.md").read_text()
     block = re.search(r"<!-- ladder table:.*?-->\n(.*?)<!-- end of the ladder table -->", page, re.S)
-    assert block and block.group(1) == ladder.budget_markdown(table)
+    assert block and block.group(1) == ladder.budget_markdown(table, measured=ladder.measured_hours())
 
 
 @pytest.mark.slow

@@ -266,12 +266,51 @@ def budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None
     return pd.DataFrame(rows)
 
 
-def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> str:
-    """A `budget` table as a Markdown table with its total and the budget it is checked against."""
+def _unit_hours(record: Mapping[str, Any], with_train: bool) -> float:
+    w = record.get("wall_seconds", {})
+    stages = ["maps_eval", "maps_selection", "eval_eval", "eval_selection"] + (["train"] if with_train else [])
+    return sum(float(w.get(k, 0.0)) for k in stages) / 3600.0
+
+
+def measured_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | None = None,
+                   profile: str = "subset") -> pd.DataFrame:
+    """Per rung, the stage time its computed units recorded (hours, from `results_root/ladder/<rung>/runs/*.json`,
+    default the repository's `results/`): maps and readings always, training once per training folder (a unit
+    whose training the base study or an earlier rung made costs none, as in `budget`). Columns rung, units_done,
+    units, measured_h (NaN while no unit is computed)."""
+    root = Path(results_root) if results_root is not None else REPO_ROOT / "results"
+    trained = {json.loads(p.read_text()).get("train_key") for p in sorted((root / profile / "runs").glob("*.json"))}
+    rows = []
+    for rung in rungs:
+        hours, done = 0.0, 0
+        for unit in rung.units:
+            path = root / "ladder" / rung.name / "runs" / f"{unit.name}.json"
+            if not path.exists():
+                continue
+            record = json.loads(path.read_text())
+            hours += _unit_hours(record, record.get("train_key") not in trained)
+            trained.add(record.get("train_key"))
+            done += 1
+        rows.append({"rung": rung.name, "units_done": done, "units": len(rung.units),
+                     "measured_h": hours if done else math.nan})
+    return pd.DataFrame(rows)
+
+
+def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS,
+                    measured: pd.DataFrame | None = None) -> str:
+    """A `budget` table as a Markdown table with its total and the budget it is checked against, and with
+    `measured` (`measured_hours`) a column of the hours each rung's computed units took."""
     shown = pd.DataFrame({
         "rung": [f"`{r}`" for r in table["rung"]], "axis": table["axis"],
         "overrides": [f"`{o}`" for o in table["overrides"]], "units": table["units"],
         "estimated hours": [f"{h:.1f}" for h in table["total_h"]]})
+    if measured is not None:
+        by_rung = measured.set_index("rung")
+        shown["measured hours"] = [
+            "not yet computed" if not by_rung.loc[r, "units_done"] else
+            f"{by_rung.loc[r, 'measured_h']:.1f}" + ("" if by_rung.loc[r, "units_done"] == by_rung.loc[r, "units"]
+                                                      else f" ({by_rung.loc[r, 'units_done']} of {by_rung.loc[r, 'units']} units)")
+            for r in table["rung"]]
     total = float(table["total_h"].sum())
     return (shown.to_markdown(index=False) + f"\n\nTotal: {total:.1f} hours of stage time, "
             f"{'within' if total <= budget_hours else 'over'} the {budget_hours:g}-hour budget.\n")
@@ -287,5 +326,6 @@ def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float
 
 
 __all__ = ["BUDGET_HOURS", "BackboneCost", "LADDER_PROFILES", "LADDER_VARIANTS", "RUNGS", "Rung", "budget",
-           "budget_markdown", "check_fits", "cost_factors", "get_rung", "measure_backbone_flops", "measured_seconds",
+           "budget_markdown", "check_fits", "cost_factors", "get_rung", "measure_backbone_flops", "measured_hours",
+           "measured_seconds",
            "rung_command", "rung_config", "rung_results_dir"]
