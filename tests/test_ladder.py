@@ -342,3 +342,14 @@ def test_the_chapter_runs_with_no_rung_computed(synthetic_root, tmp_path):
     assert text.count(lr.NOT_COMPUTED) >= len(ladder.RUNGS)
     assert sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs) == 2
     assert not (tmp_path / "work" / "results" / "ladder").exists()
+
+
+def test_the_claims_page_column_reads_the_combined_rung(tmp_path, monkeypatch):
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
+    table = pd.DataFrame({"claim": [c.claim for c in results.CLAIMS], "verdict": "holds"})
+    shown = lr.with_combined_verdicts(table, SUBSET, tmp_path)
+    decided = {c.claim for c in lr.decided_claims(SUBSET)}
+    column = shown.set_index("claim")[lr.COMBINED_COLUMN]
+    assert SIPE_VS_CAM.claim in decided and 0 < len(decided) < len(table)
+    assert (column[list(decided)] == lr.NOT_COMPUTED).all()
+    assert (column.drop(list(decided)) == lr.NOT_IN_LADDER).all()

@@ -227,6 +227,16 @@ def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
     assert "Setting: profile subset; maps in bfloat16 (paper: float32)." in page
     assert "Of the 3 claims the study checks, 2 hold, 1 is not yet run. Share of the paper's effect reproduced (claims with " \
         "an interval and a paper difference): undecided 2.\n" in page
+    from sipe.study.ladderresults import COMBINED_COLUMN
+
+    page = claims_markdown(table.assign(**{COMBINED_COLUMN: ["mixed", "not in the ladder", "not yet computed"]}),
+                           "subset", "results/subset")
+    header = next(line for line in page.splitlines() if line.startswith("| claim"))
+    assert header.rstrip(" |").endswith(COMBINED_COLUMN)
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in page.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert rows["SIPE beats the CAM baseline (localization maps)"] == "mixed"
+    assert rows["Option (4) beats option (1), estimated background"] == "not in the ladder"
 
 
 def test_git_revision(tmp_path):

@@ -84,6 +84,27 @@ def load_ladder(base: ExperimentConfig, work_dir: str | Path, base_results_dir: 
     return out
 
 
+COMBINED = "combined"
+NOT_IN_LADDER = "not in the ladder"
+COMBINED_COLUMN = "verdict at the combined rung"
+
+
+def combined_verdicts(base: ExperimentConfig, work_dir: str | Path) -> pd.Series:
+    """Per claim the ladder decides (`decided_claims`), its verdict at the combined rung (NOT_COMPUTED until
+    the rung's units are published); index claim."""
+    rung = get_rung(COMBINED)
+    cfg = rung_config(rung, base)
+    rr = _read(rung.name, rung.axis, cfg, rung_results_dir(base.profile, work_dir, rung.name), rung.units)
+    return rung_claims(rr, decided_claims(base)).set_index("claim")["verdict"]
+
+
+def with_combined_verdicts(table: pd.DataFrame, base: ExperimentConfig, work_dir: str | Path) -> pd.DataFrame:
+    """A claims frame with COMBINED_COLUMN: the combined rung's verdict of each claim, NOT_IN_LADDER for the
+    claims its units (SIPE and the CAM baseline) do not decide."""
+    verdicts = combined_verdicts(base, work_dir)
+    return table.assign(**{COMBINED_COLUMN: table["claim"].map(verdicts).fillna(NOT_IN_LADDER)})
+
+
 def rung_status(ladder: Sequence[RungResults]) -> pd.DataFrame:
     """Per rung: its units, how many of them are planned and published for its configuration, its results folder
     (relative to the repository when inside it) and the command that computes it (columns rung, axis, units,
