@@ -23,6 +23,7 @@ import torch
 
 from sipe.segmentation import irn, network as segmentation
 from sipe.data import voc
+from sipe.infra.config import get_profile
 from sipe.stages.evaluation import map_ids
 
 
@@ -51,14 +52,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/bench_table2"))
     a = p.parse_args()
     root, out = a.data_root, a.out
-    icfg = irn.profile_settings(a.profile).override(label_workers=1)
+    icfg = get_profile(a.profile).irn.override(label_workers=1)
     split = icfg.pseudo_split or "train_aug"
     train_ids = voc.read_split(root, split)
     n_train, n_val = len(train_ids), len(voc.read_split(root, "val"))
     print(f"# wall-clock figures; [CPU ...] = process CPU seconds (both threads), independent of other jobs' load")
     print(f"# bench_table2 {time.strftime('%Y-%m-%d %H:%M')}: profile {a.profile}, torch threads {torch.get_num_threads()}, "
           f"load avg {os.getloadavg()[0]:.1f}")
-    scfg = segmentation.profile_settings(a.profile)
+    scfg = get_profile(a.profile).seg
     ids = map_ids(a.maps)[: a.images]
     proto = irn.PROTOCOLS["sipe"]
 

@@ -15,7 +15,8 @@ Examples::
   python -m sipe certify --before OLD/results --after NEW/results --units sipe-s15 cam-s15 \
       --restamp sipe-s15 cam-s15 ... --results-dir results/subset   # a stage-code change that moved no number
 
-Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3.
+Settings: --set section.field=value (repeatable), e.g. --set model.bg_scale=0.5 --set train.epochs=3
+--set irn.epochs=2 --set seg.lr=0.001 (the segmentation unit's IRN and segmentation-net settings).
 Several processes (DDP training, sharded maps; train.batch_size is the global batch)::
 
   python -m sipe stages --profile paper --nproc 4         # re-executes itself under torchrun on this machine
@@ -35,7 +36,7 @@ from .infra.config import (PROFILES, SCCAM, VARIANTS, DATA_ROOT_ENV, WORK_DIR_EN
     default_work_dir, get_profile, variant_config)
 from .infra import distributed
 from .infra.errors import cli_entry
-from .method.backbones import check_model
+from .method.backbones import check_config
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
@@ -55,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if args.device:
         overrides["device"] = args.device
     cfg = get_profile(args.profile, **overrides)
-    check_model(cfg.model)
+    check_config(cfg)
     return cfg
 
 

@@ -134,7 +134,7 @@ def test_the_whole_sipe_path_runs_with_80_classes(coco_root, tmp_path):
     result = evaluate_maps(maps, coco_root, ids, num_classes=81, class_names=coco.CLASS_NAMES, progress=False)
     assert 0.0 <= result.miou <= 100.0 and "person" in result.per_class.index
     pseudo = irn.map_labels(maps, coco_root, ids, tmp_path / "pseudo", irn.PROTOCOLS["sipe"], progress=False)
-    seg_cfg = segmentation.profile_settings("smoke").override(pretrained=False, batch_size=2)
+    seg_cfg = get_profile("smoke").seg.override(pretrained=False, batch_size=2)
     seg_run = segmentation.train_segmentation(seg_cfg, coco_root, ids, pseudo, 81, tmp_path / "seg", "cpu", False)
     preds = segmentation.predict(seg_run.checkpoint, coco_root, voc.read_split(coco_root, "val"), tmp_path / "pred",
                                  modes=("ss",), device="cpu", progress=False)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from sipe.infra.config import get_profile
 from sipe.segmentation import network as seg
 from sipe.data import voc
 from sipe.infra.divergence import DivergenceError, DivergenceGuard, chain
@@ -48,7 +49,7 @@ def test_chain_calls_every_callback_in_order_and_skips_none():
 def test_a_segmentation_run_whose_loss_explodes_stops_with_divergence_error(synthetic_root, tmp_path):
     """At lr 0.5 the tiny net's loss goes 3.4 -> ~1e4 -> ~1e5 and stays finite: without the guard the run
     trains to its end, with it the run stops at the first window past the start."""
-    cfg = seg.profile_settings("smoke").override(pretrained=False, crop_size=64, batch_size=2, epochs=10, max_steps=10,
+    cfg = get_profile("smoke").seg.override(pretrained=False, crop_size=64, batch_size=2, epochs=10, max_steps=10,
                                                  lr=0.5)
     ids = voc.read_split(synthetic_root, "train_aug")[:4]
     unguarded = seg.train_segmentation(cfg, synthetic_root, ids, "gt", 21, tmp_path / "unguarded", device="cpu",

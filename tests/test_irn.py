@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sipe.infra.config import ConfigError, get_profile
 from sipe.segmentation import irn
 from sipe.data import voc
 from sipe.stages.labelled import load_label
@@ -89,7 +90,7 @@ def test_pseudo_label_background_rules():
     maps[1, :, 8:] = 1.0
     boundary = torch.zeros(4, 4)  # the 16x16 image's stride-4 grid; a boundary column between the halves
     boundary[:, 2] = 1.0
-    cfg = irn.profile_settings("smoke").override(infer_scale=1.0)
+    cfg = get_profile("smoke").irn.override(infer_scale=1.0)
     sipe = irn.pseudo_label(maps, keys, boundary, irn.PROTOCOLS["sipe"], cfg)
     assert sipe.shape == (16, 16) and set(np.unique(sipe)) <= {0, 7}
     assert (sipe[:, :4] == 0).all() and (sipe[:, 12:] == 7).all()
@@ -115,7 +116,7 @@ def maps_from_masks(root: Path, ids: list[str], out: Path) -> Path:
 def tiny_cfg(**kw) -> irn.IRNConfig:
     base = dict(pretrained=False, crop_size=64, batch_size=2, epochs=2, max_steps=None, train_radius=5,
                 crf_iterations=2, seed=3)
-    return irn.profile_settings("smoke").override(**{**base, **kw})
+    return get_profile("smoke").irn.override(**{**base, **kw})
 
 
 class Interrupt(RuntimeError):
@@ -145,8 +146,8 @@ def test_irn_stages_write_labels_and_training_resumes_from_checkpoint(synthetic_
         irn.train_irn(cfg, synthetic_root, ids, ir_dir, tmp_path / "resumed", device="cpu", progress=False, on_step=stop)
     assert not (tmp_path / "resumed" / "final.pt").exists()
     resumed = irn.train_irn(cfg, synthetic_root, ids, ir_dir, tmp_path / "resumed", device="cpu", progress=False)
-    a = torch.load(whole.checkpoint, weights_only=False)["model"]
-    b = torch.load(resumed.checkpoint, weights_only=False)["model"]
+    a = torch.load(whole.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
     with resumed.metrics.open() as f:
@@ -177,10 +178,10 @@ def test_maps_of_the_wrong_size_name_the_file(synthetic_root: Path, tmp_path: Pa
 
 
 def test_profiles_resolve_and_bad_settings_are_named():
-    paper = irn.profile_settings("paper")
+    paper = get_profile("paper").irn
     assert (paper.backbone, paper.crop_size, paper.batch_size, paper.epochs, paper.train_radius, paper.infer_radius,
             paper.beta, paper.exp_times, paper.rw_method) == ("resnet50", 512, 32, 3, 10, 5, 10.0, 8, "dense")
-    with pytest.raises(irn.ConfigError, match="train_radius"):
+    with pytest.raises(ConfigError, match="train_radius"):
         paper.override(crop_size=64)
-    with pytest.raises(irn.ConfigError, match="unknown IRN setting"):
+    with pytest.raises(ConfigError, match="unknown IRN setting"):
         paper.override(radius=3)

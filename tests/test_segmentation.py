@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sipe.infra.config import ConfigError, get_profile
 from sipe.segmentation import network as seg
 from sipe.data import voc
 from sipe.stages.labelled import LabelledCropDataset, evaluate_label_dir, load_label, save_label_atomic
@@ -16,7 +17,7 @@ from sipe.infra.runtime import seed_everything
 
 
 def one_step_cfg(profile: str) -> seg.SegConfig:
-    return seg.profile_settings(profile).override(pretrained=False, crop_size=64, batch_size=2, epochs=1, max_steps=1)
+    return get_profile(profile).seg.override(pretrained=False, crop_size=64, batch_size=2, epochs=1, max_steps=1)
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
@@ -26,7 +27,7 @@ def test_one_training_step_gives_a_finite_loss_and_moves_the_trainable_weights(p
     seed_everything(cfg.seed)
     before = seg.build_segnet(cfg, 21).state_dict()
     run = seg.train_segmentation(cfg, synthetic_root, ids, "gt", 21, tmp_path / "run", device="cpu", progress=False)
-    after = torch.load(run.checkpoint, weights_only=False)["model"]
+    after = torch.load(run.checkpoint, weights_only=True)["model"]
     with run.metrics.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and math.isfinite(float(rows[0]["loss"])) and float(rows[0]["loss"]) > 0
@@ -47,7 +48,7 @@ def test_predictions_are_label_maps_of_the_image_size_and_evaluate(synthetic_roo
     val = voc.read_split(synthetic_root, "val")[:2]
     run = seg.train_segmentation(cfg, synthetic_root, ids, "gt", 21, tmp_path / "run", device="cpu", progress=False)
     model, _ = seg.load_segnet(run.checkpoint)
-    probs = seg.predict_probs(model, voc.load_image(synthetic_root, val[0]), (0.5, 1.0), True, cfg.mean, cfg.std)
+    probs = seg.predict_probs(model, voc.load_image(synthetic_root, val[0]), (0.5, 1.0), True, *seg.normalization(cfg))
     assert probs.shape == (21, 96, 128)
     torch.testing.assert_close(probs.sum(0), torch.ones(96, 128))
     out = seg.predict(run.checkpoint, synthetic_root, val, tmp_path / "pred", device="cpu", progress=False)
@@ -84,9 +85,9 @@ def test_missing_resnet101_weights_name_the_file(tmp_path):
 
 
 def test_profiles_resolve():
-    paper = seg.profile_settings("paper")
+    paper = get_profile("paper").seg
     assert (paper.backbone, paper.aspp_rates, paper.crop_size, paper.batch_size, paper.max_steps, paper.lr,
             paper.weight_decay) == ("deeplab_r101", (6, 12, 18, 24), 321, 10, 20000, 2.5e-4, 5e-4)
-    assert seg.profile_settings("subset").backbone == "efficientnet_lite0"
-    with pytest.raises(seg.ConfigError, match="unknown segmentation setting"):
+    assert get_profile("subset").seg.backbone == "efficientnet_lite0"
+    with pytest.raises(ConfigError, match="unknown segmentation setting"):
         paper.override(rates=(1,))

@@ -261,14 +261,6 @@ def test_table3_runs_the_coco_path_and_writes_its_rows(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- the subset budget
 
 
-def _pseudo_split(monkeypatch, split: str) -> None:
-    """Every profile's IRN settings with pseudo_split=split."""
-    from sipe.segmentation import irn
-
-    profile_settings = irn.profile_settings
-    monkeypatch.setattr(irn, "profile_settings", lambda p: profile_settings(p).override(pseudo_split=split))
-
-
 def test_the_subset_pseudo_labels_voc_train_and_the_paper_train_aug(synthetic_root: Path, monkeypatch) -> None:
     sets = {"data.root": str(synthetic_root), "device": "cpu"}
     subset, paper_cfg = get_profile("subset", **sets), get_profile("paper", **sets)
@@ -279,7 +271,7 @@ def test_the_subset_pseudo_labels_voc_train_and_the_paper_train_aug(synthetic_ro
     assert segstudy.map_readings(paper_cfg, "sipe") == (pipeline.STRUCTURE,)
     identity = segstudy.unit_identity(subset, 15)
     assert identity["data_train"] == voc.fingerprint(synthetic_root, "train")
-    _pseudo_split(monkeypatch, "")
+    subset = subset.override(**{"irn.pseudo_split": ""})
     assert segstudy.pseudo_images(subset) == ("train_aug", None)
     other = segstudy.unit_identity(subset, 15)
     assert other["config_hash"] != identity["config_hash"] and other["data_train"] != identity["data_train"]
@@ -328,8 +320,7 @@ def test_the_setting_says_which_images_are_pseudo_labelled(synthetic_root: Path)
 @pytest.mark.slow
 def test_a_unit_pseudo_labelling_the_evaluated_split_runs_on_the_classification_maps(synthetic_root: Path, tmp_path: Path,
                                                                                     monkeypatch) -> None:
-    _pseudo_split(monkeypatch, "train")
-    cfg, work = smoke(synthetic_root), tmp_path / "work"
+    cfg, work = smoke(synthetic_root, **{"irn.pseudo_split": "train"}), tmp_path / "work"
     csv = segstudy.run_unit(cfg, work, pipeline.Unit(segstudy.UNIT_VARIANT, 0), work / "results", progress=False)
     pipeline.run_unit(cfg, work, pipeline.Unit("sipe", 0), work / "results", progress=False)
     record = json.loads(csv.with_suffix(".json").read_text())
@@ -349,7 +340,7 @@ def test_the_subset_cpu_budget_counts_every_stage_of_the_unit(synthetic_root: Pa
     cfg = get_profile("subset", **{"data.root": str(synthetic_root)})
     b = segresults.cpu_budget(cfg)
     n_train, n_val = len(voc.read_split(synthetic_root, "train")), len(voc.read_split(synthetic_root, "val"))
-    irn_epochs, seg_epochs = irn.profile_settings("subset").epochs, segmentation.profile_settings("subset").epochs
+    irn_epochs, seg_epochs = cfg.irn.epochs, cfg.seg.epochs
     assert b["images"].tolist() == [n_train] * 4 + [n_val]
     assert b["passes"].tolist() == [2, 2 * irn_epochs, 2, 2 * seg_epochs, 2]
     assert b.loc[1, "cpu_min"] == pytest.approx(n_train * 2 * irn_epochs * irn.SUBSET_CPU_SECONDS["irn_epoch"] / 60, abs=0.05)

@@ -18,8 +18,8 @@ create_pseudo_label.py, train_cls.py):
   whole image at scale 1.0; k-means with 10 initialisations and at most 300 iterations per class;
 - sub-category s of class c is column c * k + s of the (N, K*k) sub-label matrix.
 
-Training uses this package's optimiser, schedule, augmentation and epochs (`train.fit`), so SC-CAM differs
-from the CAM baseline only by the sub-category head and its loss.
+Training uses this package's optimiser, schedule, augmentation and epochs (`sipe.stages.train.fit_classifier`:
+the loop `sipe.stages.fit.fit`), so SC-CAM differs from the CAM baseline only by the sub-category head and its loss.
 
 Run folder: `config.json`, `sccam.json`, `round<r>/` (features.npy, assignments.npz, assignments.csv,
 metrics.csv, checkpoint.pt, wall_seconds.json, final.pt) and, when every round is done, `final.pt` (the last
@@ -55,7 +55,7 @@ from ..method.backbones import stage_channels
 from ..infra.runtime import (atomic_savez, atomic_torch_save, atomic_write_bytes, atomic_write_json,
     atomic_write_text, resolve_device, seed_everything)
 from ..stages.checkpoint import load_trained
-from ..stages.train import ConfigMismatchError, fit, make_train_dataset, plan_steps
+from ..stages.train import ConfigMismatchError, fit_classifier, make_train_dataset, plan_steps
 
 METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_sub", "lr_backbone", "lr_new", "images_per_s", "seconds")
 
@@ -257,7 +257,7 @@ def sccam_loss(
 
 
 def sccam_step(model: SCCAMNet, batch: dict, cfg: ExperimentConfig, device: torch.device, weight: float = 5.0) -> dict[str, torch.Tensor]:
-    """One forward pass and the SC-CAM losses of a batch (a `train.fit` step function)."""
+    """One forward pass and the SC-CAM losses of a batch (a `fit_classifier` step function)."""
     out = model(batch["img"].to(device, non_blocking=True))
     return sccam_losses(out["score"], out["sub_score"], batch["label"].to(device, non_blocking=True),
                         batch["sub_label"].to(device, non_blocking=True), weight)
@@ -426,9 +426,9 @@ def train_sccam(
         model = build_sccam_model(cfg, sccam.k).to(device)
         step_fn = functools.partial(sccam_step, weight=sccam.sub_weight)
         callback = None if on_step is None else functools.partial(on_step, rnd)
-        fitted = fit(cfg, model, SubLabelDataset(train_ds, assignment.sub_labels), step_fn, rdir / "checkpoint.pt",
-                     rdir / "metrics.csv", fields=METRIC_FIELDS, progress=progress, on_step=callback,
-                     desc=f"sccam train r{rnd}/{sccam.rounds}")
+        fitted = fit_classifier(cfg, model, SubLabelDataset(train_ds, assignment.sub_labels), step_fn, rdir,
+                                fields=METRIC_FIELDS, progress=progress, on_step=callback,
+                                desc=f"sccam train r{rnd}/{sccam.rounds}")
         _record_seconds(rdir, "training", fitted.wall_seconds)
         _save_model(rfinal, model, cfg, sccam, rnd, fitted.steps)
         del model

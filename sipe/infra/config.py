@@ -111,6 +111,34 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every_steps: int | None = None
 
+    def optim(self) -> "OptimSettings":
+        """The training loop's settings: new layers at lr x `new_layer_lr_mult`, gradients clipped to `clip_grad_norm`."""
+        return OptimSettings(self.batch_size, self.epochs, self.lr, self.momentum, self.weight_decay, self.poly_power,
+                             self.max_steps, self.seed, self.new_layer_lr_mult, self.clip_grad_norm,
+                             self.checkpoint_every_steps, self.log_every)
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """What `sipe.stages.fit.fit` trains with, for every network trained here: SGD with momentum and weight decay,
+    lr x `new_lr_mult` on the new layers, polynomial decay over the steps (full batches of `batch_size`,
+    `epochs` epochs, capped by `max_steps`), the epoch order seeded by `seed`, gradients clipped to the norm
+    `clip` (None: not clipped), a checkpoint every epoch and every `checkpoint_every` steps, the metrics file
+    flushed every `log_every` steps. Each stage's section makes it with its `optim()`."""
+
+    batch_size: int
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    poly_power: float
+    max_steps: int | None = None
+    seed: int = 0
+    new_lr_mult: float = 1.0
+    clip: float | None = None
+    checkpoint_every: int | None = None
+    log_every: int = 1
+
 
 @dataclass(frozen=True)
 class InferConfig:
@@ -189,6 +217,135 @@ class StageSettings:
 
 
 @dataclass(frozen=True)
+class IRNConfig(StageSettings):
+    """IRN settings (`sipe.segmentation.irn`; the defaults are the paper profile's: IRN's / SIPE's released settings).
+
+    backbone: registry name (frozen, ImageNet weights; checked against the registry by
+    `sipe.method.backbones.check_backbone`); crop_size: training crops (multiple of 16), so the boundary grid
+    is crop/4; train_radius / infer_radius: pair radius on that grid; beta, exp_times: the random walk
+    (T^(2^exp_times)); infer_scale: image scale at which the boundary map is computed; rw_method: 'dense'
+    (repeated squaring of the dense n x n transition matrix, IRN, for a GPU) or 'stencil' (2^exp_times steps
+    with the banded transition weights: the same walk, linear memory, CPU); pseudo_split: the split whose
+    images are pseudo-labelled and train IRN and the segmentation nets: '' = the data's training split
+    (train_aug, the paper), else a split name (subset: 'train', the split the classification units already
+    map, so their maps are reused).
+    """
+
+    WHAT: ClassVar[str] = "IRN"
+    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers", "label_workers")
+
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    weights: str = ""
+    crop_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    batch_size: int = 32
+    epochs: int = 3
+    max_steps: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    train_radius: int = 10
+    infer_radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    infer_scale: float = 1.0
+    rw_method: Literal["dense", "stencil"] = "dense"
+    crf_iterations: int = 10
+    crf_gt_prob: float = 0.7
+    pseudo_split: str = ""
+    seed: int = 15
+    checkpoint_every: int | None = None
+    num_workers: int = 0
+    label_workers: int = 1
+
+    def validate(self) -> "IRNConfig":
+        _check_optim("irn", self.batch_size, self.epochs, self.max_steps, self.lr)
+        if self.crop_size <= 0 or self.crop_size % 16:
+            raise ConfigError(f"irn.crop_size={self.crop_size}; must be a positive multiple of 16")
+        grid = self.crop_size // 4
+        if self.train_radius < 2 or 2 * (self.train_radius - 1) >= grid:
+            raise ConfigError(f"irn.train_radius={self.train_radius} needs 2*(radius-1) < crop/4 = {grid}")
+        if self.infer_radius < 2:
+            raise ConfigError(f"irn.infer_radius={self.infer_radius}; must be >= 2")
+        if self.rw_method not in ("dense", "stencil"):
+            raise ConfigError(f"irn.rw_method={self.rw_method!r}; use 'dense' or 'stencil'")
+        if self.beta <= 0 or self.exp_times < 0 or self.infer_scale <= 0:
+            raise ConfigError("irn.beta and irn.infer_scale must be positive, irn.exp_times >= 0")
+        return self
+
+    def optim(self) -> OptimSettings:
+        """The training loop's settings: one group (the boundary branch; the backbone is frozen), no clipping."""
+        return OptimSettings(self.batch_size, self.epochs, self.lr, self.momentum, self.weight_decay, self.poly_power,
+                             self.max_steps, self.seed, checkpoint_every=self.checkpoint_every)
+
+
+DEEPLAB_R101 = "deeplab_r101"
+"""SegConfig.backbone of DeepLab-v2's ResNet-101 at output stride 8 (not in the backbone registry)."""
+
+
+@dataclass(frozen=True)
+class SegConfig(StageSettings):
+    """Segmentation settings (`sipe.segmentation.network`; the defaults are the paper profile's). backbone:
+    'deeplab_r101' (DeepLab-v2 ResNet-101, OS 8) or a registry backbone name (its semantic stage at OS 16 feeds
+    the ASPP head). CRF: deeplab-pytorch's (10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4)."""
+
+    WHAT: ClassVar[str] = "segmentation"
+    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers")
+
+    backbone: str = DEEPLAB_R101
+    pretrained: bool = True
+    weights: str = ""
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    crop_size: int = 321
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    batch_size: int = 10
+    epochs: int = 20
+    max_steps: int | None = 20000
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    eval_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
+    eval_flip: bool = True
+    crf_iterations: int = 10
+    crf_pos_xy: float = 1.0
+    crf_pos_w: float = 3.0
+    crf_bi_xy: float = 67.0
+    crf_bi_rgb: float = 3.0
+    crf_bi_w: float = 4.0
+    max_eval_images: int | None = None
+    seed: int = 0
+    checkpoint_every: int | None = None
+    num_workers: int = 0
+
+    def validate(self) -> "SegConfig":
+        _check_optim("seg", self.batch_size, self.epochs, self.max_steps, self.lr)
+        if self.crop_size <= 0:
+            raise ConfigError(f"seg.crop_size={self.crop_size}; must be positive")
+        if not self.aspp_rates or not self.eval_scales:
+            raise ConfigError("seg.aspp_rates and seg.eval_scales must not be empty")
+        return self
+
+    def optim(self) -> OptimSettings:
+        """The training loop's settings: the ASPP head at lr x `head_lr_mult`, no clipping."""
+        return OptimSettings(self.batch_size, self.epochs, self.lr, self.momentum, self.weight_decay, self.poly_power,
+                             self.max_steps, self.seed, self.head_lr_mult, checkpoint_every=self.checkpoint_every)
+
+
+def _check_optim(section: str, batch_size: int, epochs: int, max_steps: int | None, lr: float) -> None:
+    for name, value in (("batch_size", batch_size), ("epochs", epochs)):
+        if value <= 0:
+            raise ConfigError(f"{section}.{name}={value}; must be positive")
+    if max_steps is not None and max_steps <= 0:
+        raise ConfigError(f"{section}.max_steps={max_steps}; must be positive or none")
+    if not lr > 0:
+        raise ConfigError(f"{section}.lr={lr}; must be positive")
+
+
+@dataclass(frozen=True)
 class SCCAMConfig:
     """SC-CAM's settings (`sipe.baselines.sccam`; the paper's: k = 10 sub-categories per class, 3 rounds, sub-category
     loss weight 5). They change only the `sccam` units, whose identity adds `key()`; no stage hash holds them.
@@ -241,6 +398,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     sccam: SCCAMConfig = field(default_factory=SCCAMConfig)
+    irn: IRNConfig = field(default_factory=IRNConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,6 +460,8 @@ class ExperimentConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         self.sccam.validate()
+        self.irn.validate()
+        self.seg.validate()
 
     def stage_hash(self, stage: Literal["train", "maps", "eval"], *inputs: str) -> str:
         """12-hex hash of the settings a stage's output depends on, plus `inputs` (data fingerprints,
@@ -391,17 +552,31 @@ def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
 
 
 def _paper() -> ExperimentConfig:
+    """The paper's settings; IRN/SIPE's released IRN settings (ResNet-50, crop 512, batch 32, 3 epochs, lr 0.1,
+    radius 10/5, beta 10, 2^8 steps, dense random walk, pseudo labels for train_aug) and deeplab-pytorch's VOC
+    recipe for the segmentation net."""
     return ExperimentConfig(profile="paper", study=StudyConfig(selection_images=1000))
 
 
 def _subset() -> ExperimentConfig:
-    """The real VOC subset on a 2-core CPU, with EfficientNet-Lite0 (see the book's 'our setting')."""
+    """The real VOC subset on a 2-core CPU, with EfficientNet-Lite0 (see the book's 'our setting').
+
+    IRN: crop 256, batch 8, stencil random walk at half image scale, pseudo labels for the 437 VOC train images
+    whose maps the classification units make, 10 epochs (about the samples of 3 epochs of the 1,500 train_aug
+    images). Segmentation: ASPP (rates 3/6/9/12 at OS 16, the paper's receptive field), crop 256, batch 8, 12
+    epochs (about the samples of 4 epochs of train_aug), lr 1e-3 (head x10, momentum 0.9; at lr 0.01 the first
+    subset run diverged, cross-entropy 4 -> 200 in 10 steps and 30-80 per epoch after, while 1e-3 fell from 3.9
+    to ~0.6 in 60 steps on the same pseudo labels). CPU budget: `sipe.study.segresults.cpu_budget`."""
     return ExperimentConfig(
         profile="subset",
         data=DataConfig(resize_long=(256, 384), crop_size=256),
         model=ModelConfig(backbone="efficientnet_lite0", semantic_layer="conv_head", bg_scale=1.0),
         train=TrainConfig(batch_size=8, epochs=5, lr=0.01, momentum=0.9, log_every=5),
         infer=InferConfig(scales=(1.0, 0.5, 1.5), precision="bfloat16"),
+        irn=IRNConfig(backbone="efficientnet_lite0", crop_size=256, batch_size=8, epochs=10, infer_scale=0.5,
+                      rw_method="stencil", label_workers=2, pseudo_split="train"),
+        seg=SegConfig(backbone="efficientnet_lite0", aspp_rates=(3, 6, 9, 12), crop_size=256, batch_size=8,
+                      epochs=12, max_steps=None, lr=1e-3, weight_decay=1e-4),
     )
 
 
@@ -416,6 +591,12 @@ def _smoke() -> ExperimentConfig:
         eval=EvalConfig(thresholds=(0.1, 0.2, 0.3, 0.4, 0.5), crf_iterations=2),
         study=StudyConfig(seeds=(0, 1), selection_images=4, fig8_thresholds=(0.1, 0.3, 0.5, 0.7, 0.9)),
         sccam=SCCAMConfig(k=2),
+        irn=IRNConfig(backbone="efficientnet_lite0", crop_size=64, batch_size=2, epochs=1, max_steps=2,
+                      train_radius=5, infer_radius=5, exp_times=4, infer_scale=0.5, rw_method="stencil",
+                      crf_iterations=2, seed=0),
+        seg=SegConfig(backbone="efficientnet_lite0", aspp_rates=(1, 2), crop_size=64, batch_size=2, epochs=1,
+                      max_steps=2, lr=0.01, weight_decay=1e-4, eval_scales=(0.5, 1.0), crf_iterations=2,
+                      max_eval_images=4),
     )
 
 

@@ -2,7 +2,7 @@
 
 A loss that becomes non-finite is caught by the training loops themselves; a loss that stays finite but
 explodes (the first subset segmentation net went from 4 to 200 in ten steps at lr 0.01, then trained on for
-an hour at 30-80) is caught here: `DivergenceGuard` is an `on_step` callback of `sipe.stages.fit.fit`.
+an hour at 30-80) is caught here: `DivergenceGuard` is an `on_step` callback of the training loop `sipe.stages.fit.fit`.
 """
 from __future__ import annotations
 

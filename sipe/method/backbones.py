@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 
-from ..infra.config import ConfigError
+from ..infra.config import DEEPLAB_R101, ConfigError, ExperimentConfig
 from ..infra.errors import SipeError
 
 if TYPE_CHECKING:
@@ -241,11 +242,24 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def check_backbone(setting: str, name: str, also: Sequence[str] = ()) -> None:
+    """ConfigError naming `setting` when backbone `name` is neither registered nor one of `also`."""
+    if name not in BACKBONES and name not in also:
+        choices = f"{' or '.join(map(repr, also))} or one of " if also else "one of "
+        raise ConfigError(f"{setting}={name!r}; choose {choices}{sorted(BACKBONES)}")
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """`check_model`, and the IRN and segmentation backbones against the registry."""
+    check_model(cfg.model)
+    check_backbone("irn.backbone", cfg.irn.backbone)
+    check_backbone("seg.backbone", cfg.seg.backbone, (DEEPLAB_R101,))
+
+
 def check_model(cfg: ModelConfig) -> None:
     """ConfigError naming the setting when model.backbone is not registered or model.semantic_layer is not
     one of its layers."""
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone={cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
+    check_backbone("model.backbone", cfg.backbone)
     layers = BACKBONES[cfg.backbone].semantic_layers
     if cfg.semantic_layer not in layers:
         raise ConfigError(f"model.semantic_layer={cfg.semantic_layer!r} does not exist in {cfg.backbone}; "

@@ -3,7 +3,7 @@
 Three stages, each writing files and resuming where it stopped:
 
 1. IR labels (`make_ir_labels`): confident foreground / background regions of each pseudo-labelled image
-   (train_aug; VOC train in the subset profile, `IRNConfig.pseudo_split`) from its maps with the two
+   (train_aug; VOC train in the subset profile, `irn.pseudo_split` of the configuration) from its maps with the two
    denseCRF runs of `sipe.stages.crf` (void where they disagree).
 2. IRN (`train_irn`): a class-boundary branch over the frozen ImageNet backbone's four stage features,
    at stride 4. Pairs of pixels within `train_radius` get relation labels from the IR labels (same class
@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,15 +40,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..infra.config import ConfigError, ModelConfig, StageSettings
+from ..infra.config import IRNConfig, ModelConfig
 from ..stages.crf import crf_labels
 from ..data import transforms as T
 from ..data import voc
 from ..stages.labelled import LabelledCropDataset, check_same_size, save_label_atomic
 from ..stages.evaluation import load_map
 from ..infra.divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, guarded
-from ..stages.fit import FitResult, LoopSettings, fit
-from ..method.backbones import BACKBONES, Backbone, build_backbone, stage_channels
+from ..stages.fit import FitResult, fit_folder
+from ..method.backbones import BACKBONES, Backbone, build_backbone, check_backbone, stage_channels
 from ..infra.runtime import atomic_write_json, resolve_device, seed_everything
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -87,88 +87,10 @@ PROTOCOLS: dict[str, LabelProtocol] = {
 """'sipe': SIPE's cam2ir / make_seg_labels on IS-CAM; 'irn': IRN's on its CAM of the image's classes (baseline)."""
 
 
-@dataclass(frozen=True)
-class IRNConfig(StageSettings):
-    """IRN settings (paper profile = IRN's / SIPE's released settings).
-
-    backbone: registry name (frozen, ImageNet weights); crop_size: training crops (multiple of 16), so the
-    boundary grid is crop/4; train_radius / infer_radius: pair radius on that grid; beta, exp_times: the
-    random walk (T^(2^exp_times)); infer_scale: image scale at which the boundary map is computed;
-    rw_method: 'dense' (repeated squaring of the dense n x n transition matrix, IRN, for a GPU) or
-    'stencil' (2^exp_times steps with the banded transition weights: the same walk, linear memory, CPU);
-    pseudo_split: the split whose images are pseudo-labelled and train IRN and the segmentation nets:
-    '' = the data's training split (train_aug, the paper), else a split name (subset: 'train', the split
-    the classification units already map, so their maps are reused).
-    """
-
-    WHAT: ClassVar[str] = "IRN"
-    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers", "label_workers")
-
-    backbone: str = "resnet50"
-    pretrained: bool = True
-    weights: str = ""
-    crop_size: int = 512
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    batch_size: int = 32
-    epochs: int = 3
-    max_steps: int | None = None
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    train_radius: int = 10
-    infer_radius: int = 5
-    beta: float = 10.0
-    exp_times: int = 8
-    infer_scale: float = 1.0
-    rw_method: Literal["dense", "stencil"] = "dense"
-    crf_iterations: int = 10
-    crf_gt_prob: float = 0.7
-    pseudo_split: str = ""
-    seed: int = 15
-    checkpoint_every: int | None = None
-    num_workers: int = 0
-    label_workers: int = 1
-
-    def validate(self) -> "IRNConfig":
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"irn.backbone={self.backbone!r}; choose one of {sorted(BACKBONES)}")
-        if self.crop_size <= 0 or self.crop_size % 16:
-            raise ConfigError(f"irn.crop_size={self.crop_size}; must be a positive multiple of 16")
-        grid = self.crop_size // 4
-        if self.train_radius < 2 or 2 * (self.train_radius - 1) >= grid:
-            raise ConfigError(f"irn.train_radius={self.train_radius} needs 2*(radius-1) < crop/4 = {grid}")
-        if self.infer_radius < 2:
-            raise ConfigError(f"irn.infer_radius={self.infer_radius}; must be >= 2")
-        if self.rw_method not in ("dense", "stencil"):
-            raise ConfigError(f"irn.rw_method={self.rw_method!r}; use 'dense' or 'stencil'")
-        if self.beta <= 0 or self.exp_times < 0 or self.infer_scale <= 0:
-            raise ConfigError("irn.beta and irn.infer_scale must be positive, irn.exp_times >= 0")
-        return self
-
-
 SUBSET_CPU_SECONDS = {"ir_labels": 1.02, "irn_epoch": 0.31, "random_walk": 0.29}
 """The subset profile's process CPU seconds per image (IRN training: per image and epoch; random walk at
 image scale 0.5), measured by benchmarks/bench_table2.py on 4 VOC train images with one thread on a machine
 shared with a background job (2026-12-02): upper bounds. `sipe.study.segresults.cpu_budget` sums them."""
-
-
-def profile_settings(profile: str) -> IRNConfig:
-    """IRN settings of a profile. paper: IRN/SIPE (ResNet-50, crop 512, batch 32, 3 epochs, lr 0.1,
-    radius 10/5, beta 10, 2^8 steps, dense random walk, pseudo labels for train_aug). subset: EfficientNet-Lite0,
-    crop 256, batch 8, stencil random walk at half image scale, pseudo labels for the 437 VOC train images
-    whose maps the classification units make, 10 epochs (about the samples of 3 epochs of the 1,500 train_aug
-    images; CPU budget: `sipe.study.segresults.cpu_budget`). smoke: seconds on synthetic data."""
-    if profile == "paper":
-        return IRNConfig().validate()
-    if profile == "subset":
-        return IRNConfig(backbone="efficientnet_lite0", crop_size=256, batch_size=8, epochs=10, infer_scale=0.5,
-                         rw_method="stencil", label_workers=2, pseudo_split="train").validate()
-    if profile == "smoke":
-        return IRNConfig(backbone="efficientnet_lite0", crop_size=64, batch_size=2, epochs=1, max_steps=2,
-                         train_radius=5, infer_radius=5, exp_times=4, infer_scale=0.5, rw_method="stencil",
-                         crf_iterations=2, seed=0).validate()
-    raise ConfigError(f"unknown profile {profile!r}; choose smoke, subset or paper")
 
 
 # ------------------------------------------------------------------------------------------ path indexing
@@ -457,24 +379,24 @@ def train_irn(
     Stops with DivergenceError when the loss's mean over `divergence_window` steps exceeds
     `divergence_factor` x its start (`sipe.infra.divergence.DivergenceGuard`; None: never)."""
     cfg.validate()
+    check_backbone("irn.backbone", cfg.backbone)
     dev = resolve_device(device)
     spec = BACKBONES[cfg.backbone]
     seed_everything(cfg.seed)
     model = build_irn(cfg)
     dataset = RelationDataset(root, ids, ir_label_dir, cfg.crop_size, cfg.scale_range, spec.mean, spec.std,
                               seed=cfg.seed, radius=cfg.train_radius)
-    settings = LoopSettings(cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.poly_power,
-                            cfg.max_steps, cfg.seed, cfg.checkpoint_every, cfg.num_workers)
     config = {"stage": "irn", "irn": cfg.result_dict(), "ids": _digest(ids), "ir_labels": folder_id(ir_label_dir)}
-    index = dataset.index
-    return fit(model, [(model.head_parameters(), 1.0)], dataset, partial(_irn_step, index=index), run_dir,
-               settings, config, IRN_METRICS, dev, progress, desc="IRN",
-               on_step=guarded(on_step, run_dir, "IRN lr", divergence_factor, divergence_window))
+    o = cfg.optim()
+    return fit_folder(model, [(model.head_parameters(), o.new_lr_mult)], dataset,
+                      partial(_irn_step, index=dataset.index), run_dir, o, config, IRN_METRICS, dev, cfg.num_workers,
+                      progress, desc="IRN",
+                      on_step=guarded(on_step, run_dir, "IRN lr (irn.lr)", divergence_factor, divergence_window))
 
 
 def load_irn(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[BoundaryNet, IRNConfig]:
     """The boundary network and settings in a `final.pt` written by `train_irn` (no ImageNet weights needed)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     d = dict(state["config"]["irn"])
     d["scale_range"] = tuple(d["scale_range"])
     cfg = IRNConfig(**d)

@@ -17,9 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,73 +25,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..infra.config import ConfigError, ModelConfig, StageSettings
+from ..infra.config import DEEPLAB_R101, ModelConfig, SegConfig
 from ..data import transforms as T
 from ..data import voc
 from ..stages.labelled import GROUND_TRUTH, LabelledCropDataset, save_label_atomic
 from ..infra.divergence import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, guarded
-from ..stages.fit import FitResult, LoopSettings, fit
-from ..method.backbones import BACKBONES, build_backbone, imagenet_state_dict, stage_channels
+from ..stages.fit import FitResult, fit_folder
+from ..method.backbones import BACKBONES, build_backbone, check_backbone, imagenet_state_dict, stage_channels
 from ..infra.runtime import atomic_write_json, resolve_device, seed_everything
 
-DEEPLAB_R101 = "deeplab_r101"
 RESNET101_FILE = "resnet101-63fe2227.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class SegConfig(StageSettings):
-    """Segmentation settings. backbone: 'deeplab_r101' (DeepLab-v2 ResNet-101, OS 8) or a registry backbone
-    name (its semantic stage at OS 16 feeds the ASPP head). CRF: deeplab-pytorch's (10 iterations,
-    Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4)."""
-
-    WHAT: ClassVar[str] = "segmentation"
-    NON_RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers")
-
-    backbone: str = DEEPLAB_R101
-    pretrained: bool = True
-    weights: str = ""
-    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
-    crop_size: int = 321
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    batch_size: int = 10
-    epochs: int = 20
-    max_steps: int | None = 20000
-    lr: float = 2.5e-4
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    eval_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
-    eval_flip: bool = True
-    crf_iterations: int = 10
-    crf_pos_xy: float = 1.0
-    crf_pos_w: float = 3.0
-    crf_bi_xy: float = 67.0
-    crf_bi_rgb: float = 3.0
-    crf_bi_w: float = 4.0
-    max_eval_images: int | None = None
-    seed: int = 0
-    checkpoint_every: int | None = None
-    num_workers: int = 0
-
-    def validate(self) -> "SegConfig":
-        if self.backbone != DEEPLAB_R101 and self.backbone not in BACKBONES:
-            raise ConfigError(f"seg.backbone={self.backbone!r}; choose {DEEPLAB_R101!r} or one of {sorted(BACKBONES)}")
-        if self.crop_size <= 0 or self.batch_size <= 0 or self.epochs <= 0:
-            raise ConfigError("seg.crop_size, seg.batch_size and seg.epochs must be positive")
-        if not self.aspp_rates or not self.eval_scales:
-            raise ConfigError("seg.aspp_rates and seg.eval_scales must not be empty")
-        return self
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return IMAGENET_MEAN if self.backbone == DEEPLAB_R101 else BACKBONES[self.backbone].mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return IMAGENET_STD if self.backbone == DEEPLAB_R101 else BACKBONES[self.backbone].std
+def normalization(cfg: SegConfig) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of the input normalisation of `cfg.backbone`."""
+    if cfg.backbone == DEEPLAB_R101:
+        return IMAGENET_MEAN, IMAGENET_STD
+    spec = BACKBONES[cfg.backbone]
+    return spec.mean, spec.std
 
 
 SUBSET_CPU_SECONDS = {"train_epoch": 0.19, "ss": 0.16, "ms": 0.46, "ms_crf": 1.78}
@@ -101,25 +52,6 @@ SUBSET_CPU_SECONDS = {"train_epoch": 0.19, "ss": 0.16, "ms": 0.46, "ms_crf": 1.7
 image and mode, 'ms_crf' including its multi-scale probabilities, which 'ms' shares when both are made),
 measured by benchmarks/bench_table2.py on 4 images with one thread on a machine shared with a background
 job (2026-12-02): upper bounds. `sipe.study.segresults.cpu_budget` sums them."""
-
-
-def profile_settings(profile: str) -> SegConfig:
-    """paper: DeepLab-v2 ResNet-101 (deeplab-pytorch's VOC recipe). subset: ASPP (rates 3/6/9/12 at OS 16,
-    the paper's receptive field) on EfficientNet-Lite0, crop 256, batch 8, 12 epochs of the 437 pseudo-labelled
-    VOC train images (about the samples of 4 epochs of the 1,500 train_aug images), lr 1e-3 (head x10, momentum
-    0.9; at lr 0.01 the first subset run diverged, cross-entropy 4 -> 200 in 10 steps and 30-80 per epoch after,
-    while 1e-3 fell from 3.9 to ~0.6 in 60 steps on the same pseudo labels) (CPU budget:
-    `sipe.study.segresults.cpu_budget`). smoke: seconds."""
-    if profile == "paper":
-        return SegConfig().validate()
-    if profile == "subset":
-        return SegConfig(backbone="efficientnet_lite0", aspp_rates=(3, 6, 9, 12), crop_size=256, batch_size=8,
-                         epochs=12, max_steps=None, lr=1e-3, weight_decay=1e-4).validate()
-    if profile == "smoke":
-        return SegConfig(backbone="efficientnet_lite0", aspp_rates=(1, 2), crop_size=64, batch_size=2, epochs=1,
-                         max_steps=2, lr=0.01, weight_decay=1e-4, eval_scales=(0.5, 1.0), crf_iterations=2,
-                         max_eval_images=4).validate()
-    raise ConfigError(f"unknown profile {profile!r}; choose smoke, subset or paper")
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -242,23 +174,24 @@ def train_segmentation(
     Stops with DivergenceError when the loss's mean over `divergence_window` steps exceeds
     `divergence_factor` x its start (`sipe.infra.divergence.DivergenceGuard`; None: never)."""
     cfg.validate()
+    check_backbone("seg.backbone", cfg.backbone, (DEEPLAB_R101,))
     dev = resolve_device(device)
     seed_everything(cfg.seed)
     model = build_segnet(cfg, num_classes)
-    dataset = LabelledCropDataset(root, ids, labels, cfg.crop_size, cfg.scale_range, cfg.mean, cfg.std, seed=cfg.seed)
-    settings = LoopSettings(cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.poly_power,
-                            cfg.max_steps, cfg.seed, cfg.checkpoint_every, cfg.num_workers)
+    dataset = LabelledCropDataset(root, ids, labels, cfg.crop_size, cfg.scale_range, *normalization(cfg), seed=cfg.seed)
     labels_id = GROUND_TRUTH if str(labels) == GROUND_TRUTH else f"{Path(labels).parent.name}/{Path(labels).name}"
     config = {"stage": "segmentation", "seg": cfg.result_dict(), "num_classes": num_classes, "labels": labels_id,
               "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
-    return fit(model, model.param_groups(cfg.head_lr_mult), dataset, seg_step, run_dir, settings, config,
-               ("loss",), dev, progress, desc="segmentation",
-               on_step=guarded(on_step, run_dir, "segmentation lr (lr, head_lr_mult)", divergence_factor, divergence_window))
+    o = cfg.optim()
+    return fit_folder(model, model.param_groups(o.new_lr_mult), dataset, seg_step, run_dir, o, config, ("loss",), dev,
+                      cfg.num_workers, progress, desc="segmentation",
+                      on_step=guarded(on_step, run_dir, "segmentation lr (seg.lr, seg.head_lr_mult)", divergence_factor,
+                                      divergence_window))
 
 
 def load_segnet(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[SegNet, SegConfig]:
     """The network and settings of a `final.pt` written by `train_segmentation` (no ImageNet weights needed)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     d = dict(state["config"]["seg"])
     for k in ("aspp_rates", "scale_range", "eval_scales"):
         d[k] = tuple(d[k])
@@ -319,6 +252,7 @@ def predict(
     if not todo_modes:
         return out
     model, cfg = load_segnet(checkpoint, resolve_device(device))
+    norm = normalization(cfg)
     t0 = time.perf_counter()
     for image_id in tqdm(list(ids), disable=not progress, desc="segmentation predictions", unit="img"):
         need = [m for m in todo_modes if not (out[m] / f"{image_id}.png").exists()]
@@ -327,9 +261,9 @@ def predict(
         img = voc.load_image(root, image_id)
         if "ss" in need:
             save_label_atomic(out["ss"] / f"{image_id}.png",
-                              predict_probs(model, img, (1.0,), False, cfg.mean, cfg.std).argmax(0).numpy().astype(np.uint8))
+                              predict_probs(model, img, (1.0,), False, *norm).argmax(0).numpy().astype(np.uint8))
         if "ms" in need or "ms_crf" in need:
-            probs = predict_probs(model, img, cfg.eval_scales, cfg.eval_flip, cfg.mean, cfg.std).numpy()
+            probs = predict_probs(model, img, cfg.eval_scales, cfg.eval_flip, *norm).numpy()
             if "ms" in need:
                 save_label_atomic(out["ms"] / f"{image_id}.png", probs.argmax(0).astype(np.uint8))
             if "ms_crf" in need:

@@ -105,7 +105,7 @@ def _by_seed(table: pd.DataFrame, row: str, quantity: str = "val_miou") -> pd.Se
 
 def setting(cfg: ExperimentConfig) -> str:
     """Where the segmentation path's setting differs from the paper, in one line to print beside a number."""
-    i, s = irn.profile_settings(cfg.profile), segmentation.profile_settings(cfg.profile)
+    i, s = cfg.irn, cfg.seg
     root, (split, cap) = cfg.data.resolved_root(), pseudo_images(cfg)
     n_train = len(voc.read_split(root, split)[:cap])
     n_val = len(voc.read_split(root, VAL_SPLIT)[: s.max_eval_images])
@@ -139,7 +139,7 @@ def cpu_budget(cfg: ExperimentConfig) -> pd.DataFrame:
     columns = ["stage", "images", "passes", "cpu_s_per_img", "cpu_min"]
     if cfg.profile != "subset" or cfg.data.dataset != "voc" or not reuses_unit_maps(cfg):
         return pd.DataFrame(columns=columns)
-    i, s = irn.profile_settings(cfg.profile), segmentation.profile_settings(cfg.profile)
+    i, s = cfg.irn, cfg.seg
     ic, sc, root = irn.SUBSET_CPU_SECONDS, segmentation.SUBSET_CPU_SECONDS, cfg.data.resolved_root()
     split, cap = pseudo_images(cfg)
     n_train, n_val = len(voc.read_split(root, split)[:cap]), len(voc.read_split(root, VAL_SPLIT)[: s.max_eval_images])

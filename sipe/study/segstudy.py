@@ -34,11 +34,12 @@ import pandas as pd
 from ..segmentation import irn, network as segmentation
 from . import pipeline
 from ..infra import provenance as prov
-from ..infra.config import ConfigError, ExperimentConfig, get_profile, variant_config
+from ..infra.config import DEEPLAB_R101, ConfigError, ExperimentConfig, get_profile, variant_config
 from ..data import coco, voc
 from ..stages.labelled import GROUND_TRUTH, LabelDirLabeler
 from ..stages.evaluation import Reading, accumulate_confusion, evaluate_readings, miou_result
 from ..infra.locks import folder_lock
+from ..method.backbones import check_backbone
 from ..stages.maps import STRUCTURE
 from ..infra.runtime import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, resolve_device
 from ..infra.errors import UnitNotComputedError
@@ -80,17 +81,18 @@ def prepare_maps(cfg: ExperimentConfig, work_dir: str | Path, units: Sequence[pi
 
 
 def settings(cfg: ExperimentConfig, seed: int) -> tuple[irn.IRNConfig, segmentation.SegConfig]:
-    """The profile's IRN and segmentation settings with the unit's seed."""
-    return (irn.profile_settings(cfg.profile).override(seed=seed),
-            segmentation.profile_settings(cfg.profile).override(seed=seed))
+    """The configuration's IRN and segmentation settings (`cfg.irn`, `cfg.seg`) with the unit's seed."""
+    check_backbone("irn.backbone", cfg.irn.backbone)
+    check_backbone("seg.backbone", cfg.seg.backbone, (DEEPLAB_R101,))
+    return cfg.irn.override(seed=seed), cfg.seg.override(seed=seed)
 
 
 def pseudo_images(cfg: ExperimentConfig) -> tuple[str, int | None]:
     """(split, image cap) of the images pseudo-labelled, which train IRN and the segmentation nets: the IRN
-    setting `pseudo_split` ('' = data.train_split); the training split is capped by data.max_images, the
+    setting `irn.pseudo_split` ('' = data.train_split); the training split is capped by data.max_images, the
     evaluated split (infer.split) by the classification units' infer.max_images, so that their maps of it are
     the maps refined."""
-    split = irn.profile_settings(cfg.profile).pseudo_split or cfg.data.train_split
+    split = cfg.irn.pseudo_split or cfg.data.train_split
     if split == cfg.data.train_split:
         return split, cfg.data.max_images
     return split, cfg.infer.max_images if split == cfg.infer.split else None

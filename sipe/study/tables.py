@@ -159,7 +159,7 @@ def _cell(row: str, quantity: str, variant: str, reading: str, text: str, split:
 def segmentation_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
     """The cells of 'table2' (val mIoU of the segmentation nets, their ratio) and 'pseudo_labels' (mIoU of
     the labels on the evaluated training images before and after the random walk)."""
-    net = segmentation.profile_settings(cfg.profile)
+    net = cfg.seg
     arch = "DeepLab-v2 ResNet-101" if net.backbone == segmentation.DEEPLAB_R101 else f"ASPP on {net.backbone}"
     if name == "table2":
         cells = [_cell(PAPER_ROW, "val_miou", "sipe", "segnet/ms_crf",
