@@ -20,7 +20,7 @@ mIoU of IS-CAM with its estimated background against the ground truth: the lever
 study publishes. Take the figures on an idle machine (the load average at start is printed).
 
 --compare FLOAT32_DIR BFLOAT16_DIR [--units U...]: no timing; the claims that the classification units decide
-(`sipe.study.results.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
+(`sipe.study.claims.unit_claims`), from the `subset` study's records in FLOAT32_DIR (maps in float32) and in
 BFLOAT16_DIR (maps in bfloat16, the profile's setting), side by side: what the lever does to every claim. Give the
 units to compare, else every unit of the plan; only those whose records name the same checkpoint in both
 folders (the same training run, mapped both ways) are compared. With --same-training, units whose records share
@@ -183,7 +183,7 @@ def compare_claims(float32_dir: str, bfloat16_dir: str, units: list[str] | None,
     (units mapped from the same checkpoint file, or with `same_training` from the same training key)."""
     from bench_setting import claims_side_by_side, print_side_by_side
     from sipe.study.pipeline import plan
-    from sipe.study.results import unit_claims
+    from sipe.study.claims import unit_claims
 
     over = {"data.root": data_root} if data_root else {}
     cfg = get_profile("subset", **over)

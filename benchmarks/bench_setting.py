@@ -9,9 +9,9 @@ BASE_DIR holds units of the `subset` profile as it is (e.g. results/subset); OTH
     python -m sipe stages --profile subset --set train.epochs=4 --units sipe-s15 cam-s15 \\
         --results-dir results/subset-4epochs
 
-Each folder is read with its own configuration (`sipe.study.results.load` takes a unit only when its recorded
+Each folder is read with its own configuration (`sipe.study.loading.load` takes a unit only when its recorded
 configuration and data match), and the units found in both (by name: same variant and seed) are compared:
-Table 1's readings per unit, the claims these units decide (`sipe.study.results.unit_claims`) side by side with the
+Table 1's readings per unit, the claims these units decide (`sipe.study.claims.unit_claims`) side by side with the
 move of each delta, and the wall time of every stage as the units recorded it. It measures a setting's cost
 in numbers against its saving in time; it changes nothing.
 """
@@ -25,7 +25,9 @@ import pandas as pd
 
 from sipe.infra.config import get_profile
 from sipe.study.pipeline import plan
-from sipe.study.results import load, tidy, unit_claims
+from sipe.study.claims import unit_claims
+from sipe.study.loading import load
+from sipe.study.tables import tidy
 
 CLAIM_COLUMNS = ["ours_mean", "ci_low", "ci_high", "n_seeds", "verdict"]
 

@@ -200,17 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     vcfg = variant_config(cfg, args.variant)
     root = vcfg.data.resolved_root()
     ids = evaluation.map_ids(maps_dir)
-    est = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="estimated", progress=progress)
+    scoring = evaluation.Scoring(progress=progress)
+    est = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="estimated", scoring=scoring)
     print(f"estimated background: mIoU {est.miou:.2f} ({est.note})")
     sweep = evaluation.evaluate_maps(maps_dir, root, ids, which=args.which, mode="threshold",
-                                     thresholds=vcfg.eval.thresholds, progress=progress)
+                                     thresholds=vcfg.eval.thresholds, scoring=scoring)
     print(f"threshold background: best mIoU {sweep.best.miou:.2f} at t={sweep.best_threshold}")
     if args.crf:
         from .stages.crf import evaluate_crf
 
         e = vcfg.eval
         crf = evaluate_crf(maps_dir, root, ids, which=args.which, bg_scale=e.crf_bg_scale, t=e.crf_iterations,
-                           gt_prob=e.crf_gt_prob, progress=progress)
+                           gt_prob=e.crf_gt_prob, scoring=scoring)
         print(f"+denseCRF: mIoU {crf.void_as_background.miou:.2f} ({crf.void_as_background.note})")
     return 0
 

@@ -184,7 +184,7 @@ def test_figure_pages_show_rendered_images(html):
 
 @pytest.mark.slow
 def test_claims_page_lists_claims_and_run_record(html):
-    from sipe.study.results import CLAIMS
+    from sipe.study.claims import CLAIMS
 
     text = page(html, "book/claims").get_text(" ", strip=True).replace("\u2019", "'")
     for claim in CLAIMS:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sipe.study import pipeline, plan, records, results
+from sipe.study import loading, notes, pipeline, plan, records
 from sipe.infra import provenance
 from sipe.infra.config import get_profile
 from sipe.data import voc
@@ -118,24 +118,24 @@ def test_unit_results_are_reused_and_published_only_for_their_configuration(root
     mtime = csv.stat().st_mtime_ns
     assert pipeline.run_unit(cfg, work, unit, out, progress=False) == csv and csv.stat().st_mtime_ns == mtime
 
-    loaded = results.load(cfg, out)
+    loaded = loading.load(cfg, out)
     assert list(loaded.units) == ["sipe-s0"] and not loaded.stale
     assert not loaded.code_changed(["sipe"])
-    assert results.load(cfg.override(**{"eval.crf_iterations": 3}), out).stale == ["sipe-s0"]
+    assert loading.load(cfg.override(**{"eval.crf_iterations": 3}), out).stale == ["sipe-s0"]
     ids = voc.read_split(root, "train")
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids[::-1]))
-    assert results.load(cfg, out).stale == ["sipe-s0"]
+    assert loading.load(cfg, out).stale == ["sipe-s0"]
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
 
     monkeypatch.setattr(provenance, "stage_code_hashes", lambda: {**record["code"], "maps": "changed"})
     monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: ["sipe/stages/maps.py"])
-    again = results.load(cfg, out)
+    again = loading.load(cfg, out)
     assert again.code_changed(["sipe"]) == ["sipe-s0"] and again.units["sipe-s0"]["code_changed"] == ["maps"]
-    note = results.code_note(again, ["sipe"])
+    note = notes.code_note(again, ["sipe"])
     assert "stage code has changed since (sipe-s0: maps stage" in note and "-- sipe/stages/maps.py`" in note
     assert "`python -m sipe stages --profile smoke --recompute --units sipe-s0`" in note
     monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
-    assert not results.load(cfg, out).code_changed(["sipe"])
+    assert not loading.load(cfg, out).code_changed(["sipe"])
 
 
 def fake_repo(root: Path) -> str:
@@ -153,17 +153,21 @@ def fake_repo(root: Path) -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
+def changed_stage_files(revision: str, stages: list[str], repo: Path) -> list[str] | None:
+    return provenance.changed_files(revision, provenance.stage_patterns(stages, repo), repo)
+
+
 def test_changed_stage_files_names_the_stage_sources_edited_since_a_revision(tmp_path: Path) -> None:
     rev = fake_repo(tmp_path)
     assert "sipe/stages/evaluation.py" in provenance.stage_files("eval", tmp_path)
     assert "sipe/study/figures.py" not in provenance.stage_files("eval", tmp_path)
-    assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == []
+    assert changed_stage_files(rev, ["eval"], tmp_path) == []
     for name in ("stages/evaluation.py", "study/figures.py"):
         (tmp_path / "sipe" / name).write_text("x = 2\n")
-    assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == []
-    assert provenance.changed_stage_files(rev, ["eval"], repo=tmp_path) == ["sipe/stages/evaluation.py"]
-    assert provenance.changed_stage_files("0" * 40, ["eval"], repo=tmp_path) is None
-    assert provenance.changed_stage_files("unknown", ["eval"], repo=tmp_path) is None
+    assert changed_stage_files(rev, ["maps"], tmp_path) == []
+    assert changed_stage_files(rev, ["eval"], tmp_path) == ["sipe/stages/evaluation.py"]
+    assert changed_stage_files("0" * 40, ["eval"], tmp_path) is None
+    assert changed_stage_files("unknown", ["eval"], tmp_path) is None
     assert provenance.code_changes(rev, ["eval"], repo=tmp_path) == ["sipe/stages/evaluation.py"]
     assert provenance.source_code_changes(rev, ["sipe/study/figures.py", "sipe/stages/maps.py"], repo=tmp_path) == ["sipe/study/figures.py"]
     assert provenance.source_code_changes("unknown", ["sipe/study/figures.py"], repo=tmp_path) is None
@@ -173,7 +177,7 @@ def test_code_changes_ignore_docstrings_comments_and_layout(tmp_path: Path) -> N
     rev = fake_repo(tmp_path)
     source = tmp_path / "sipe" / "stages" / "maps.py"
     source.write_text('"""Maps, reworded."""\n\n\ndef f(x):  # twice x\n    """Twice `x`."""\n\n    return 2*x\n')
-    assert provenance.changed_stage_files(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
+    assert changed_stage_files(rev, ["maps"], tmp_path) == ["sipe/stages/maps.py"]
     assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == []
     source.write_text('"""Maps."""\n\n\ndef f(x):\n    """Double."""\n    return 3 * x\n')
     assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
@@ -223,7 +227,7 @@ def test_recompute_sets_a_units_folders_aside_and_computes_it_again(root: Path, 
     moved = plan.set_aside(cfg, work, out, unit)
     assert moved == [run.with_name(moved[0].name)] and moved[0].name.startswith(f"{run.name}.replaced-")
     assert (moved[0] / "final.pt").exists() and not run.exists() and not csv.with_suffix(".json").exists()
-    assert results.load(cfg, out).missing == ["sipe-s0"]
+    assert loading.load(cfg, out).missing == ["sipe-s0"]
 
     sets = ["--set", "data.max_images=4", "--set", "train.batch_size=2", "--set", "train.max_steps=1",
             "--set", "model.pretrained=false", "--set", "infer.max_images=2", "--set", "study.selection_images=2",

@@ -59,6 +59,15 @@ def coco_root(tmp_path_factory) -> Path:
     return make_coco.build(raw, tmp_path_factory.mktemp("coco_sipe"), progress=False)
 
 
+def test_the_coco_label_file_is_read_by_the_one_label_reader(tmp_path):
+    with pytest.raises(voc.DataError, match="make_coco") as e:
+        coco.load_cls_labels(tmp_path)
+    assert str(coco.labels_path(tmp_path)) in str(e.value)
+    np.save(coco.labels_path(tmp_path), np.array({"x": np.ones(20, np.float32)}, dtype=object), allow_pickle=True)
+    with pytest.raises(voc.DataError, match=r"has shape \(20,\), expected \(80,\).*make_coco"):
+        coco.load_cls_labels(tmp_path)
+
+
 def test_masks_and_labels_from_a_hand_made_annotation_file(coco_root):
     expected = np.zeros((H, W), np.uint8)
     expected[8:40, 4:20] = 1          # person
@@ -121,7 +130,7 @@ def test_the_whole_sipe_path_runs_with_80_classes(coco_root, tmp_path):
     from sipe.segmentation import irn, network as segmentation
     from sipe.infra.config import get_profile
     from sipe.stages.labelled import evaluate_label_dir
-    from sipe.stages.evaluation import evaluate_maps
+    from sipe.stages.evaluation import Scoring, evaluate_maps
     from sipe.stages.maps import make_maps
     from sipe.stages.train import train
 
@@ -131,7 +140,7 @@ def test_the_whole_sipe_path_runs_with_80_classes(coco_root, tmp_path):
     run = train(cfg, tmp_path / "run", progress=False)
     maps = make_maps(cfg, run.checkpoint, tmp_path / "maps", progress=False).maps_dir
     ids = voc.read_split(coco_root, "train")
-    result = evaluate_maps(maps, coco_root, ids, num_classes=81, class_names=coco.CLASS_NAMES, progress=False)
+    result = evaluate_maps(maps, coco_root, ids, scoring=Scoring(81, coco.CLASS_NAMES, progress=False))
     assert 0.0 <= result.miou <= 100.0 and "person" in result.per_class.index
     pseudo = irn.map_labels(maps, coco_root, ids, tmp_path / "pseudo", irn.PROTOCOLS["sipe"], progress=False)
     seg_cfg = get_profile("smoke").seg.override(pretrained=False, batch_size=2)

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from sipe.stages.crf import combine_confident, crf_inference_label, crf_labels, evaluate_crf, score_crf
+from sipe.stages.evaluation import Scoring
 
 RED, BLUE, GREEN = (220, 40, 40), (40, 40, 220), (40, 200, 40)
 
@@ -83,7 +84,7 @@ def write_three_region_case(tmp_path: Path, dog: slice) -> tuple[Path, Path]:
 def test_evaluate_crf_void_conventions(tmp_path: Path):
     w1, w2, w3 = three_region_case()[3]
     root, maps_dir = write_three_region_case(tmp_path, slice(w1, None))
-    res = evaluate_crf(maps_dir, root, ["a"], progress=False)
+    res = evaluate_crf(maps_dir, root, ["a"], scoring=Scoring(progress=False))
     assert res.void_as_background.classes == ["background", "dog"]
     expected_bg = 100 * w1 / (w1 + w2)
     expected_dog = 100 * w3 / (w2 + w3)
@@ -122,7 +123,7 @@ def test_void_ignored_averages_over_the_classes_of_the_ground_truth():
 def test_evaluate_crf_keeps_a_class_left_all_void(tmp_path: Path):
     w1, w2, w3 = three_region_case()[3]
     root, maps_dir = write_three_region_case(tmp_path, slice(w1, w1 + w2))   # the dog: the stripe left void
-    res = evaluate_crf(maps_dir, root, ["a"], progress=False)
+    res = evaluate_crf(maps_dir, root, ["a"], scoring=Scoring(progress=False))
     assert res.void_ignored.classes == ["background", "dog"]
     assert res.void_ignored.per_class.loc["dog", "iou"] == 0.0
     assert res.void_ignored.miou == pytest.approx((100 * w1 / (w1 + w3) + 0.0) / 2)

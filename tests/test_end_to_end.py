@@ -17,7 +17,7 @@ from sipe.study import pipeline
 from sipe.__main__ import main as cli_main
 from sipe.infra.config import ExperimentConfig, get_profile
 from sipe.data.voc import CLASS_NAMES, load_mask
-from sipe.stages.evaluation import MIoUResult, SweepResult, evaluate_maps, map_ids
+from sipe.stages.evaluation import MIoUResult, Scoring, SweepResult, evaluate_maps, map_ids
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each test trains a model
@@ -76,10 +76,10 @@ def test_train_maps_evaluate(backbone: str, synthetic_root: Path, tmp_path: Path
     present = present_class_names(synthetic_root, ids)
     assert "background" in present and len(present) >= 2
     for which in ("is_cam", "cam"):
-        est = evaluate_maps(maps_dir, synthetic_root, ids, which=which, mode="estimated", progress=False)
+        est = evaluate_maps(maps_dir, synthetic_root, ids, which=which, mode="estimated", scoring=Scoring(progress=False))
         check_result(est, present, numpy_miou(maps_dir, synthetic_root, ids, which))
     sweep = evaluate_maps(maps_dir, synthetic_root, ids, which="cam", mode="threshold",
-                          thresholds=cfg.eval.thresholds, progress=False)
+                          thresholds=cfg.eval.thresholds, scoring=Scoring(progress=False))
     assert isinstance(sweep, SweepResult)
     assert sweep.sweep["threshold"].tolist() == list(cfg.eval.thresholds)
     expected = [numpy_miou(maps_dir, synthetic_root, ids, "cam", t) for t in cfg.eval.thresholds]

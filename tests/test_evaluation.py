@@ -5,7 +5,9 @@ import pytest
 from PIL import Image
 
 from sipe.stages.evaluation import (MapFileError, confusion_matrix, evaluate_maps, iou_from_confusion, iou_table,
-    labels_from_maps, load_map, miou, miou_result, sweep_thresholds, threshold_labels)
+    Scoring, labels_from_maps, load_map, miou, miou_result, threshold_labels)
+
+QUIET = Scoring(progress=False)
 
 
 def write_mask(root: Path, image_id: str, mask: np.ndarray) -> None:
@@ -153,7 +155,7 @@ def test_evaluate_maps_estimated_matches_direct_computation(tiny):
     root, maps_dir, ids, data = tiny
     keys = np.array([0, 8, 12])
     conf = sum(confusion_matrix(labels_from_maps(m, keys), gt) for gt, m, _ in data.values())
-    res = evaluate_maps(maps_dir, root, ids, progress=False, split="tiny")
+    res = evaluate_maps(maps_dir, root, ids, scoring=Scoring(split="tiny", progress=False))
     np.testing.assert_array_equal(res.confusion, conf)
     assert res.classes == ["background", "cat", "dog"]
     tp = np.diag(conf)[[0, 8, 12]]
@@ -166,7 +168,7 @@ def test_sweep_equals_separate_per_threshold_evaluation(tiny):
     root, maps_dir, ids, data = tiny
     keys = np.array([0, 8, 12])
     thresholds = (0.2, 0.4, 0.6, 0.8)
-    sweep = sweep_thresholds(maps_dir, root, ids, thresholds, which="cam", progress=False)
+    sweep = evaluate_maps(maps_dir, root, ids, "cam", "threshold", thresholds, QUIET)
     separate = []
     for t in thresholds:
         conf = sum(confusion_matrix(labels_from_maps(c, keys, "threshold", t), gt) for gt, _, c in data.values())
@@ -175,15 +177,13 @@ def test_sweep_equals_separate_per_threshold_evaluation(tiny):
     assert sweep.sweep["threshold"].tolist() == list(thresholds)
     assert sweep.best_threshold == thresholds[int(np.argmax(separate))]
     assert sweep.best.miou == pytest.approx(max(separate))
-    via_evaluate = evaluate_maps(maps_dir, root, ids, which="cam", mode="threshold", thresholds=thresholds,
-                                 progress=False)
-    np.testing.assert_allclose(via_evaluate.sweep["miou"], separate)
 
 
 def test_sweep_with_worker_processes_matches_serial(tiny):
     root, maps_dir, ids, _ = tiny
-    serial = sweep_thresholds(maps_dir, root, ids, (0.3, 0.7), progress=False)
-    parallel = sweep_thresholds(maps_dir, root, ids, (0.3, 0.7), progress=False, workers=2)
+    serial = evaluate_maps(maps_dir, root, ids, mode="threshold", thresholds=(0.3, 0.7), scoring=QUIET)
+    parallel = evaluate_maps(maps_dir, root, ids, mode="threshold", thresholds=(0.3, 0.7),
+                             scoring=Scoring(workers=2, progress=False))
     np.testing.assert_array_equal(serial.best.confusion, parallel.best.confusion)
     np.testing.assert_allclose(serial.sweep["miou"], parallel.sweep["miou"])
 
@@ -192,4 +192,4 @@ def test_size_mismatch_names_the_image(tiny):
     root, maps_dir, ids, _ = tiny
     write_maps(maps_dir, "im0", [0, 8, 12], np.zeros((3, 2, 2)))
     with pytest.raises(ValueError, match="im0"):
-        evaluate_maps(maps_dir, root, ids, progress=False)
+        evaluate_maps(maps_dir, root, ids, scoring=QUIET)

@@ -92,18 +92,6 @@ def test_loss_curves_rolling_mean_and_panels():
     assert len(fig.axes) == 3
 
 
-def test_threshold_curve(tmp_path):
-    sweep = pd.DataFrame({"threshold": [0.1, 0.2, 0.3], "miou": [40.0, 45.0, 42.0]})
-    out = tmp_path / "fig8.png"
-    fig = F.threshold_curve(sweep, 46.0, 50.0, paper={"best threshold": 53.3, "argmax": 53.7}, path=out)
-    assert isinstance(fig, Figure) and len(fig.axes) == 1
-    assert out.is_file() and out.stat().st_size > 0
-    ax = fig.axes[0]
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), [40.0, 45.0, 42.0])
-    levels = sorted(float(ln.get_ydata()[0]) for ln in ax.lines[1:])
-    assert levels == [46.0, 50.0, 53.3, 53.7]
-
-
 def test_tsne_figure(analysis):
     c = main_class(analysis)
     fig, df = F.tsne_figure(analysis, c, seed=0)

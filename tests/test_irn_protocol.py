@@ -10,8 +10,11 @@ from PIL import Image
 
 from sipe.method.cams import irn_cam
 from sipe.stages.crf import IRN_BACKGROUNDS, crf_labels, evaluate_crf
+from sipe.stages.evaluation import Scoring
 
 RED, BLUE, GREEN = (220, 40, 40), (40, 40, 220), (40, 200, 40)
+
+QUIET = Scoring(progress=False)
 
 
 def two_scales() -> list[torch.Tensor]:
@@ -97,7 +100,7 @@ def test_evaluate_crf_with_irn_backgrounds(tmp_path: Path) -> None:
     gt[:, 16:] = 12
     Image.fromarray(gt).save(root / "SegmentationClassAug" / "a.png")
     np.savez(maps_dir / "a.npz", keys=np.array([0, 12]), cam=maps.astype(np.float16))
-    res = evaluate_crf(maps_dir, root, ["a"], which="cam", backgrounds=IRN_BACKGROUNDS, progress=False)
+    res = evaluate_crf(maps_dir, root, ["a"], which="cam", backgrounds=IRN_BACKGROUNDS, scoring=QUIET)
     assert res.void_ignored.miou == pytest.approx(100.0)
     assert res.void_fraction == pytest.approx(1 / 3)
     assert "IRN backgrounds 0.3 / 0.05" in res.void_as_background.note

@@ -20,7 +20,7 @@ from scipy import stats
 from sipe.__main__ import main
 from sipe.infra.config import ConfigError, get_profile
 from sipe.stages.train import plan_steps
-from sipe.study import ladder, ladderresults as lr, pipeline, results
+from sipe.study import claims, ladder, ladderresults as lr, pipeline
 from sipe.study.loading import StudyResults
 from sipe.study.records import RESULT_COLUMNS, RESULTS_ENV
 
@@ -222,7 +222,7 @@ def hand_made(sipe: list[float], cam: list[float], seeds=(15, 16, 17)) -> dict[s
     return {"table1": tidy_rows({("SIPE", "loc_maps_miou"): sipe, ("Baseline (CAM)", "loc_maps_miou"): cam}, seeds)}
 
 
-SIPE_VS_CAM = next(c for c in results.CLAIMS if c.claim == "SIPE beats the CAM baseline (localization maps)")
+SIPE_VS_CAM = next(c for c in claims.CLAIMS if c.claim == "SIPE beats the CAM baseline (localization maps)")
 
 
 def test_seed_deltas_pair_the_two_cells_by_seed():
@@ -239,8 +239,8 @@ def empty_rung(name: str, axis: str, tmp_path: Path) -> lr.RungResults:
 
 
 def test_deltas_and_verdicts_per_rung_with_a_rung_not_computed(tmp_path):
-    base = results.claims(hand_made([36.0, 36.5, 35.5], [34.0, 34.0, 34.0]), claim_list=[SIPE_VS_CAM])
-    worse = results.claims(hand_made([33.0, 32.0, 33.0], [34.0, 34.0, 34.0]), claim_list=[SIPE_VS_CAM])
+    base = claims.claims(hand_made([36.0, 36.5, 35.5], [34.0, 34.0, 34.0]), claim_list=[SIPE_VS_CAM])
+    worse = claims.claims(hand_made([33.0, 32.0, 33.0], [34.0, 34.0, 34.0]), claim_list=[SIPE_VS_CAM])
     frame = pd.concat([base.assign(rung="subset", axis="base"), worse.assign(rung="epochs10", axis="length"),
                        lr.rung_claims(empty_rung("lite2", "backbone", tmp_path), [SIPE_VS_CAM])], ignore_index=True)
     verdicts = lr.verdict_table(frame)
@@ -268,8 +268,8 @@ def test_a_one_seed_delta_shows_its_interval():
 
 def test_the_ladder_decides_the_claims_of_sipe_and_cam_units_only():
     names = [c.claim for c in lr.decided_claims(SUBSET)]
-    assert set(names) == {*lr.HEADLINE, "denseCRF improves SIPE's localization maps", results.ARGMAX_CLAIM}
-    assert all(h in {c.claim for c in results.CLAIMS} for h in lr.HEADLINE)
+    assert set(names) == {*lr.HEADLINE, "denseCRF improves SIPE's localization maps", claims.ARGMAX_CLAIM}
+    assert all(h in {c.claim for c in claims.CLAIMS} for h in lr.HEADLINE)
 
 
 def test_slope_is_least_squares_with_a_t_interval():
@@ -346,7 +346,7 @@ def test_the_chapter_runs_with_no_rung_computed(synthetic_root, tmp_path):
 
 def test_the_claims_page_column_reads_the_combined_rung(tmp_path, monkeypatch):
     monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
-    table = pd.DataFrame({"claim": [c.claim for c in results.CLAIMS], "verdict": "holds"})
+    table = pd.DataFrame({"claim": [c.claim for c in claims.CLAIMS], "verdict": "holds"})
     shown = lr.with_combined_verdicts(table, SUBSET, tmp_path)
     decided = {c.claim for c in lr.decided_claims(SUBSET)}
     column = shown.set_index("claim")[lr.COMBINED_COLUMN]

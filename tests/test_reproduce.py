@@ -204,7 +204,7 @@ def test_claims_markdown_shows_mean_std_n_interval_and_verdict():
     import numpy as np
     import pandas as pd
 
-    from sipe.study.results import CLAIM_COLUMNS
+    from sipe.study.claims import CLAIM_COLUMNS
 
     nan = np.nan
     table = pd.DataFrame([

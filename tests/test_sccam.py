@@ -12,7 +12,7 @@ import torch
 
 from sipe.infra.config import get_profile, variant_config
 from sipe.baselines.sccam import (FewImagesWarning, SCCAMConfig, SCCAMNet, build_sccam_model, cluster_subcategories,
-    feature_dataset, image_features, load_assignment, sccam_loss, sccam_losses, sccam_profile, train_sccam)
+    feature_dataset, image_features, load_assignment, sccam_losses, train_sccam)
 from sipe.stages.checkpoint import load_trained
 from sipe.stages.train import ConfigMismatchError, make_train_dataset, train
 
@@ -114,7 +114,7 @@ def test_sccam_loss_against_a_hand_computation() -> None:
     # sub: -(log 3/4 + log 1/2 + log 1/2 + log 3/4)/4 = (2 ln(4/3) + 2 ln2)/4
     parent_loss = 1.5 * math.log(2.0)
     sub_loss = (2 * math.log(4 / 3) + 2 * math.log(2.0)) / 4
-    assert sccam_loss(parent, sub, labels, sub_labels, weight=5.0).item() == pytest.approx(parent_loss + 5 * sub_loss, rel=1e-6)
+    assert sccam_losses(parent, sub, labels, sub_labels, weight=5.0)["loss"].item() == pytest.approx(parent_loss + 5 * sub_loss, rel=1e-6)
     parts = sccam_losses(parent, sub, labels, sub_labels, weight=2.0)
     assert parts["loss_cls"].item() == pytest.approx(parent_loss, rel=1e-6)
     assert parts["loss_sub"].item() == pytest.approx(sub_loss, rel=1e-6)
@@ -257,10 +257,10 @@ def test_imagenet_round0_and_gsc_refused(synthetic_root: Path, tmp_path: Path) -
 
 
 def test_profiles() -> None:
-    assert sccam_profile("paper") == SCCAMConfig(k=10, rounds=3, sub_weight=5.0)
-    assert sccam_profile("subset") == sccam_profile("paper")
-    smoke = sccam_profile("smoke")
+    assert get_profile("paper").sccam == SCCAMConfig(k=10, rounds=3, sub_weight=5.0)
+    assert get_profile("subset").sccam == get_profile("paper").sccam
+    smoke = get_profile("smoke").sccam
     assert smoke.k == 2 and smoke.rounds in (2, 3)
-    assert sccam_profile("smoke", k=3).k == 3
+    assert get_profile("smoke", **{"sccam.k": 3}).sccam.k == 3
     with pytest.raises(ValueError):
-        sccam_profile("smoke", rounds=0)
+        get_profile("smoke", **{"sccam.rounds": 0})

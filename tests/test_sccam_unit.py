@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sipe.study import pipeline, plan, results, units
+from sipe.study import claims, loading, notes, pipeline, plan, tables, units
 from sipe.__main__ import main as cli_main
 from sipe.infra import provenance
 from sipe.infra.config import PROFILES, SCCAM, get_profile
@@ -112,9 +112,9 @@ def test_finished_sccam_unit_is_reused_and_its_settings_identify_it(study_dirs, 
             "--set", "study.seeds=0", "--set", "infer.max_images=2", "--set", "study.selection_images=2", "--device", "cpu", "--work-dir", str(work), "--results-dir", str(out),
             "--units", "sccam-s0", "--no-progress"]
     assert cli_main(args) == 0 and csv.stat().st_mtime_ns == mtime
-    loaded = results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)])
+    loaded = loading.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)])
     assert list(loaded.units) == ["cam-s0", "sccam-s0"] and not loaded.stale
-    assert results.load(cfg.override(**{"sccam.k": 3}), out, [Unit("cam", 0), Unit(SCCAM, 0)]).stale == ["sccam-s0"]
+    assert loading.load(cfg.override(**{"sccam.k": 3}), out, [Unit("cam", 0), Unit(SCCAM, 0)]).stale == ["sccam-s0"]
 
 
 def test_a_change_to_sccams_own_code_is_named_beside_its_unit_only(study_dirs, synthetic_root: Path, monkeypatch) -> None:
@@ -128,37 +128,37 @@ def test_a_change_to_sccams_own_code_is_named_beside_its_unit_only(study_dirs, s
 
     monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
     monkeypatch.setattr(provenance, "source_code_changes", source_code_changes)
-    loaded = results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)])
+    loaded = loading.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)])
     assert asked == [units.SCCAM_SOURCES]
     assert loaded.code_changed(["cam"]) == [] and loaded.code_changed([SCCAM]) == ["sccam-s0"]
     assert loaded.units["sccam-s0"]["code_changed"] == [SCCAM]
-    note = results.code_note(loaded, [SCCAM])
+    note = notes.code_note(loaded, [SCCAM])
     assert f"sccam-s0: {SCCAM} stage, `git diff" in note and "-- sipe/baselines/sccam.py`" in note
     monkeypatch.setattr(provenance, "source_code_changes", lambda rev, patterns: [])
-    assert not results.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)]).code_changed([SCCAM])
+    assert not loading.load(cfg, out, [Unit("cam", 0), Unit(SCCAM, 0)]).code_changed([SCCAM])
 
 
 def test_sccam_rows_in_table1_its_claims_and_its_cost(study_dirs, synthetic_root: Path) -> None:
     _, out = study_dirs
     cfg = smoke(synthetic_root)
-    r = results.load(cfg, out)
+    r = loading.load(cfg, out)
     assert "sipe-s0" in r.missing and "sccam-s0" in r.units
-    t1 = results.tidy("table1", r, cfg)
+    t1 = tables.tidy("table1", r, cfg)
     sc = t1[t1["variant"] == SCCAM].set_index(["row", "quantity"])["value"]
-    assert set(sc.index) == {(results.SCCAM_ROW, "loc_maps_miou"), (results.SCCAM_ROW, "loc_maps_crf_miou"),
-                             (results.SCCAM_ROW, "loc_maps_crf_void_ignored_miou"), ("SC-CAM, SIPE's background rule", "loc_maps_miou")}
+    assert set(sc.index) == {(tables.SCCAM_ROW, "loc_maps_miou"), (tables.SCCAM_ROW, "loc_maps_crf_miou"),
+                             (tables.SCCAM_ROW, "loc_maps_crf_void_ignored_miou"), ("SC-CAM, SIPE's background rule", "loc_maps_miou")}
     assert cfg.study.irn_threshold not in cfg.eval.thresholds, "smoke sweeps no t = 0.15: no IRN t row"
-    assert sc[(results.SCCAM_ROW, "loc_maps_crf_miou")] == r.by_seed(SCCAM, "cam_irn", "crf_void_bg")[0]
-    assert sc[(results.SCCAM_ROW, "loc_maps_miou")] == r.at_chosen(SCCAM, "cam_irn")[0]
-    shown = results.summary("table1", t1)
-    assert shown.loc[results.SCCAM_ROW, ("loc_maps_miou", "paper")] == "50.9"
-    assert shown.loc[results.SCCAM_ROW, ("loc_maps_crf_miou", "ours")].endswith("(n=1)")
+    assert sc[(tables.SCCAM_ROW, "loc_maps_crf_miou")] == r.by_seed(SCCAM, "cam_irn", "crf_void_bg")[0]
+    assert sc[(tables.SCCAM_ROW, "loc_maps_miou")] == r.at_chosen(SCCAM, "cam_irn")[0]
+    shown = tables.summary("table1", t1)
+    assert shown.loc[tables.SCCAM_ROW, ("loc_maps_miou", "paper")] == "50.9"
+    assert shown.loc[tables.SCCAM_ROW, ("loc_maps_crf_miou", "ours")].endswith("(n=1)")
 
-    claims = results.study_claims(r, cfg, {"table1": t1}).set_index("claim")
-    for name, better, base in (("SC-CAM beats the CAM baseline (localization maps)", results.SCCAM_ROW, "Baseline (CAM)"),
-                               ("SC-CAM beats the CAM baseline with denseCRF (void as background)", results.SCCAM_ROW, "Baseline (CAM)"),
-                               ("SC-CAM beats the CAM baseline with denseCRF (void ignored)", results.SCCAM_ROW, "Baseline (CAM)")):
-        c = claims.loc[name]
+    checked = claims.study_claims(r, cfg, {"table1": t1}).set_index("claim")
+    for name, better, base in (("SC-CAM beats the CAM baseline (localization maps)", tables.SCCAM_ROW, "Baseline (CAM)"),
+                               ("SC-CAM beats the CAM baseline with denseCRF (void as background)", tables.SCCAM_ROW, "Baseline (CAM)"),
+                               ("SC-CAM beats the CAM baseline with denseCRF (void ignored)", tables.SCCAM_ROW, "Baseline (CAM)")):
+        c = checked.loc[name]
         q = "loc_maps_crf_void_ignored_miou" if "void ignored" in name else "loc_maps_crf_miou" if "denseCRF" in name else "loc_maps_miou"
         paper_q = "loc_maps_crf_miou" if "denseCRF" in name else q
         assert c["paper_delta"] == pytest.approx(paper_value("table1", better, paper_q) - paper_value("table1", base, paper_q))
@@ -167,15 +167,15 @@ def test_sccam_rows_in_table1_its_claims_and_its_cost(study_dirs, synthetic_root
         assert c["ci_low"] <= c["ours_mean"] <= c["ci_high"] and c["verdict"] in ("holds", "mixed", "fails")
     for name, delta in (("SIPE beats SC-CAM (localization maps)", 58.6 - 50.9), ("SIPE beats SC-CAM with denseCRF (void as background)", 64.7 - 55.3),
                         ("SIPE beats SC-CAM with denseCRF (void ignored)", 64.7 - 55.3)):
-        assert claims.loc[name, "paper_delta"] == pytest.approx(delta) and claims.loc[name, "verdict"] == "not yet run"
+        assert checked.loc[name, "paper_delta"] == pytest.approx(delta) and checked.loc[name, "verdict"] == "not yet run"
 
-    minutes = results.stage_minutes(r, ["cam", SCCAM]).set_index("unit")
+    minutes = notes.stage_minutes(r, ["cam", SCCAM]).set_index("unit")
     wall = r.units["sccam-s0"]["wall_seconds"]
     assert minutes.loc["sccam-s0", "train"] == pytest.approx(sum(v for k, v in wall.items() if k.startswith("train")) / 60)
     assert minutes.loc["sccam-s0", "maps"] == pytest.approx((wall["maps_eval"] + wall["maps_selection"]) / 60)
     assert np.isnan(minutes.loc["cam-s0", "of which round 0"])
-    note = results.cost_note(r, {"cam": "The CAM baseline", SCCAM: "SC-CAM", "sipe": "SIPE"}).splitlines()
+    note = notes.cost_note(r, {"cam": "The CAM baseline", SCCAM: "SC-CAM", "sipe": "SIPE"}).splitlines()
     assert note[0].startswith("The CAM baseline took ") and " to make its maps" in note[0]
-    assert results._duration(0.2) == "12 s" and results._duration(3.54) == "3.5 min" and results._duration(42.4) == "42 min"
+    assert notes._duration(0.2) == "12 s" and notes._duration(3.54) == "3.5 min" and notes._duration(42.4) == "42 min"
     assert note[1].startswith("SC-CAM took ") and "round 0" in note[1]
     assert note[2] == "SIPE is not computed yet for this configuration (sipe-s0): its rows show '–' and its claims 'not yet run'."

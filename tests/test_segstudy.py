@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sipe.study import paper, pipeline, plan, results, segresults, segstudy, tables
+from sipe.study import claims, loading, notes, paper, pipeline, plan, records, segresults, segstudy, tables
 from sipe.__main__ import main as cli_main
 from sipe.infra import provenance
 from sipe.infra.config import ConfigError, get_profile
@@ -68,15 +68,15 @@ def test_stages_command_names_the_segmentation_units(synthetic_root: Path, tmp_p
 
 def test_chapter_claims_name_cells_of_the_segmentation_tables(synthetic_root: Path) -> None:
     cfg = smoke(synthetic_root)
-    cells = {(n, c.row, c.quantity) for n in tables.TABLES for c in tables.segmentation_cells(n, cfg)}
-    chapter = [c for c in results.CLAIMS if c.evidence == segresults.NOTEBOOK]
+    cells = {(n, c.row, c.quantity) for n in tables.SEGMENTATION_TABLES for c in tables.segmentation_cells(n, cfg)}
+    chapter = [c for c in claims.CLAIMS if c.evidence == segresults.NOTEBOOK]
     assert len(chapter) == 3
     for c in chapter:
         assert c.better in cells and c.baseline in cells
     beats = chapter[-1]
     assert beats.paper is not None
     delta = paper.paper_value(*beats.paper[0]) - paper.paper_value(*beats.paper[1])
-    frame = results.claims({}, None, chapter)
+    frame = claims.claims({}, None, chapter)
     assert frame["paper_delta"].tolist()[-1] == pytest.approx(delta) and frame["verdict"].eq("not yet run").all()
     assert frame["paper_delta"].isna().tolist()[:2] == [True, True]
 
@@ -171,9 +171,9 @@ def test_a_rerun_skips_the_unit_and_other_data_makes_it_stale(unit_run: dict) ->
                      "--device", "cpu", "--set", "study.seeds=0", "--units", "segmentation-s0", "--no-progress"])
     assert code == 0 and csv.stat().st_mtime_ns == mtime
     units = segstudy.plan(cfg)
-    loaded = results.load(cfg, unit_run["results"], units)
+    loaded = loading.load(cfg, unit_run["results"], units)
     assert list(loaded.units) == ["segmentation-s0"] and not loaded.code_changed(["segmentation"])
-    assert results.load(cfg.override(**{"data.max_images": 7}), unit_run["results"], units).stale == ["segmentation-s0"]
+    assert loading.load(cfg.override(**{"data.max_images": 7}), unit_run["results"], units).stale == ["segmentation-s0"]
 
 
 @pytest.mark.slow
@@ -186,16 +186,16 @@ def test_a_change_to_the_segmentation_code_is_named_with_its_files(unit_run: dic
         return ["sipe/segmentation/irn.py"]
 
     monkeypatch.setattr(provenance, "source_code_changes", source_code_changes)
-    assert not results.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) and asked == []
+    assert not loading.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) and asked == []
     moved = {**segstudy.code_hashes(), "segmentation": "0" * 12}
     monkeypatch.setitem(plan.KINDS, segstudy.UNIT_VARIANT, replace(plan.KINDS[segstudy.UNIT_VARIANT], code_hashes=lambda: moved))
-    loaded = results.load(cfg, unit_run["results"], units)
+    loaded = loading.load(cfg, unit_run["results"], units)
     assert asked == [segstudy.CODE_SOURCES] and loaded.code_changed(["segmentation"]) == ["segmentation-s0"]
     assert loaded.units["segmentation-s0"]["code_changed"] == ["segmentation"]
-    note = results.code_note(loaded, ["segmentation"])
+    note = notes.code_note(loaded, ["segmentation"])
     assert "segmentation-s0: segmentation stage, `git diff" in note and "-- sipe/segmentation/irn.py`" in note
     monkeypatch.setattr(provenance, "source_code_changes", lambda rev, patterns: None)
-    assert results.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) == ["segmentation-s0"]
+    assert loading.load(cfg, unit_run["results"], units).code_changed(["segmentation"]) == ["segmentation-s0"]
 
 
 @pytest.mark.slow
@@ -205,14 +205,14 @@ def test_tidy_tables_summary_and_claims(unit_run: dict) -> None:
     assert study.results_dir == unit_run["results"]
     r = segresults.results(study)
     t2, tp = study.table("table2", r), study.table("pseudo_labels", r)
-    assert list(t2.columns) == results.TIDY_COLUMNS and (unit_run["results"] / "table2.csv").exists()
+    assert list(t2.columns) == records.TIDY_COLUMNS and (unit_run["results"] / "table2.csv").exists()
     assert set(tp["quantity"]) == {"maps_miou", "ir_labels_miou", "random_walk_miou", "ir_void_pct"}
     assert set(tp["row"]) == {"SIPE", "Baseline (CAM)"} and (tp["split"] == "train").all()
     ours = t2[(t2["row"] == segstudy.PAPER_ROW) & (t2["quantity"] == "val_miou")]
     rows = pd.read_csv(unit_run["csv"])
     expected = rows[(rows["variant"] == "sipe") & (rows["reading"] == "segnet/ms_crf") & (rows["quantity"] == "miou")]
     assert ours["value"].tolist() == pytest.approx(expected["value"].tolist())
-    shown = results.summary("table2", t2)
+    shown = tables.summary("table2", t2)
     assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "paper")] == "68.8"
     assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "ours")].endswith("(n=1)")
     claims = segresults.chapter_claims(r, cfg, {"table2": t2, "pseudo_labels": tp})
@@ -254,7 +254,7 @@ def test_table3_runs_the_coco_path_and_writes_its_rows(tmp_path: Path) -> None:
     assert (tmp_path / "work" / "coco" / "map_labels").is_dir()
     again = segstudy.table3(cfg, tmp_path / "work", tmp_path / "results", compute=False)
     assert again["value"].tolist() == pytest.approx(table["value"].tolist())
-    shown = results.summary("table3", table)
+    shown = tables.summary("table3", table)
     assert shown.loc[segstudy.PAPER_ROW, ("val_miou", "paper")] == "40.6"
 
 

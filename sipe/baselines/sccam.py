@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import time
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..method import losses
-from ..infra.config import ConfigError, ExperimentConfig, SCCAMConfig, get_profile, load_config
+from ..infra.config import ConfigError, ExperimentConfig, SCCAMConfig, load_config
 from ..data.datasets import InferenceDataset, TrainDataset, collate_single
 from ..data.voc import CLASS_NAMES
 from ..method.backbones import BACKBONES
@@ -58,11 +57,6 @@ from ..stages.checkpoint import load_trained
 from ..stages.train import ConfigMismatchError, fit_classifier, make_train_dataset, plan_steps
 
 METRIC_FIELDS = ("step", "epoch", "loss", "loss_cls", "loss_sub", "lr_backbone", "lr_new", "images_per_s", "seconds")
-
-
-def sccam_profile(name: str, **overrides: Any) -> SCCAMConfig:
-    """The SC-CAM settings of a profile (`get_profile(name).sccam`), with field overrides (e.g. k=5)."""
-    return dataclasses.replace(get_profile(name).sccam, **overrides).validate()
 
 
 # ----------------------------------------------------------------------------- features and clustering
@@ -249,13 +243,6 @@ def sccam_losses(
     return {"loss": loss_cls + weight * loss_sub, "loss_cls": loss_cls, "loss_sub": loss_sub}
 
 
-def sccam_loss(
-    parent_score: torch.Tensor, sub_score: torch.Tensor, labels: torch.Tensor, sub_labels: torch.Tensor, weight: float = 5.0
-) -> torch.Tensor:
-    """SC-CAM's loss: MLSM(parent scores (N,K), labels) + weight * MLSM(sub scores (N,K*k), sub-labels)."""
-    return sccam_losses(parent_score, sub_score, labels, sub_labels, weight)["loss"]
-
-
 def sccam_step(model: SCCAMNet, batch: dict, cfg: ExperimentConfig, device: torch.device, weight: float = 5.0) -> dict[str, torch.Tensor]:
     """One forward pass and the SC-CAM losses of a batch (a `fit_classifier` step function)."""
     out = model(batch["img"].to(device, non_blocking=True))
@@ -310,19 +297,6 @@ def _record_seconds(rdir: Path, phase: str, seconds: float) -> None:
     path = rdir / ROUND_SECONDS
     record = json.loads(path.read_text()) if path.exists() else {}
     atomic_write_json(path, {**record, phase: round(float(seconds), 3)})
-
-
-def sccam_hash(cfg: ExperimentConfig, sccam: SCCAMConfig, round0_train_hash: str | None = None) -> str:
-    """12-hex hash of an SC-CAM run's inputs: the train stage, the SC-CAM settings and round 0's model."""
-    blob = json.dumps({"train": cfg.stage_hash("train"), "sccam": sccam.to_dict(), "round0": round0_train_hash},
-                      sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def sccam_run_dir_for(cfg: ExperimentConfig, work_dir: str | Path, sccam: SCCAMConfig,
-                      round0_train_hash: str | None = None, variant: str = "sccam") -> Path:
-    """The cache folder of an SC-CAM run: <work_dir>/runs/<variant>-<sccam hash>."""
-    return Path(work_dir) / "runs" / f"{variant}-{sccam_hash(cfg, sccam, round0_train_hash)}"
 
 
 def _round0_train_hash(sccam: SCCAMConfig, round0_checkpoint: str | Path | None) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .voc import LABELS_FILE as VOC_LABELS_FILE
-from .voc import DataError
+from .voc import read_label_file
 
 COCO_ROOT_ENV = "SIPE_COCO_ROOT"
 LABELS_FILE = "cls_labels_coco.npy"
@@ -61,23 +61,8 @@ def labels_path(root: str | os.PathLike) -> Path:
 
 
 def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Image-level labels {id: float32 (80,) multi-hot} from `<root>/cls_labels_coco.npy`."""
-    path = labels_path(root)
-    if not path.is_file():
-        raise DataError(f"label file {path} not found; {FIX_LABELS}")
-    try:
-        raw = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read label file {path} ({e}); {FIX_LABELS}") from e
-    if not isinstance(raw, dict):
-        raise DataError(f"label file {path} holds a {type(raw).__name__}, expected a dict {{id: [80]}}; {FIX_LABELS}")
-    labels = {}
-    for key, value in raw.items():
-        arr = np.asarray(value, dtype=np.float32)
-        if arr.shape != (NUM_CLASSES,):
-            raise DataError(f"label of {key!r} in {path} has shape {arr.shape}, expected ({NUM_CLASSES},); {FIX_LABELS}")
-        labels[str(key)] = arr
-    return labels
+    """Image-level labels {id: float32 (80,) multi-hot} from `<root>/cls_labels_coco.npy` (`voc.read_label_file`)."""
+    return read_label_file(labels_path(root), NUM_CLASSES, FIX_LABELS)
 
 
 def detect_dataset(root: str | os.PathLike) -> str:

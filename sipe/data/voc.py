@@ -118,24 +118,24 @@ def fingerprint(root: str | os.PathLike, split: str, max_images: int | None = No
     return h.hexdigest()[:16]
 
 
-def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Image-level labels {id: float32 (20,) multi-hot} from `cls_labels_voc.npy`."""
-    path = labels_path(_root(root))
+def read_label_file(path: str | os.PathLike, num_classes: int, fix: str) -> dict[str, np.ndarray]:
+    """Image-level labels {id: float32 (num_classes,) multi-hot} from a pickled dict file (`cls_labels_*.npy`);
+    DataError naming `path` and `fix` when the file is missing, unreadable, not a dict, or holds a label of
+    another shape or with values other than 0 and 1."""
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"label file {path} not found; {FIX_LABELS}")
+        raise DataError(f"label file {path} not found; {fix}")
     try:
         raw = np.load(path, allow_pickle=True).item()
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise DataError(f"cannot read label file {path} ({e}); {FIX_LABELS}") from e
+        raise DataError(f"cannot read label file {path} ({e}); {fix}") from e
     if not isinstance(raw, dict):
-        raise DataError(f"label file {path} holds a {type(raw).__name__}, expected a dict {{id: [20]}}; {FIX_LABELS}")
+        raise DataError(f"label file {path} holds a {type(raw).__name__}, expected a dict {{id: [{num_classes}]}}; {fix}")
     labels = {}
     for key, value in raw.items():
         arr = np.asarray(value, dtype=np.float32)
-        if arr.shape != (NUM_CLASSES,):
-            raise DataError(
-                f"label of {key!r} in {path} has shape {arr.shape}, expected ({NUM_CLASSES},); {FIX_LABELS}"
-            )
+        if arr.shape != (num_classes,):
+            raise DataError(f"label of {key!r} in {path} has shape {arr.shape}, expected ({num_classes},); {fix}")
         labels[str(key)] = arr
     if labels:
         values = np.stack(list(labels.values()))
@@ -143,9 +143,14 @@ def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
         if bad:
             raise DataError(
                 f"label file {path}: labels must be 0 or 1, but {len(bad)} id(s) hold other values "
-                f"(e.g. {bad[0]!r}: {labels[bad[0]].tolist()}); {FIX_LABELS}"
+                f"(e.g. {bad[0]!r}: {labels[bad[0]].tolist()}); {fix}"
             )
     return labels
+
+
+def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Image-level labels {id: float32 (20,) multi-hot} from `cls_labels_voc.npy` (`read_label_file`)."""
+    return read_label_file(labels_path(_root(root)), NUM_CLASSES, FIX_LABELS)
 
 
 def check_root(root: str | os.PathLike, splits: Sequence[str]) -> dict[str, list[str]]:
@@ -260,11 +265,6 @@ class ScanReport:
     def summary(self) -> str:
         head = f"{self.root} split {self.split!r}: {self.n_checked} ids checked, {len(self.problems)} problem(s)"
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
-
-    def raise_if_bad(self) -> None:
-        """Raise DataError listing every problem, if any."""
-        if self.problems:
-            raise DataError(self.summary())
 
 
 def _check_image(root: Path, image_id: str) -> tuple[tuple[int, int] | None, list[Problem]]:

@@ -147,12 +147,6 @@ def changed_files(revision: str, patterns: Sequence[str], repo: Path = REPO_ROOT
     return sorted(line for line in out.splitlines() if line)
 
 
-def changed_stage_files(revision: str, stages: list[str] | tuple[str, ...], repo: Path = REPO_ROOT) -> list[str] | None:
-    """The source files of `stages` (and of the stages before them) that differ between `revision` and the
-    working tree; None when git or the revision is unavailable."""
-    return changed_files(revision, stage_patterns(stages, repo), repo)
-
-
 def normalized_source(text: str) -> str:
     """Python source reduced to what runs: its AST with docstrings removed (comments and layout vanish
     with parsing); the text itself when it does not parse."""

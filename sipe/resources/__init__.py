@@ -1,1 +1,1 @@
-"""Data files shipped with the package: `paper_results.csv`, the paper's numbers (read by `sipe.study.results`)."""
+"""Data files shipped with the package: `paper_results.csv`, the paper's numbers (read by `sipe.study.paper`)."""

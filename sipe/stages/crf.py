@@ -16,7 +16,7 @@ import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
 from ..data import voc
-from .evaluation import VOID, MIoUResult, PresentClasses, accumulate_confusion, load_map, miou_result
+from .evaluation import VOID, MIoUResult, PresentClasses, Scoring, load_map, miou_result
 
 
 IRN_BACKGROUNDS = (0.30, 0.05)
@@ -154,25 +154,19 @@ def evaluate_crf(
     strict: bool = False,
     threshold: float | None = None,
     backgrounds: tuple[float, float] | None = None,
-    num_classes: int = 21,
-    class_names: Sequence[str] | None = None,
-    present_classes: PresentClasses = "gt",
-    split: str | None = None,
-    workers: int = 1,
-    progress: bool = True,
+    scoring: Scoring = Scoring(),
     per_image: bool = False,
 ) -> CRFResult:
     """mIoU of the CRF labels of `<maps_dir>/<id>.npz` (void as background, and void ignored).
 
     per_image: also keep the per-image confusions (N,2,C,C) in `per_image_confusion`."""
     labeler = CRFLabeler(str(maps_dir), str(root), which, bg_scale, t, gt_prob, strict, threshold, backgrounds)
-    stack = accumulate_confusion(ids, labeler, root, num_classes, workers=workers, progress=progress,
-                                 desc=f"denseCRF ({which})", per_image=True)
+    stack = scoring.confusions(ids, labeler, root, f"denseCRF ({which})", per_image=True)
     bg = "" if threshold is None else f", constant background {threshold:g}"
     if backgrounds is not None:
         bg = f", IRN backgrounds {backgrounds[0]:g} / {backgrounds[1]:g}"
     setting = f"denseCRF ({t} iterations, gt_prob {gt_prob}, background x {bg_scale}{bg}{', strict' if strict else ''})"
-    res = score_crf(stack.sum(0), class_names, present_classes, split, len(ids), setting)
+    res = score_crf(stack.sum(0), scoring.class_names, scoring.present_classes, scoring.split, len(ids), setting)
     return replace(res, per_image_confusion=stack) if per_image else res
 
 

@@ -452,6 +452,26 @@ def accumulate_confusion(
     return np.stack(stack) if per_image else total
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How label maps are scored against the masks: `num_classes` C (background included) and their names,
+    the classes the mean runs over (`present_classes`, as in `iou_table`), the split named in the notes, the
+    processes labelling images (`workers`) and the progress bar."""
+
+    num_classes: int = 21
+    class_names: Sequence[str] | None = None
+    present_classes: PresentClasses = "gt"
+    split: str | None = None
+    workers: int = 1
+    progress: bool = True
+
+    def confusions(self, ids: Sequence[str], labeler: Labeler, root: str | os.PathLike, desc: str,
+                   per_image: bool = False) -> np.ndarray:
+        """`accumulate_confusion` of `labeler` over `ids` with these settings: (P,C,C), or (N,P,C,C) per image."""
+        return accumulate_confusion(ids, labeler, root, self.num_classes, workers=self.workers,
+                                    progress=self.progress, desc=desc, per_image=per_image)
+
+
 def sweep_from_confusions(
     confs: np.ndarray,
     thresholds: Sequence[float],
@@ -472,30 +492,6 @@ def sweep_from_confusions(
     return SweepResult(sweep=sweep, best_threshold=float(sweep["threshold"][best]), best=chosen)
 
 
-def sweep_thresholds(
-    maps_dir: str | os.PathLike,
-    root: str | os.PathLike,
-    ids: Sequence[str],
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    which: str = "is_cam",
-    num_classes: int = 21,
-    class_names: Sequence[str] | None = None,
-    present_classes: PresentClasses = "gt",
-    split: str | None = None,
-    workers: int = 1,
-    progress: bool = True,
-) -> SweepResult:
-    """mIoU of threshold background (argmax over [t, foreground maps]) for every t, in one pass."""
-    thresholds = tuple(float(t) for t in thresholds)
-    if not thresholds:
-        raise ValueError("no thresholds to sweep")
-    labeler = MapLabeler(str(maps_dir), which, thresholds)
-    confs = accumulate_confusion(
-        ids, labeler, root, num_classes, workers=workers, progress=progress, desc=f"threshold sweep ({which})"
-    )
-    return sweep_from_confusions(confs, thresholds, class_names, present_classes, split, len(ids))
-
-
 def evaluate_maps(
     maps_dir: str | os.PathLike,
     root: str | os.PathLike,
@@ -503,28 +499,24 @@ def evaluate_maps(
     which: str = "is_cam",
     mode: Literal["estimated", "threshold"] = "estimated",
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    num_classes: int = 21,
-    class_names: Sequence[str] | None = None,
-    present_classes: PresentClasses = "gt",
-    split: str | None = None,
-    workers: int = 1,
-    progress: bool = True,
+    scoring: Scoring = Scoring(),
 ) -> MIoUResult | SweepResult:
-    """Evaluate `<maps_dir>/<id>.npz` against the masks under `root`.
+    """Evaluate `<maps_dir>/<id>.npz` against the masks under `root`, each image read once.
 
-    estimated: MIoUResult of keys[argmax over all channels]; threshold: SweepResult over `thresholds`.
+    estimated: MIoUResult of keys[argmax over all channels]; threshold: SweepResult of threshold background
+    (argmax over [t, foreground maps]) for every t of `thresholds`.
     """
     if mode == "threshold":
-        return sweep_thresholds(
-            maps_dir, root, ids, thresholds, which, num_classes, class_names, present_classes, split, workers,
-            progress,
-        )
+        thresholds = tuple(float(t) for t in thresholds)
+        if not thresholds:
+            raise ValueError("no thresholds to sweep")
+        confs = scoring.confusions(ids, MapLabeler(str(maps_dir), which, thresholds), root,
+                                   f"threshold sweep ({which})")
+        return sweep_from_confusions(confs, thresholds, scoring.class_names, scoring.present_classes, scoring.split,
+                                     len(ids))
     if mode != "estimated":
         raise ValueError(f"mode={mode!r}: use 'estimated' or 'threshold'")
-    confs = accumulate_confusion(
-        ids, MapLabeler(str(maps_dir), which), root, num_classes, workers=workers, progress=progress,
-        desc=f"estimated background ({which})",
-    )
-    result = miou_result(confs[0], class_names, present_classes, split, len(ids))
+    confs = scoring.confusions(ids, MapLabeler(str(maps_dir), which), root, f"estimated background ({which})")
+    result = miou_result(confs[0], scoring.class_names, scoring.present_classes, scoring.split, len(ids))
     note = f"{result.note}; estimated background (argmax over background + present-class channels)"
     return MIoUResult(result.miou, result.per_class, result.classes, note, result.confusion)

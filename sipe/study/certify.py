@@ -5,7 +5,7 @@ with the same units recomputed with the old code on the same machine, and re-sta
 log (every column but the timings), its per-image confusions (every array) and its result rows are
 identical (a checkpoint's digest is not compared: the file holds its run's wall time). `restamp(results_dir, names, certificate)` then records, in each named
 record, the stage code hashes of the current code and the certificate (revision, certifying units, their
-comparison, machine), so that the record stays current for this code (`sipe.study.results.code_revision`).
+comparison, machine), so that the record stays current for this code (`sipe.study.loading.code_changes`).
 A later, uncertified change of stage code still flags every unit it touches.
 """
 from __future__ import annotations

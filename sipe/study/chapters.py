@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..infra import distributed
-from . import pipeline, results
+from . import claims, pipeline, tables as tidy_tables
 from ..infra.config import SCCAM, SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from ..data import voc
 from ..infra.errors import UnitNotComputedError
@@ -27,7 +27,7 @@ from ..infra.provenance import REPO_ROOT
 from ..stages.train import TrainResult, run_dir_for
 from .plan import has_results, run_plan
 from .loading import StudyResults, load
-from .records import results_dir_for, training_log_path, unit_paths, write_table
+from .records import TIDY_COLUMNS, results_dir_for, training_log_path, unit_paths, write_table
 from .units import trained_sccam
 
 
@@ -98,7 +98,7 @@ class Study:
 
     def table(self, name: str, r: StudyResults | None = None) -> pd.DataFrame:
         """Tidy table `name` (table1, table4, table5, fig8, bg_weight), written to `<results_dir>/<name>.csv`."""
-        table = results.tidy(name, r if r is not None else self.results(), self.cfg)
+        table = tidy_tables.tidy(name, r if r is not None else self.results(), self.cfg)
         write_table(self.results_dir, name, table)
         return table
 
@@ -106,22 +106,22 @@ class Study:
         """The paper's claims checked on the tables the notebooks wrote (`<results_dir>/<table>.csv`),
         written to `<results_dir>/claims.csv`."""
         tables = {}
-        for name in results.CLAIM_TABLES:
+        for name in claims.CLAIM_TABLES:
             path = self.results_dir / f"{name}.csv"
-            tables[name] = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=results.TIDY_COLUMNS)
-        table = results.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables)
+            tables[name] = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=TIDY_COLUMNS)
+        table = claims.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables)
         write_table(self.results_dir, "claims", table)
         return table
 
     def chapter_claims(self, evidence: str, tables: dict[str, pd.DataFrame],
                        r: StudyResults | None = None) -> pd.DataFrame:
         """The claims chapter `evidence` (its notebook's name) checks, on the tidy tables it made, as the book
-        shows them (`results.claims_display`)."""
-        chapter = [c for c in results.CLAIMS if c.evidence == evidence]
+        shows them (`sipe.study.claims.claims_display`)."""
+        chapter = [c for c in claims.CLAIMS if c.evidence == evidence]
         if not chapter:
-            raise ValueError(f"no claim names {evidence!r} as its evidence; see sipe.study.results.CLAIMS")
-        frame = results.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables, chapter)
-        return results.claims_display(frame)
+            raise ValueError(f"no claim names {evidence!r} as its evidence; see sipe.study.claims.CLAIMS")
+        frame = claims.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables, chapter)
+        return claims.claims_display(frame)
 
     def trained(self, variant: str = "sipe", seed: int | None = None) -> TrainResult:
         """The finished training run of a variant (seed: the plan's first seed by default)."""

@@ -135,37 +135,6 @@ def loss_curves(
     return _save(fig, path)
 
 
-def threshold_curve(
-    sweep: pd.DataFrame,
-    argmax_miou: float,
-    structure_miou: float,
-    paper: Mapping[str, float] | None = None,
-    path: str | os.PathLike | None = None,
-) -> Figure:
-    """Fig. 8: mIoU of IS-CAM from CAM-threshold seeds against the threshold t (columns threshold, miou),
-    with horizontal lines for CAM-argmax seeds and structure-aware seeds, and `paper` values (label -> mIoU)
-    as dotted references, coloured like ours when given in the order best threshold, argmax, structure."""
-    missing = {"threshold", "miou"} - set(sweep.columns)
-    if missing:
-        raise ValueError(f"sweep lacks columns {sorted(missing)}; needs threshold, miou")
-    fig = Figure(figsize=(8, 4), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(sweep["threshold"], sweep["miou"], "o-", color="tab:blue", label="CAM threshold seeds")
-    best = sweep.loc[sweep["miou"].idxmax()]
-    ax.annotate(f"{best['miou']:.1f}", (best["threshold"], best["miou"]), textcoords="offset points",
-                xytext=(0, 6), ha="center", fontsize=8, color="tab:blue")
-    ax.axhline(argmax_miou, color="tab:orange", ls="--", label=f"CAM argmax seeds ({argmax_miou:.1f})")
-    ax.axhline(structure_miou, color="tab:green", ls="-", label=f"structure-aware seeds ({structure_miou:.1f})")
-    colours = ["tab:blue", "tab:orange", "tab:green"]
-    for i, (name, value) in enumerate((paper or {}).items()):
-        ax.axhline(value, color=colours[i] if i < len(colours) else "grey", ls=":", lw=1.2, alpha=0.8,
-                   label=f"paper: {name} ({value:.1f})")
-    ax.set_xlabel("CAM threshold t for seeds")
-    ax.set_ylabel("mIoU (%)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _save(fig, path)
-
-
 def _perplexity(n_points: int) -> float:
     return float(min(30.0, max(2.0, (n_points - 1) / 3.0)))
 
@@ -363,7 +332,7 @@ def comparison_grid(
 
 def seed_curves(fig8: pd.DataFrame, paper: Mapping[str, float] | None = None,
                 path: str | os.PathLike | None = None) -> Figure:
-    """Fig. 8 from the tidy table (`sipe.study.results.tidy('fig8')`). Left: per seed, mIoU of IS-CAM from
+    """Fig. 8 from the tidy table (`sipe.study.tables.tidy('fig8')`). Left: per seed, mIoU of IS-CAM from
     CAM-threshold seeds against t (thin lines; their mean bold), and the CAM-argmax and structure-aware seeds
     as horizontal lines (mean over seeds, each seed as a tick at the right). Right: each of the two against the
     best threshold of its seed's sweep (mIoU points; one dot per seed), beside the paper's same difference

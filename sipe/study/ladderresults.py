@@ -1,5 +1,5 @@
 """The ladder chapter's numbers: each rung's results read as the study's (`sipe.study.loading.load`, the tidy
-tables and claims of `sipe.study.results`), the claims a rung's units decide with their deltas and verdicts side
+tables and claims of `sipe.study.tables` and `sipe.study.claims`), the claims a rung's units decide with their deltas and verdicts side
 by side, SIPE's and the CAM baseline's mIoU against the samples seen, and whether a claim's delta moves toward
 the paper's along an axis of the ladder (`axis_slopes`). A rung without results shows NOT_COMPUTED.
 """
@@ -24,8 +24,8 @@ from . import paper, pipeline
 from .ladder import (BACKBONE_COSTS, LADDER_VARIANTS, RUNGS, Rung, get_rung, rung_command, rung_config,
     rung_results_dir)
 from .loading import StudyResults, load
-from .results import CLAIMS, UNIT_TABLES, Claim, claims, fmt_mean_std, study_claims, tidy
-from .tables import table_cells
+from .claims import CLAIMS, UNIT_TABLES, Claim, claims, study_claims
+from .tables import fmt_mean_std, table_cells, tidy
 
 NOT_COMPUTED = "not yet computed"
 BASE_AXIS = "base"
@@ -121,7 +121,7 @@ def rung_status(ladder: Sequence[RungResults]) -> pd.DataFrame:
 
 
 def decided_claims(cfg: ExperimentConfig, variants: Sequence[str] = LADDER_VARIANTS) -> list[Claim]:
-    """The claims of `sipe.study.results.CLAIMS` whose two cells come from the classification tables
+    """The claims of `sipe.study.claims.CLAIMS` whose two cells come from the classification tables
     (`UNIT_TABLES`) and from units of `variants` only (a row a table derives from its cells, such as Fig. 8's
     best threshold, counts by the variants of that table's cells)."""
     cells, by_table = {}, {}

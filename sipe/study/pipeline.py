@@ -27,7 +27,7 @@ from ..infra import distributed
 from ..infra import provenance as prov
 from ..infra.config import SELECTION_SPLIT, ExperimentConfig, variant_config
 from ..data import voc
-from ..stages.evaluation import Reading, evaluate_readings, miou_result
+from ..stages.evaluation import Reading, Scoring, evaluate_readings, miou_result
 from ..stages.maps import STRUCTURE, checkpoint_digest, make_maps, maps_dir_for, seed_method_key
 from ..infra.runtime import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, resolve_device
 from ..stages.train import TrainResult, run_dir_for, train
@@ -149,8 +149,8 @@ def _crf_rows(cfg: ExperimentConfig, maps_dir: Path, unit: Unit, ids: list[str],
     reading = ("is_cam", {"bg_scale": e.crf_bg_scale}) if cfg.model.gsc else ("cam_irn", {"backgrounds": IRN_BACKGROUNDS})
     for key, kwargs in (reading,):
         res = evaluate_crf(maps_dir, root, ids, which=key, t=e.crf_iterations, gt_prob=e.crf_gt_prob,
-                           present_classes=_present(cfg), split=cfg.infer.split, workers=2, progress=progress,
-                           per_image=True, **kwargs)
+                           scoring=Scoring(present_classes=_present(cfg), split=cfg.infer.split, workers=2,
+                                           progress=progress), per_image=True, **kwargs)
         store[f"{cfg.infer.split}/{key}/crf"] = res.per_image_confusion.astype(np.int32)
         for background, r in (("crf_void_bg", res.void_as_background), ("crf_void_ignored", res.void_ignored)):
             common = {"reading": key, "background": background, "threshold": None, "variant": unit.variant,

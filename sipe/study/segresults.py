@@ -1,5 +1,5 @@
 """The segmentation chapter's reading of the segmentation units (`sipe.study.segstudy`): their results, the tidy
-tables 'table2' and 'pseudo_labels' (`table_cells`, read by `sipe.study.results.tidy`), the chapter's claims and
+tables 'table2' and 'pseudo_labels' (`table_cells`, read by `sipe.study.tables.tidy`), the chapter's claims and
 notes, the setting line, the CPU budget and Fig. 6.
 
 Kept apart from `sipe.study.segstudy`, whose code (with `sipe.segmentation.irn`, `sipe.segmentation.network` and
@@ -16,30 +16,32 @@ import numpy as np
 import pandas as pd
 
 from ..segmentation import irn, network as segmentation
-from . import results as res
+from .claims import CLAIMS, claims, seed_values, study_claims
 from ..infra.config import ConfigError, ExperimentConfig
 from ..data import voc
 from .paper import FULL_VOC_SIZES, paper_value
 from .segstudy import (GT_LABELS, MODE_NAMES, PAPER_ROW, UNIT_VARIANT, VAL_SPLIT, plan, pseudo_images,
     refined_variants, reuses_unit_maps)
 from ..infra.errors import UnitNotComputedError
-from .tables import RATIO_ROW, ratio_per_seed
+from .loading import StudyResults, load
+from .records import TIDY_COLUMNS
+from .tables import RATIO_ROW, fmt_mean_std, ratio_per_seed
 
 FULL_VAL = {"voc": 1449, "coco": 40137}
 NOTEBOOK = "10_table2_table3_segmentation"
 
 
-def results(study: Any, compute: bool | None = None) -> res.StudyResults:
+def results(study: Any, compute: bool | None = None) -> StudyResults:
     """The segmentation units' results of a `sipe.study.chapters.Study`, run first where missing when `compute`
     (default: the study's). UnitNotComputedError when none is computed and the study reads finished units only."""
     units = plan(study.cfg)
     if not units:
         raise ConfigError(f"no segmentation unit: study.variants={study.cfg.study.variants} must include 'sipe'")
-    loaded = res.load(study.cfg, study.results_dir, units)
+    loaded = load(study.cfg, study.results_dir, units)
     todo = [u for u in units if u.name in loaded.missing or u.name in loaded.stale]
     if todo and (study.compute if compute is None else compute):
         study.run_units(todo)
-        loaded = res.load(study.cfg, study.results_dir, units)
+        loaded = load(study.cfg, study.results_dir, units)
     if not loaded.units:
         names = " ".join(u.name for u in todo)
         raise UnitNotComputedError(
@@ -50,16 +52,16 @@ def results(study: Any, compute: bool | None = None) -> res.StudyResults:
 
 
 def empty_table() -> pd.DataFrame:
-    return pd.DataFrame(columns=res.TIDY_COLUMNS)
+    return pd.DataFrame(columns=TIDY_COLUMNS)
 
 
-def chapter_claims(r: res.StudyResults | None, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def chapter_claims(r: StudyResults | None, cfg: ExperimentConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The claims of the segmentation chapter on its tidy tables, with bootstrap intervals over images and seeds
     from the units' confusions (`r`; None: no unit computed, every claim 'not yet run')."""
-    chapter = [c for c in res.CLAIMS if c.evidence == NOTEBOOK]
+    chapter = [c for c in CLAIMS if c.evidence == NOTEBOOK]
     if r is None:
-        return res.claims(tables, None, chapter)
-    return res.study_claims(r, cfg, tables, chapter)
+        return claims(tables, None, chapter)
+    return study_claims(r, cfg, tables, chapter)
 
 
 def ratio_note(table2: pd.DataFrame) -> str:
@@ -67,7 +69,7 @@ def ratio_note(table2: pd.DataFrame) -> str:
     the headline reading (multi-scale + flip + denseCRF, the paper's protocol) and the other two readings."""
     sel = table2[(table2["row"] == RATIO_ROW)]["value"].astype(float)
     if len(sel):
-        ours = f"{res.fmt_mean_std(sel)} %"
+        ours = f"{fmt_mean_std(sel)} %"
     elif len(table2):
         ours = "– (no seed has both models' val mIoU, the fully supervised one above 0)"
     else:
@@ -77,7 +79,7 @@ def ratio_note(table2: pd.DataFrame) -> str:
         pseudo, full = (_by_seed(table2, f"{title}, {MODE_NAMES[mode]}") for title in ("SIPE pseudo labels", "Fully supervised"))
         ratio = ratio_per_seed(pseudo, full.reindex(pseudo.index))
         if len(ratio):
-            others.append(f"{MODE_NAMES[mode]} {res.fmt_mean_std(ratio)} %")
+            others.append(f"{MODE_NAMES[mode]} {fmt_mean_std(ratio)} %")
     return (f"{RATIO_ROW} (val, multi-scale + flip + denseCRF, the paper's protocol): ours {ours}"
             + (f"; read {' and '.join(others)}" if others else "")
             + f". Paper: not reported (the paper gives SIPE's {paper_value('table2', PAPER_ROW, 'val_miou'):.1f} val "
@@ -93,14 +95,14 @@ def refinement_note(pseudo_labels: pd.DataFrame) -> str:
         delta = (after - before.reindex(after.index)).dropna()
         if len(delta):
             seeds = delta.index
-            parts.append(f"{row} {res.fmt_mean_std(delta)} ({before[seeds].mean():.1f} -> {after[seeds].mean():.1f})")
+            parts.append(f"{row} {fmt_mean_std(delta)} ({before[seeds].mean():.1f} -> {after[seeds].mean():.1f})")
     return ("The random walk moves the pseudo labels' mIoU by: " + "; ".join(parts) + "." if parts
             else "The random walk has not run yet.")
 
 
 def _by_seed(table: pd.DataFrame, row: str, quantity: str = "val_miou") -> pd.Series:
-    """The values of (row, quantity) of a tidy table, indexed by seed (`results._by_seed`)."""
-    return res._by_seed({"table": table}, ("table", row, quantity))
+    """The values of (row, quantity) of a tidy table, indexed by seed (`sipe.study.claims.seed_values`)."""
+    return seed_values({"table": table}, ("table", row, quantity))
 
 
 def setting(cfg: ExperimentConfig) -> str:
@@ -166,7 +168,7 @@ def budget_note(cfg: ExperimentConfig) -> str:
             "scoring the labels and maps is not included)")
 
 
-def figure6(study: Any, r: res.StudyResults, n: int = 4):
+def figure6(study: Any, r: StudyResults, n: int = 4):
     """Fig. 6 of the first computed seed: image, ground truth, the net on SIPE's pseudo labels and the same net on
     ground truth (multi-scale + denseCRF), on `pick_figure_images` of the unit's val images."""
     from . import figures

@@ -1,14 +1,22 @@
-"""Which reading of which unit produces each cell of each table: the tables' definitions.
+"""The tables: which reading of which unit produces each cell, the tidy tables read from the units, and their
+summaries beside the paper.
 
 A `Cell` is one (row, quantity) of a table with the variant and reading that produce it, how its per-seed
 values are read from the results (`get`) and, where a bootstrap interval can be drawn, the reading's
 per-image confusions (`conf`). `table_cells(name, cfg)` lists a table's cells: Tables 1, 4 and 5, Fig. 8
 and the background-weight selection from the classification units, 'table2' and 'pseudo_labels' from the
-segmentation units (`segmentation_cells`).
+segmentation units (`segmentation_cells`). `tidy` reads a table's cells from the units (one row per cell and
+seed) and `summary` shows it beside the paper's numbers as mean +/- std over seeds.
+
+Settings are chosen on the selection split only: a "threshold" reading uses, per unit, the background
+threshold that is best on the selection split (`chosen_threshold`), never the best on the evaluated split.
+The one exception is the paper's own baseline of Fig. 8, "the best threshold of the sweep" (FIG8_BEST), read
+on the evaluated split as the paper does (an optimistic baseline; the chapter says so).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,21 +24,31 @@ import pandas as pd
 
 from ..infra.config import SELECTION_SPLIT, ExperimentConfig
 from ..segmentation import irn, network as segmentation
+from . import paper
 from .loading import StudyResults
+from .records import TIDY_COLUMNS
 from .segstudy import GT_LABELS, MODE_NAMES, PAPER_ROW, REFINED, UNIT_VARIANT, VAL_SPLIT
 
 SEGMENTATION_TABLES = ("table2", "pseudo_labels")
-"""Tables of the segmentation units (`sipe.study.segresults.table_cells`)."""
+"""Tables of the segmentation units (`segmentation_cells`)."""
 FIG8_BEST = "CAM threshold (best over sweep)"
 FIG8_ARGMAX = "CAM argmax"
 PROFILE_WEIGHT = "profile's background weight"
 AUTHORS_WEIGHT = "authors' background weight (0.5)"
 SCCAM_ROW = "SCE (SC-CAM) CVPR20"
 """Table 1's SC-CAM row: the paper's name for it, so that ours stands beside the paper's number."""
-TABLES = ("table2", "pseudo_labels")
 RATIO_ROW = "Pseudo-label model / fully supervised model"
 PSEUDO_STAGES = {"maps": "maps before refinement", "ir_labels": "IR labels (denseCRF confident regions, void ignored)",
                  "random_walk": "random-walk pseudo labels"}
+PAPER_ONLY_QUANTITIES: dict[str, tuple[str, ...]] = {"table2": ("test_miou",)}
+"""Quantities of a table that no profile can measure (VOC test labels are held by the evaluation server):
+their summaries show the paper's column alone."""
+
+
+FIG1_CENTROID = "class centroid (other images)"
+"""Fig. 1's row of the class's mean feature over the other images' pixels of the class (our check, not the paper's)."""
+FIG1_PAIRS = "fig1_pairs"
+"""Per (image, class) cosine statistics of Fig. 1 (`analysis.prototype_vs_centre` + seed), for its interval."""
 
 
 def argmax_threshold(alpha: float) -> float:
@@ -186,7 +204,7 @@ def segmentation_cells(name: str, cfg: ExperimentConfig) -> list[Cell]:
                 cells.append(_cell(row, "ir_void_pct", variant, "pseudo/ir_labels", "void pixels of the IR labels (%)",
                                    split, measured="void_pct"))
         return cells
-    raise KeyError(f"no segmentation table {name!r}; choose one of {TABLES}")
+    raise KeyError(f"no segmentation table {name!r}; choose one of {SEGMENTATION_TABLES}")
 
 
 def pseudo_reading(variant: str, stage: str) -> str:
@@ -204,3 +222,119 @@ def pseudo_reading(variant: str, stage: str) -> str:
 def ratio_per_seed(ours: pd.Series, full: pd.Series) -> pd.Series:
     """100 x ours / full per seed; nan where the fully supervised model scores 0."""
     return (100.0 * ours / full.where(full > 0)).dropna()
+
+
+def tidy(name: str, r: StudyResults, cfg: ExperimentConfig) -> pd.DataFrame:
+    """One row per (table row, quantity, seed) of table `name`: TIDY_COLUMNS. Fig. 8 also gets the rows
+    the paper plots: the best CAM threshold of each seed's curve and the CAM argmax at the first alpha (which
+    replaces its alpha row when the study has one alpha)."""
+    records = []
+    for c in table_cells(name, cfg):
+        for seed, value in c.get(r).items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                records.append({"row": c.row, "quantity": c.quantity, "variant": c.variant, "seed": int(seed),
+                                "split": c.split or r.eval_split, "reading": c.reading, "value": float(value)})
+    table = pd.DataFrame(records, columns=TIDY_COLUMNS)
+    if name == "fig8" and not table.empty:
+        curve = table[table["row"].str.startswith("CAM threshold t = ")]
+        best = curve.loc[curve.groupby("seed")["value"].idxmax()].copy()
+        best["reading"] = "IS-CAM from CAM-threshold seeds, best t of the sweep on " + r.eval_split + " (the paper's reading)"
+        best["row"] = FIG8_BEST
+        first_alpha = table["row"] == f"CAM argmax (alpha = {cfg.study.fig8_alphas[0]:g})"
+        argmax = table[first_alpha].copy()
+        argmax["row"] = FIG8_ARGMAX
+        argmax["reading"] = argmax["reading"] + f" (alpha = {cfg.study.fig8_alphas[0]:g})"
+        if len(cfg.study.fig8_alphas) == 1:
+            table = table[~first_alpha]
+        table = pd.concat([table, best, argmax], ignore_index=True)
+    return table
+
+
+def _paper_table(table: str) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
+    """A paper table's {(row, metric): value} and {row: 'I+S'} for its rows noted as trained with saliency
+    maps besides image-level labels; both empty when the paper has no such table."""
+    try:
+        rows = paper.paper_rows(table)
+    except KeyError:
+        return {}, {}
+    values = {(r, m): float(v) for r, m, v in zip(rows["row"], rows["metric"], rows["value"])}
+    noted = rows[rows["note"].fillna("").str.startswith("Sup. I+S")]
+    return values, {r: "I+S" for r in noted["row"]}
+
+
+def fmt_mean_std(values: Sequence[float]) -> str:
+    """'58.3 ± 1.2 (n=3)', '58.3 (n=1)', or '–' without values."""
+    v = [float(x) for x in values if not math.isnan(float(x))]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.1f} (n=1)"
+    return f"{np.mean(v):.1f} ± {np.std(v, ddof=1):.1f} (n={len(v)})"
+
+
+def summary(name: str, table: pd.DataFrame, paper_table: str | None = None, show_paper_only: bool = True) -> pd.DataFrame:
+    """Paper vs ours for reading: one row per table row; per quantity the paper's number and ours as
+    mean ± std over seeds (n). Rows without a measured number show '–' (show_paper_only: the paper's
+    rows we do not measure are listed too); quantities of PAPER_ONLY_QUANTITIES have no 'ours' column. A
+    table with rows trained on saliency maps gets a first column 'supervision' (I: image-level labels,
+    I+S: and saliency maps; '–' for rows of ours only)."""
+    paper_values, supervision = _paper_table(paper_table or name)
+    rows = list(dict.fromkeys(table["row"]))
+    rows += list(dict.fromkeys(r for (r, _q) in paper_values if r not in rows and show_paper_only))
+    quantities = list(dict.fromkeys([*table["quantity"], *(q for (_r, q) in paper_values)]))
+    out = pd.DataFrame(index=pd.Index(rows, name=None))
+    for q in quantities:
+        if any((r, q) in paper_values for r in rows):
+            out[(q, "paper")] = [f"{paper_values[(r, q)]:.1f}" if (r, q) in paper_values else "–" for r in rows]
+        if q in PAPER_ONLY_QUANTITIES.get(name, ()):
+            continue
+        out[(q, "ours")] = [fmt_mean_std(table[(table["row"] == r) & (table["quantity"] == q)]["value"]) for r in rows]
+    if supervision:
+        out[("supervision", "paper")] = [supervision.get(r, "I") if any((r, q) in paper_values for q in quantities)
+                                         else "–" for r in rows]
+        out = out[[("supervision", "paper"), *[c for c in out.columns if c != ("supervision", "paper")]]]
+    out.columns = pd.MultiIndex.from_tuples(out.columns) if len(out.columns) else pd.MultiIndex.from_arrays([[], []])
+    return out
+
+
+def describe_readings(name: str, cfg: ExperimentConfig) -> str:
+    """One line per cell of table `name`: which variant and reading produce it (printed beside the table)."""
+    return "\n".join(f"{c.row} / {c.quantity}: {c.variant} - {c.reading}" for c in table_cells(name, cfg))
+
+
+def per_class(r: StudyResults, cells: Sequence[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Per-class IoU, mean over seeds: columns = labels of `cells` (label, variant, map key, background)."""
+    cols = {}
+    for label, variant, key, background in cells:
+        sel = r.select(variant, key, background, quantity="iou")
+        cols[label] = sel.groupby("class", sort=False)["value"].mean()
+    return pd.DataFrame(cols).round(1)
+
+
+def fig1_table(per_image: dict[int, pd.DataFrame], split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fig. 1's check from `analysis.prototype_vs_centre` frames per seed: (tidy table of the mean cosine of the
+    pixels to their class centre, their prototype and the class centroid of other images, and the pixel-weighted
+    share of pixels closer to the prototype, per seed; the (image, class) pairs of every seed)."""
+    rows = []
+    for seed, frame in per_image.items():
+        for row, col in (("class centre", "centre_mean"), ("prototype", "prototype_mean"), (FIG1_CENTROID, "centroid_mean")):
+            rows.append({"row": row, "quantity": "mean_cosine", "variant": "cam", "seed": seed, "split": split,
+                         "reading": f"mean over {frame[col].notna().sum()} (image, class) pairs of the pixels' cosine",
+                         "value": frame[col].mean(skipna=True)})
+        weights = frame["n_pixels"] / max(1, frame["n_pixels"].sum())
+        rows.append({"row": "share of pixels closer to the prototype", "quantity": "share", "variant": "cam", "seed": seed,
+                     "split": split, "reading": "pixel-weighted", "value": (frame["share_closer_to_prototype"] * weights).sum()})
+    pairs = pd.concat([f.assign(seed=s) for s, f in per_image.items()], ignore_index=True) if per_image else pd.DataFrame()
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS), pairs
+
+
+def training_summary(logs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per unit of its per-step training log ({unit: metrics.csv frame}): steps, the loss and the share
+    of training seeds called foreground over the last 10% of steps, and the median images/s."""
+    def tail(m: pd.DataFrame, column: str) -> float:
+        values = pd.to_numeric(m[column], errors="coerce") if column in m else pd.Series(dtype=float)
+        return float(values.tail(max(1, len(m) // 10)).mean())
+    return pd.DataFrame([{"unit": name, "steps": int(m["step"].max()), "final loss": tail(m, "loss"),
+                          "training seeds called foreground": tail(m, "seed_fg_share"),
+                          "images/s (median)": float(m["images_per_s"].median())} for name, m in logs.items()],
+                        columns=["unit", "steps", "final loss", "training seeds called foreground", "images/s (median)"])
