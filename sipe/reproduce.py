@@ -18,7 +18,9 @@ Files in the output folder (default `book/executed/` for subset and paper, `<wor
   it was kept);
 - `provenance.json`: per notebook, status, wall time, git revision, profile (merged over runs);
 - `claims.md`: the claims table (`sipe.study.claims.study_claims`) over the tables the notebooks wrote into the
-  results folder (also saved there as `claims.csv`), and the run record.
+  results folder (also saved there as `claims.csv`), and the run record;
+- `numbers.json` (profile subset): the numbers of the prose pages (`sipe.study.booknumbers`), which the book shows
+  as MyST substitutions.
 
 Before any notebook runs, the data root is checked cheaply (`check_data_root`: split lists, label file,
 labels in {0, 1}; no image is decoded). A run that cannot start (data root, notebooks, kernel) stops with
@@ -47,6 +49,10 @@ KERNEL_NAME = "python3"
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 PROVENANCE_FILE = "provenance.json"
 CLAIMS_FILE = "claims.md"
+NUMBERS_FILE = "numbers.json"
+PROSE_PROFILE = "subset"
+"""The profile whose study the prose pages describe: its runs rewrite `numbers.json` (`sipe.study.booknumbers`); a
+copy of the book's sources keeps the committed one."""
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -303,6 +309,7 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
     from .study.ladder import LADDER_PROFILES
     from .study.ladderresults import with_combined_verdicts
 
+    study = None
     try:
         study = setup(parameters["profile"], parameters["data_root"], parameters["work_dir"], parameters["seed"],
                       parameters["device"], compute=False)
@@ -316,11 +323,18 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
         print(f"warning: the claims were not computed: {e}", file=sys.stderr)
         page = f"The claims were not computed: {e}\n"
     atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
+    if study is not None and parameters["profile"] == PROSE_PROFILE:
+        from .study.booknumbers import FLOAT32_RESULTS, write_book_numbers
+
+        try:
+            write_book_numbers(out_dir, study.results_dir, FLOAT32_RESULTS, parameters["data_root"])
+        except (SipeError, OSError, KeyError, ValueError) as e:
+            print(f"warning: the numbers of the prose pages were not computed: {e}", file=sys.stderr)
     return results
 
 
 def copy_book_sources(dest: Path, repo: Path = REPO_ROOT) -> Path:
-    """Copy the book's sources (_config.yml, _toc.yml, book/ without executed/) to `dest`, to run and build
+    """Copy the book's sources (_config.yml, _toc.yml, book/ without executed/ but its numbers.json) to `dest`, to run and build
     the book elsewhere (tests, benchmarks); returns `dest`."""
     import shutil
 
@@ -328,6 +342,10 @@ def copy_book_sources(dest: Path, repo: Path = REPO_ROOT) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(repo / name, dest / name)
     shutil.copytree(repo / "book", dest / "book", ignore=shutil.ignore_patterns("executed"), dirs_exist_ok=True)
+    numbers = repo / "book" / "executed" / NUMBERS_FILE
+    if numbers.is_file():
+        (dest / "book" / "executed").mkdir(exist_ok=True)
+        shutil.copy2(numbers, dest / "book" / "executed" / NUMBERS_FILE)
     return dest
 
 

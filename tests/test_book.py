@@ -5,6 +5,7 @@ marked slow (minutes)."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -393,3 +394,124 @@ def test_built_chapters_download_their_csvs_under_their_tables(local_book):
             assert target.is_relative_to(html / "_downloads") and target.is_file(), (name, a["href"])
             assert target.read_bytes() == (RESULTS / target.name).read_bytes(), (name, target.name)
             assert first_table in a.find_all_previous("table"), f"{name}: {target.name} is linked above the tables"
+
+
+LAYOUT_WIDTH = 1366
+LAYOUT_REPORT = "layout-report"
+LAYOUT_SCRIPT = """<script>
+(function () {
+  var SLACK = 4;
+  function name(el) {
+    var cls = (el.className && el.className.baseVal === undefined ? el.className : "").trim().split(/\\s+/).slice(0, 3);
+    var text = (el.innerText || el.textContent || "").trim().replace(/\\s+/g, " ");
+    return el.tagName.toLowerCase() + (cls[0] ? "." + cls.join(".") : "") + " \\"" + text.slice(0, 80) + "\\"";
+  }
+  function shown(el) { return el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden"; }
+  function clips(el) { return ["auto", "scroll", "hidden", "clip"].indexOf(getComputedStyle(el).overflowX) >= 0; }
+  function measure() {
+    var found = [], root = document.documentElement;
+    if (root.scrollWidth > root.clientWidth + SLACK)
+      found.push({kind: "page", what: "html", content: root.scrollWidth, box: root.clientWidth});
+    var article = document.querySelector("main article") || document.querySelector("main");
+    if (article) {
+      var right = article.getBoundingClientRect().right;
+      article.querySelectorAll("*").forEach(function (el) {
+        if (!shown(el) || el.closest("mjx-assistive-mml")) return;
+        if (clips(el) && el.clientWidth > 1 && el.scrollWidth > el.clientWidth + SLACK)
+          found.push({kind: "cut off", what: name(el), content: el.scrollWidth, box: el.clientWidth});
+        var spill = el.getBoundingClientRect().right - right;
+        if (spill > SLACK && el.parentElement && el.parentElement.getBoundingClientRect().right - right <= SLACK) {
+          for (var a = el.parentElement; a && a !== article; a = a.parentElement) if (clips(a)) return;
+          found.push({kind: "past the column", what: name(el), content: Math.round(spill), box: 0});
+        }
+      });
+      article.querySelectorAll("td, th").forEach(function (cell) {
+        var t = (cell.innerText || "").trim();
+        if (/(\\.\\.\\.|\\u2026)$/.test(t)) found.push({kind: "truncated cell", what: t.slice(-80), content: 0, box: 0});
+      });
+    }
+    var pre = document.createElement("pre");
+    pre.id = "%s";
+    pre.textContent = JSON.stringify({article: !!article, width: window.innerWidth, problems: found});
+    document.body.appendChild(pre);
+  }
+  window.addEventListener("load", function () {
+    var typeset = window.MathJax && MathJax.startup && MathJax.startup.promise;
+    (typeset || Promise.resolve()).then(function () { setTimeout(measure, 500); });
+  });
+})();
+</script>""" % LAYOUT_REPORT
+
+
+def layout_problems(html: Path, docs: list[str], tmp: Path) -> dict[str, list[dict]]:
+    """{page: what a reader at LAYOUT_WIDTH px sees cut off or truncated} for each document of the built book html,
+    measured in headless Chromium by a script injected into a copy of each page (the page's own horizontal
+    scroll, elements that clip or scroll their content horizontally, elements reaching past the content column,
+    each by more than 4 px, the overhang of italic glyphs; table cells ending in an ellipsis)."""
+    site = tmp / "site"
+    shutil.copytree(html, site)
+    found = {}
+    for doc in docs:
+        path = site / f"{doc}.html"
+        source = path.read_text(encoding="utf-8")
+        path.write_text(source.replace("</body>", LAYOUT_SCRIPT + "</body>", 1), encoding="utf-8")
+        dom = chromium(tmp, f"--window-size={LAYOUT_WIDTH},900", "--virtual-time-budget=15000", "--dump-dom",
+                       path.as_uri())
+        report = BeautifulSoup(dom, "html.parser").find("pre", id=LAYOUT_REPORT)
+        assert report is not None, f"{doc}: the layout script did not run"
+        measured = json.loads(report.get_text())
+        assert measured["article"] and measured["width"] == LAYOUT_WIDTH, (doc, measured)
+        found[doc] = measured["problems"]
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (`make test` installs it as root)")
+def test_layout_script_finds_overflow_and_truncation(tmp_path):
+    html = tmp_path / "html"
+    html.mkdir()
+    wide = "x" * 400
+    (html / "wide.html").write_text(f"<html><body><main><article style='width:600px'><pre style='overflow:auto'>{wide}"
+                                    f"</pre><table><tr><td>SIPE beats the CAM baseline (voi...</td></tr></table>"
+                                    f"<div style='width:900px'>spills</div></article></main></body></html>")
+    (html / "fine.html").write_text("<html><body><main><article style='width:600px'><pre>short</pre>"
+                                    "<table><tr><td>full name</td></tr></table></article></main></body></html>")
+    found = layout_problems(html, ["wide", "fine"], tmp_path)
+    assert found["fine"] == []
+    assert {p["kind"] for p in found["wide"]} == {"cut off", "truncated cell", "past the column"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (`make test` installs it as root)")
+def test_no_page_is_cut_off_at_laptop_width(local_book, tmp_path):
+    found = layout_problems(local_book[0], toc_files(), tmp_path)
+    bad = {doc: problems for doc, problems in found.items() if problems}
+    assert not bad, "\n".join(f"{doc}: {p['kind']} {p['what']}" + (f" ({p['content']} px > {p['box']} px)" if p["box"] else "")
+                              for doc, problems in bad.items() for p in problems)
+
+
+def test_chapter_tables_show_long_cells_whole():
+    import pandas as pd
+
+    from sipe.study.chapters import show_tables_whole
+
+    claim = "SIPE beats the CAM baseline with denseCRF (void as background), the authors' protocol"
+    frame = pd.DataFrame({f"column {i}": [claim] for i in range(30)})
+    with pd.option_context("display.max_colwidth", 50, "display.max_columns", 20):
+        assert claim not in frame._repr_html_()
+        show_tables_whole()
+        shown = frame._repr_html_()
+    assert shown.count(claim) == 30 and "..." not in shown
+
+
+@pytest.mark.slow
+def test_prose_pages_show_the_computed_numbers(local_book):
+    html, log = local_book
+    assert "Substitution error" not in log, log[log.find("Substitution error") - 300:][:1500]
+    numbers = json.loads((REPO / "book" / "executed" / "numbers.json").read_text())
+    setting = text(page(html, "book/setting").find("main"))
+    for name in ("precision_unit_moves", "precision_iscam_mean", "irn_conf_fg", "subset_bg_scale"):
+        assert numbers[name] in setting, name
+    reproduce = page(html, "book/reproduce")
+    cost = [t for t in reproduce.select("main table") if "fastest of its variant" in t.get_text()]
+    assert len(cost) == 1 and numbers["core_hours"] in text(reproduce.find("main"))

@@ -274,3 +274,11 @@ def test_provenance_record_and_table():
     assert record["machine"]["cpu"] == cpu_model() and record["machine"]["torch_cpu_capability"]
     assert table.set_index("provenance").loc["packages: torch", "value"] == record["packages"]["torch"]
     assert provenance()["profile"] is None
+
+
+def test_book_sources_copy_keeps_the_published_numbers_and_no_chapter(tmp_path):
+    from sipe.reproduce import NUMBERS_FILE, copy_book_sources
+
+    root = copy_book_sources(tmp_path / "src")
+    assert [p.name for p in (root / "book" / "executed").iterdir()] == [NUMBERS_FILE]
+    assert (root / "book" / "executed" / NUMBERS_FILE).read_bytes() == (REPO / "book" / "executed" / NUMBERS_FILE).read_bytes()

@@ -273,6 +273,13 @@ def core_plan(cfg: ExperimentConfig) -> list[pipeline.Unit]:
     return [u for u in pipeline.plan(cfg) if u.variant != SCCAM]
 
 
+def show_tables_whole() -> None:
+    """Let the chapters' tables show every cell whole: pandas truncates no cell text ("...") and elides no
+    column."""
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", None)
+
+
 def setup(
     profile: str = "smoke",
     data_root: str = "",
@@ -288,6 +295,7 @@ def setup(
     """A Study for a notebook's parameters. Relative paths are relative to the repository; `seed` >= 0
     runs the study with that one training seed; compute=False reads only finished units (never trains);
     nproc > 1 computes units in that many processes (torchrun); `overrides` are section.field=value."""
+    show_tables_whole()
     sets: dict[str, Any] = dict(overrides)
     if data_root:
         sets["data.root"] = str(_repo_path(data_root))

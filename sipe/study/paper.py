@@ -12,6 +12,8 @@ PAPER_CSV = "paper_results.csv"
 FULL_VOC_SIZES = {"train": 1464, "val": 1449, "train_aug": 10582}
 PAPER_BACKBONE = "resnet50"
 PAPER_BG_SCALE = 0.5
+PAPER_MOMENTUM = 0.9
+"""The SGD momentum the paper states (the authors' code trains without momentum; the `paper` profile follows it)."""
 PAPER_SCALES = (1.0, 0.5, 1.5, 2.0)
 """The paper's inference scales (with flips)."""
 
