@@ -292,7 +292,10 @@ def write(study: Any, name: str, **given: Any) -> str:
     if missing:
         return f"waiting: no current results of {', '.join(missing)}"
     kept = _published_pairs(study) if name == "fig1" else None
-    inputs = compute_fig1(study, **params, kept_per_seed=kept) if name == "fig1" else COMPUTE[name](study, **params)
+    try:
+        inputs = compute_fig1(study, **params, kept_per_seed=kept) if name == "fig1" else COMPUTE[name](study, **params)
+    except UnitNotComputedError as e:
+        return f"waiting: {e}"
     files, content = _save(study, name, inputs)
     d = figures_dir(study.results_dir)
     sources = {u.name: _source(study, u) for u in units}
