@@ -299,8 +299,9 @@ def write(study: Any, name: str, **given: Any) -> str:
     files, content = _save(study, name, inputs)
     d = figures_dir(study.results_dir)
     sources = {u.name: _source(study, u) for u in units}
-    maps = {"fig1": {units[0].name: inputs.maps}, "fig5": {u.name: inputs.maps[u.variant] for u in units}}
-    for unit_name, folder in maps.get(name, {}).items():
+    maps = {units[0].name: inputs.maps} if name == "fig1" else \
+        {u.name: inputs.maps[u.variant] for u in units} if name == "fig5" else {}
+    for unit_name, folder in maps.items():
         sources[unit_name]["maps"] = Path(folder).name
     record = {"figure": name, "parameters": params, "profile": study.cfg.profile,
               "units": entries, "sources": sources, "content": content,
