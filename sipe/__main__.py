@@ -7,6 +7,7 @@ Examples::
   python -m sipe stages --profile subset --recompute --units sipe-s15   # again from training (old folders kept)
   python -m sipe stages --profile subset --rung lite2     # a rung of the ladder into results/ladder/lite2
   python -m sipe ladder                                   # the ladder's rungs and their estimated cost
+  python -m sipe figure-inputs --profile subset           # the inputs of Figs. 1, 3, 5, 7 into results/subset/figures
   python -m sipe train --profile subset --variant sipe
   python -m sipe train --profile subset --variant sccam   # the CAM baseline (round 0), then SC-CAM's rounds
   python -m sipe maps  --profile subset --variant cam
@@ -90,12 +91,26 @@ def certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def figure_inputs(cfg: ExperimentConfig, work: Path, results_dir: str) -> int:
+    """Write the inputs of the figures that show trained models (`sipe.study.figinputs`) from the finished
+    units in `work`; one line per figure. Exit status 1 when one is still waiting for its units."""
+    from .study import figinputs
+    from .study.chapters import Study
+    from .study.records import results_dir_for
+
+    study = Study(cfg, work, Path(results_dir) if results_dir else results_dir_for(cfg.profile, work), compute=False)
+    outcomes = figinputs.write_all(study)
+    for name, outcome in outcomes.items():
+        print(f"figure inputs {name}: {outcome} ({figinputs.record_path(study.results_dir, name)})")
+    return int(any(o.startswith("waiting") for o in outcomes.values()))
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["train", "maps", "eval", "stages", "scan", "show-config", "certify",
-                                            "ladder"])
+                                            "ladder", "figure-inputs"])
     parser.add_argument("--profile", choices=PROFILES, default="smoke")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sipe")
     parser.add_argument("--data-root", default="", help=f"dataset root (default: ${DATA_ROOT_ENV})")
@@ -157,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     from .infra.runtime import resolve_device
 
     resolve_device(cfg.device)  # 'cuda' without a GPU fails here, before any file is written
+    if args.command == "figure-inputs":
+        return figure_inputs(cfg, work, args.results_dir)
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: the number of processes must be at least 1")
     if args.nproc > 1 and not distributed.launched():
@@ -183,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 moved = plan.set_aside(cfg, work, results_dir, unit)
                 print(f"{unit.name}: results record removed; set aside: {', '.join(str(m) for m in moved) or 'no folder'}")
         plan.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
+        if rung is None and distributed.is_main():
+            figure_inputs(cfg, work, args.results_dir)
         return 0
     sccam = units.trained_sccam(cfg, work, progress=progress)[0] if args.variant == SCCAM else None
     if args.command == "train":

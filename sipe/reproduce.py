@@ -22,8 +22,9 @@ Files in the output folder (default `book/executed/` for subset and paper, `<wor
 - `numbers.json` (profile subset): the numbers of the prose pages (`sipe.study.booknumbers`), which the book shows
   as MyST substitutions.
 
-Before any notebook runs, the data root is checked cheaply (`check_data_root`: split lists, label file,
-labels in {0, 1}; no image is decoded). A run that cannot start (data root, notebooks, kernel) stops with
+The data root is --data-root, else `$SIPE_DATA_ROOT`, else `../shared/data/voc2012_subset` beside the
+repository (the Makefile's default). Before any notebook runs, it is checked cheaply (`check_data_root`:
+split lists, label file, labels in {0, 1}; no image is decoded). A run that cannot start (data root, notebooks, kernel) stops with
 one line `error: ...` and exit status 2. When a notebook fails, the notebooks that depend on it are
 skipped, the others still run, and the exit status is 1 with the failing notebook and cell named.
 """
@@ -47,6 +48,8 @@ from .infra.provenance import REPO_ROOT, git_revision
 
 KERNEL_NAME = "python3"
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
+DEFAULT_DATA_ROOT = "../shared/data/voc2012_subset"
+"""The data root without --data-root or $SIPE_DATA_ROOT, relative to the repository: the Makefile's default."""
 PROVENANCE_FILE = "provenance.json"
 CLAIMS_FILE = "claims.md"
 NUMBERS_FILE = "numbers.json"
@@ -369,7 +372,8 @@ def shown_path(path: str | os.PathLike) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sipe.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=PROFILES, required=True)
-    p.add_argument("--data-root", default=None, help=f"VOC2012-layout folder (default: ${DATA_ROOT_ENV})")
+    p.add_argument("--data-root", default=None, help=f"VOC2012-layout folder (default: ${DATA_ROOT_ENV}, else "
+                   f"{DEFAULT_DATA_ROOT} beside the repository, as make)")
     p.add_argument("--work-dir", default=None, help="shared cache of stages (default: $SIPE_WORK_DIR/<profile>, else work/<profile> in the repo)")
     p.add_argument("--out", default=None, help="folder of executed notebooks (default: book/executed for subset "
                    "and paper, <work dir>/executed for smoke)")
@@ -392,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notebooks_dir = Path(args.notebooks_dir or REPO_ROOT / "notebooks").resolve()
     work_dir = (Path(args.work_dir) if args.work_dir else default_work_dir(args.profile)).resolve()
     out_dir = Path(args.out).resolve() if args.out else default_out_dir(args.profile, work_dir)
-    data_root = check_data_root(args.data_root or os.environ.get(DATA_ROOT_ENV, ""), args.profile)
+    data_root = check_data_root(args.data_root or os.environ.get(DATA_ROOT_ENV) or (REPO_ROOT / DEFAULT_DATA_ROOT).resolve(),
+                                args.profile)
     notebooks = select(args.only, notebooks_dir)
     check_kernel(args.kernel)
     parameters = {"profile": args.profile, "data_root": shown_path(data_root),

@@ -117,6 +117,11 @@ def test_tsne_figure(analysis):
     assert (small["kind"] == "pixel").sum() == 3 and len(small) == 5
     _, again = F.tsne_figure(analysis, c, seed=0, max_points=3)
     pd.testing.assert_frame_equal(small, again)
+    _, from_sample = F.tsne_figure(A.class_sample(analysis, c), c, seed=0, max_points=3)
+    pd.testing.assert_frame_equal(small, from_sample)
+    assert from_sample.attrs == small.attrs
+    with pytest.raises(ValueError, match="not 0"):
+        F.tsne_figure(A.class_sample(analysis, c), 0)
 
 
 def test_structure_figure(analysis):
@@ -129,6 +134,8 @@ def test_structure_figure(analysis):
     assert table.loc["foreground", "iou_background_scaled"] == pytest.approx(iou[0] * analysis.bg_scale)
     assert f"{iou[c]:.2f}" in fig.axes[1].get_title()
     np.testing.assert_allclose(fig.axes[1].images[1].get_array(), A.structure_map(analysis.hierarchical, fg))
+    _, from_sample = F.structure_figure(A.structure_sample(analysis, fg, bg, c))
+    pd.testing.assert_frame_equal(table, from_sample)
 
 
 def write_maps(maps_dir, image_id, shape, seed):

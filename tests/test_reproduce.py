@@ -13,8 +13,8 @@ import pytest
 
 from sipe.infra.config import get_profile
 from sipe.infra.provenance import cpu_model, git_revision, provenance, provenance_table
-from sipe.reproduce import (NOTEBOOKS, Notebook, RunnerError, check_data_root, check_kernel, claims_markdown, run,
-    select, shown_path)
+from sipe.reproduce import (DEFAULT_DATA_ROOT, NOTEBOOKS, Notebook, RunnerError, check_data_root, check_kernel,
+    claims_markdown, run, select, shown_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,6 +119,22 @@ def test_missing_data_root_is_a_clear_error(tiny, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == f"error: data root {tmp_path / 'nope'} is not a folder; pass --data-root or set SIPE_DATA_ROOT\n"
     assert not tiny["out"].exists()
+
+
+def test_default_data_root_is_the_makefiles():
+    line = next(l for l in (REPO / "Makefile").read_text().splitlines() if l.startswith("DATA_ROOT ?="))
+    assert line == f"DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),{DEFAULT_DATA_ROOT})"
+
+
+def test_without_a_data_root_the_runner_takes_the_default(tiny, monkeypatch):
+    default = (REPO / DEFAULT_DATA_ROOT).resolve()
+    if default.is_dir():
+        pytest.skip(f"{default} exists here: this test checks that the runner names it when it is missing")
+    monkeypatch.delenv("SIPE_DATA_ROOT", raising=False)
+    proc = runner("--profile", "smoke", "--notebooks-dir", str(tiny["nbs"]), "--out", str(tiny["out"]),
+                  "--only", "first")
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: data root {default} is not a folder; pass --data-root or set SIPE_DATA_ROOT\n"
 
 
 def broken_copy(root: Path, tmp_path: Path, damage: str) -> Path:

@@ -245,6 +245,57 @@ def cosine_to(features: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return f @ v
 
 
+class ClassSample(NamedTuple):
+    """What Fig. 1's t-SNE reads of one image and class: the class's pixels (`PixelFeatures` on `feature`), the
+    class centre (classifier row, (D,)), the seed prototype ((D,), zeros without a seed), and the image's
+    channel count (for the class's name)."""
+
+    image_id: str
+    class_index: int
+    n_channels: int
+    pixels: PixelFeatures
+    centre: np.ndarray
+    prototype: np.ndarray
+
+
+def class_sample(analysis: ImageAnalysis, class_index: int, feature: FeatureName = "semantic") -> ClassSample:
+    """The `ClassSample` of `class_index` in `analysis`."""
+    return ClassSample(analysis.image_id, int(class_index), analysis.cam.shape[0],
+                       foreground_pixel_features(analysis, class_index, feature),
+                       analysis.classifier_weight[class_index - 1].copy(), seed_prototype(analysis, class_index, feature))
+
+
+class StructureSample(NamedTuple):
+    """What Fig. 3 reads of one image: the foreground and background grid `pixels` (2,2) as (y, x), their IoU
+    with every CAM channel `iou` (2,C) and structure maps `structure` (2,h,w), the class's CAM and the
+    background CAM `cams` (2,h,w), the background weight and the image (H,W,3)."""
+
+    image_id: str
+    class_index: int
+    pixels: np.ndarray
+    iou: np.ndarray
+    structure: np.ndarray
+    cams: np.ndarray
+    bg_scale: float
+    image: np.ndarray
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return tuple(self.cams.shape[1:])  # type: ignore[return-value]
+
+
+def structure_sample(analysis: ImageAnalysis, fg_pixel: Pixel, bg_pixel: Pixel, class_index: int,
+                     feature: FeatureName | None = None) -> StructureSample:
+    """The `StructureSample` of two grid pixels on `feature` (default: the seed feature the analysis used)."""
+    f = analysis.feature(feature or analysis.seed_feature)
+    pixels = (fg_pixel, bg_pixel)
+    return StructureSample(
+        analysis.image_id, int(class_index), np.asarray(pixels, dtype=np.int64),
+        np.stack([structure_similarity(f, analysis.cam, p) for p in pixels]),
+        np.stack([structure_map(f, p) for p in pixels]),
+        np.stack([analysis.cam[class_index], analysis.cam[0]]), analysis.bg_scale, analysis.image)
+
+
 def pick_example_images(
     root: str | os.PathLike,
     ids: Sequence[str],

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..infra import distributed
-from . import claims, pipeline, tables as tidy_tables
+from . import claims, figinputs, pipeline, tables as tidy_tables
 from ..infra.config import SCCAM, SELECTION_SPLIT, ExperimentConfig, default_work_dir, get_profile, variant_config
 from ..data import voc
 from ..infra.errors import UnitNotComputedError
@@ -122,6 +122,11 @@ class Study:
             raise ValueError(f"no claim names {evidence!r} as its evidence; see sipe.study.claims.CLAIMS")
         frame = claims.study_claims(r if r is not None else self.results(compute=False), self.cfg, tables, chapter)
         return claims.claims_display(frame)
+
+    def figure_inputs(self, name: str, **parameters: Any) -> Any:
+        """The inputs of figure `name` ('fig1', 'fig3', 'fig5': see `figinputs`): those kept under
+        `<results_dir>/figures/` when current, else computed from the work folder."""
+        return figinputs.load(self, name, **parameters)
 
     def trained(self, variant: str = "sipe", seed: int | None = None) -> TrainResult:
         """The finished training run of a variant (seed: the plan's first seed by default)."""

@@ -140,7 +140,7 @@ def _perplexity(n_points: int) -> float:
 
 
 def tsne_figure(
-    analysis: A.ImageAnalysis,
+    analysis: A.ImageAnalysis | A.ClassSample,
     class_index: int,
     seed: int = 0,
     max_points: int = 400,
@@ -155,10 +155,12 @@ def tsne_figure(
     Returns the figure and a DataFrame with columns x, y, cam, kind ('pixel', 'centre', 'prototype'),
     grid_y, grid_x, cos_centre, cos_prototype; `attrs['cosine']` holds, over all the class's pixels, the
     mean cosine to the centre and to the prototype and the share of pixels closer to the prototype.
+    `analysis` may be the class's `analysis.ClassSample` (of `class_index`, on the semantic feature).
     """
-    pf = A.foreground_pixel_features(analysis, class_index, "semantic")
-    centre = analysis.classifier_weight[class_index - 1]
-    prototype = A.seed_prototype(analysis, class_index, "semantic")
+    sample = analysis if isinstance(analysis, A.ClassSample) else A.class_sample(analysis, class_index, "semantic")
+    if sample.class_index != class_index:
+        raise ValueError(f"the sample of {sample.image_id} holds class {sample.class_index}, not {class_index}")
+    pf, centre, prototype = sample.pixels, sample.centre, sample.prototype
     prototype_source = "seeds"
     if not np.any(prototype):
         prototype = pf.features.mean(axis=0)
@@ -196,7 +198,7 @@ def tsne_figure(
         "share_closer_to_prototype": float((cos_p > cos_c).mean()),
     }
 
-    name = _class_name(class_index, analysis.cam.shape[0])
+    name = _class_name(class_index, sample.n_channels)
     fig = Figure(figsize=(6, 5), layout="constrained")
     ax = fig.subplots()
     px = df[df["kind"] == "pixel"]
@@ -208,7 +210,7 @@ def tsne_figure(
     ax.scatter(pro["x"], pro["y"], marker="*", s=380, c="magenta", edgecolors="black", label="image-specific prototype")
     fig.colorbar(sc, ax=ax, label=f"CAM activation ({name})")
     c = df.attrs["cosine"]
-    ax.set_title(f"{analysis.image_id}, {name}: mean cosine of pixels to centre {c['centre_mean']:.2f}, "
+    ax.set_title(f"{sample.image_id}, {name}: mean cosine of pixels to centre {c['centre_mean']:.2f}, "
                  f"to prototype {c['prototype_mean']:.2f}", fontsize=9)
     ax.legend(fontsize=8, loc="best")
     _blank(ax)
@@ -223,10 +225,10 @@ def _overlay(ax, image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, vmax: 
 
 
 def structure_figure(
-    analysis: A.ImageAnalysis,
-    fg_pixel: A.Pixel,
-    bg_pixel: A.Pixel,
-    class_index: int,
+    analysis: A.ImageAnalysis | A.StructureSample,
+    fg_pixel: A.Pixel | None = None,
+    bg_pixel: A.Pixel | None = None,
+    class_index: int | None = None,
     feature: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> tuple[Figure, pd.DataFrame]:
@@ -235,42 +237,44 @@ def structure_figure(
 
     Returns the figure and a table (rows foreground, background) of each pixel's IoU with the class and the
     background CAM, the background IoU x bg_scale, and the channel that wins the pixel's seed (unmasked).
+    `analysis` may be an `analysis.StructureSample` (then the pixels, class and feature are its own).
     """
-    feature = feature or analysis.seed_feature
-    f = analysis.feature(feature)  # type: ignore[arg-type]
-    n_ch = analysis.cam.shape[0]
+    sample = analysis if isinstance(analysis, A.StructureSample) else \
+        A.structure_sample(analysis, fg_pixel, bg_pixel, class_index, feature)  # type: ignore[arg-type]
+    class_index = sample.class_index
+    n_ch = sample.iou.shape[1]
     name = _class_name(class_index, n_ch)
     rows = {}
     maps = {}
-    for kind, pixel in (("foreground", fg_pixel), ("background", bg_pixel)):
-        iou = A.structure_similarity(f, analysis.cam, pixel)
+    for i, kind in enumerate(("foreground", "background")):
+        iou = sample.iou[i]
         scaled = iou.copy()
-        scaled[0] *= analysis.bg_scale
-        maps[kind] = A.structure_map(f, pixel)
-        rows[kind] = {"grid_y": pixel[0], "grid_x": pixel[1], "iou_class": float(iou[class_index]),
-                      "iou_background": float(iou[0]), "iou_background_scaled": float(scaled[0]),
-                      "seed_winner": _class_name(int(scaled.argmax()), n_ch)}
+        scaled[0] *= sample.bg_scale
+        maps[kind] = sample.structure[i]
+        rows[kind] = {"grid_y": int(sample.pixels[i][0]), "grid_x": int(sample.pixels[i][1]),
+                      "iou_class": float(iou[class_index]), "iou_background": float(iou[0]),
+                      "iou_background_scaled": float(scaled[0]), "seed_winner": _class_name(int(scaled.argmax()), n_ch)}
     table = pd.DataFrame.from_dict(rows, orient="index")
 
-    image = analysis.image
+    image = sample.image
     fig = Figure(figsize=(15, 3.0 * image.shape[0] / image.shape[1] + 0.9), layout="constrained")
     axes = fig.subplots(1, 5)
     axes[0].imshow(image)
     for kind, colour in (("foreground", FG_COLOUR), ("background", BG_COLOUR)):
-        iy, ix = A.grid_to_image((rows[kind]["grid_y"], rows[kind]["grid_x"]), analysis.grid_shape, image.shape)
+        iy, ix = A.grid_to_image((rows[kind]["grid_y"], rows[kind]["grid_x"]), sample.grid_shape, image.shape)
         axes[0].scatter([ix], [iy], marker="*", s=300, c=colour, edgecolors="white", label=f"{kind} pixel")
     axes[0].legend(fontsize=7, loc="lower right")
-    axes[0].set_title(analysis.image_id, fontsize=9)
+    axes[0].set_title(sample.image_id, fontsize=9)
     _blank(axes[0])
     for ax, kind in zip(axes[1:3], ("foreground", "background")):
         _overlay(ax, image, maps[kind])
         r = rows[kind]
         ax.set_title(f"structure map, {kind} pixel\nIoU {name} {r['iou_class']:.2f} | background "
-                     f"{r['iou_background']:.2f} (x{analysis.bg_scale:g} = {r['iou_background_scaled']:.2f})",
+                     f"{r['iou_background']:.2f} (x{sample.bg_scale:g} = {r['iou_background_scaled']:.2f})",
                      fontsize=8)
-    _overlay(axes[3], image, analysis.cam[class_index])
+    _overlay(axes[3], image, sample.cams[0])
     axes[3].set_title(f"CAM {name}", fontsize=9)
-    _overlay(axes[4], image, analysis.cam[0])
+    _overlay(axes[4], image, sample.cams[1])
     axes[4].set_title("CAM background (1 - max)", fontsize=9)
     return _save(fig, path), table
 
