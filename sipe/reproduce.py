@@ -18,7 +18,8 @@ Files in the output folder (default `book/executed/` for subset and paper, `<wor
   it was kept);
 - `provenance.json`: per notebook, status, wall time, git revision, profile (merged over runs);
 - `claims.md`: the claims table (`sipe.study.results.study_claims`) over the tables the notebooks wrote into the
-  results folder (also saved there as `claims.csv`), and the run record.
+  results folder (also saved there as `claims.csv`, before the notebooks that read it run: the Findings page,
+  `reads_claims`), and the run record.
 
 Before any notebook runs, the data root is checked cheaply (`check_data_root`: split lists, label file,
 labels in {0, 1}; no image is decoded). A run that cannot start (data root, notebooks, kernel) stops with
@@ -56,11 +57,13 @@ class RunnerError(SipeError, RuntimeError):
 
 @dataclass(frozen=True)
 class Notebook:
-    """One notebook of the study: `name`, its file `path` under the notebooks folder, and the notebooks
-    whose results it needs (`depends_on`)."""
+    """One notebook of the study: `name`, its file `path` under the notebooks folder, the notebooks whose
+    results it needs (`depends_on`), and whether it reads `claims.csv` (`reads_claims`: it runs after the
+    others, once the runner has written the claims of this run)."""
 
     name: str
     depends_on: tuple[str, ...] = ()
+    reads_claims: bool = False
 
     @property
     def path(self) -> str:
@@ -70,6 +73,7 @@ class Notebook:
 _TRAINED = ("01_training", "02_maps")
 
 NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("findings", reads_claims=True),
     Notebook("00_data_overview"),
     Notebook("01_training"),
     Notebook("02_maps", ("01_training",)),
@@ -206,10 +210,12 @@ def run_notebook(nb: Notebook, notebooks_dir: Path, out_dir: Path, parameters: M
 
 
 def _tidy_executed(path: Path) -> None:
-    """Store papermill's input/output paths in an executed notebook relative to the repository, and give
+    """Store papermill's input/output paths in an executed notebook relative to the repository, give
     the injected parameters cell a fixed id (papermill draws a random one), so a republished chapter
-    differs from the last only where its outputs do."""
+    differs from the last only where its outputs do, and its visibility tag (`sipe.study.celltags`)."""
     import nbformat
+
+    from .study.celltags import tag
 
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.get("papermill", {})
@@ -219,6 +225,7 @@ def _tidy_executed(path: Path) -> None:
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell["id"] = "injected-parameters"
+    tag(nb)
     nbformat.write(nb, path)
 
 
@@ -270,13 +277,19 @@ def run_record_markdown(out_dir: Path) -> str:
 
 def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, parameters: Mapping[str, Any],
         kernel_name: str = KERNEL_NAME) -> list[NotebookResult]:
-    """Run `notebooks` in order, skipping those whose dependencies failed or were skipped in this run;
-    print one progress line each; write provenance.json and claims.md into `out_dir`."""
+    """Run `notebooks` in order, those that read the claims last, skipping those whose dependencies failed or
+    were skipped in this run; print one progress line each. The claims (`claims.csv` in the results folder) are
+    written after the other notebooks, before those that read them; provenance.json and claims.md into `out_dir`
+    at the end."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[NotebookResult] = []
     broken: set[str] = set()
-    for i, nb in enumerate(notebooks, 1):
-        prefix = f"[{i}/{len(notebooks)}] {nb.name} ..."
+    order = [nb for nb in notebooks if not nb.reads_claims] + [nb for nb in notebooks if nb.reads_claims]
+    page = None
+    for i, nb in enumerate(order, 1):
+        if nb.reads_claims and page is None:
+            page = claims_page(parameters)
+        prefix = f"[{i}/{len(order)}] {nb.name} ..."
         blocked = [d for d in nb.depends_on if d in broken]
         if blocked:
             results.append(NotebookResult(nb.name, "skipped", 0.0, f"skipped: {', '.join(blocked)} did not finish"))
@@ -294,6 +307,15 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
             print(f"  {nb.name} failed in {result.error}\n  executed copy: {result.output}", file=sys.stderr, flush=True)
     write_provenance(out_dir, results, parameters)
     from .infra.runtime import atomic_write_text
+
+    page = page if page is not None else claims_page(parameters)
+    atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
+    return results
+
+
+def claims_page(parameters: Mapping[str, Any]) -> str:
+    """The claims of the results folder the notebooks wrote (`Study.claims`, which saves `claims.csv`) as the claims
+    page's body (`claims_markdown`), or a line saying why they were not computed."""
     from .study.chapters import setup
 
     try:
@@ -302,12 +324,10 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
         table = study.claims()
         shown_dir = os.path.relpath(study.results_dir, REPO_ROOT) if study.results_dir.is_relative_to(REPO_ROOT) \
             else study.results_dir.name
-        page = claims_markdown(table, parameters["profile"], shown_dir, study.setting())
+        return claims_markdown(table, parameters["profile"], shown_dir, study.setting())
     except SipeError as e:
         print(f"warning: the claims were not computed: {e}", file=sys.stderr)
-        page = f"The claims were not computed: {e}\n"
-    atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
-    return results
+        return f"The claims were not computed: {e}\n"
 
 
 def copy_book_sources(dest: Path, repo: Path = REPO_ROOT) -> Path:
