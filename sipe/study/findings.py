@@ -138,8 +138,8 @@ def findings_sentences(claims: pd.DataFrame) -> list[str]:
 
 
 def findings_markdown(claims: pd.DataFrame) -> str:
-    """`findings_sentences` as one Markdown paragraph."""
-    return " ".join(findings_sentences(claims))
+    """`findings_sentences` as Markdown, one paragraph each."""
+    return "\n\n".join(findings_sentences(claims))
 
 
 def summary(claims: pd.DataFrame) -> Markdown:
