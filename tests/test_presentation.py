@@ -62,6 +62,9 @@ def test_setup_disables_truncation_of_tables(synthetic_root: Path, tmp_path: Pat
         html = pd.DataFrame({"claim": [long] * 80})._repr_html_()
         assert long.strip() in html and "..." not in html and html.count("<tr") == 81
         assert study._repr_markdown_().startswith("**Setting:**\n\n- profile smoke\n- ")
+        from IPython.lib.pretty import pretty
+
+        assert pretty(study) == str(study) and str(tmp_path) not in pretty(study)
 
 
 def test_notes_become_paragraphs_or_lists():

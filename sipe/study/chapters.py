@@ -271,6 +271,10 @@ class Study:
         """The setting as a bulleted list (a notebook cell ending with the study shows it)."""
         return note_markdown(str(self), "Setting:")
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """The setting's lines as the notebook's plain text (no machine's paths)."""
+        printer.text(str(self))
+
 
 def core_plan(cfg: ExperimentConfig) -> list[pipeline.Unit]:
     """The units of the study the 3-hour budget covers: the plan without SC-CAM (SIPE and the CAM baseline with
