@@ -18,7 +18,8 @@ Files in the output folder (default `book/executed/` for subset and paper, `<wor
   it was kept);
 - `provenance.json`: per notebook, status, wall time, git revision, profile (merged over runs);
 - `claims.md`: the claims table (`sipe.study.claims.study_claims`) over the tables the notebooks wrote into the
-  results folder (also saved there as `claims.csv`), and the run record;
+  results folder (also saved there as `claims.csv`, before the notebooks that read it run: the Findings page,
+  `reads_claims`), and the run record;
 - `numbers.json` (profile subset): the numbers of the prose pages (`sipe.study.booknumbers`), which the book shows
   as MyST substitutions.
 
@@ -65,11 +66,13 @@ class RunnerError(SipeError, RuntimeError):
 
 @dataclass(frozen=True)
 class Notebook:
-    """One notebook of the study: `name`, its file `path` under the notebooks folder, and the notebooks
-    whose results it needs (`depends_on`)."""
+    """One notebook of the study: `name`, its file `path` under the notebooks folder, the notebooks whose
+    results it needs (`depends_on`), and whether it reads `claims.csv` (`reads_claims`: it runs after the
+    others, once the runner has written the claims of this run)."""
 
     name: str
     depends_on: tuple[str, ...] = ()
+    reads_claims: bool = False
 
     @property
     def path(self) -> str:
@@ -79,6 +82,7 @@ class Notebook:
 _TRAINED = ("01_training", "02_maps")
 
 NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("findings", reads_claims=True),
     Notebook("00_data_overview"),
     Notebook("01_training"),
     Notebook("02_maps", ("01_training",)),
@@ -215,10 +219,12 @@ def run_notebook(nb: Notebook, notebooks_dir: Path, out_dir: Path, parameters: M
 
 
 def _tidy_executed(path: Path) -> None:
-    """Store papermill's input/output paths in an executed notebook relative to the repository, and give
+    """Store papermill's input/output paths in an executed notebook relative to the repository, give
     the injected parameters cell a fixed id (papermill draws a random one), so a republished chapter
-    differs from the last only where its outputs do."""
+    differs from the last only where its outputs do, and its visibility tag (`sipe.study.celltags`)."""
     import nbformat
+
+    from .study.celltags import tag
 
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.get("papermill", {})
@@ -228,6 +234,7 @@ def _tidy_executed(path: Path) -> None:
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell["id"] = "injected-parameters"
+    tag(nb)
     nbformat.write(nb, path)
 
 
@@ -284,13 +291,19 @@ def run_record_markdown(out_dir: Path) -> str:
 
 def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, parameters: Mapping[str, Any],
         kernel_name: str = KERNEL_NAME) -> list[NotebookResult]:
-    """Run `notebooks` in order, skipping those whose dependencies failed or were skipped in this run;
-    print one progress line each; write provenance.json and claims.md into `out_dir`."""
+    """Run `notebooks` in order, those that read the claims last, skipping those whose dependencies failed or
+    were skipped in this run; print one progress line each. The claims (`claims.csv` in the results folder) are
+    written after the other notebooks, before those that read them; provenance.json and claims.md into `out_dir`
+    at the end."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[NotebookResult] = []
     broken: set[str] = set()
-    for i, nb in enumerate(notebooks, 1):
-        prefix = f"[{i}/{len(notebooks)}] {nb.name} ..."
+    order = [nb for nb in notebooks if not nb.reads_claims] + [nb for nb in notebooks if nb.reads_claims]
+    page = None
+    for i, nb in enumerate(order, 1):
+        if nb.reads_claims and page is None:
+            page = claims_page(parameters)
+        prefix = f"[{i}/{len(order)}] {nb.name} ..."
         blocked = [d for d in nb.depends_on if d in broken]
         if blocked:
             results.append(NotebookResult(nb.name, "skipped", 0.0, f"skipped: {', '.join(blocked)} did not finish"))
@@ -308,11 +321,35 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
             print(f"  {nb.name} failed in {result.error}\n  executed copy: {result.output}", file=sys.stderr, flush=True)
     write_provenance(out_dir, results, parameters)
     from .infra.runtime import atomic_write_text
+
+    page = page if page is not None else claims_page(parameters)
+    atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
+    if parameters["profile"] == PROSE_PROFILE:
+        write_prose_numbers(parameters, out_dir)
+    return results
+
+
+def write_prose_numbers(parameters: Mapping[str, Any], out_dir: Path) -> None:
+    """The numbers of the prose pages (`sipe.study.booknumbers`) from the profile's results folder into
+    `out_dir/numbers.json`; a warning when they cannot be computed (the published file is kept)."""
+    from .study.booknumbers import FLOAT32_RESULTS, write_book_numbers
+    from .study.chapters import setup
+
+    try:
+        study = setup(parameters["profile"], parameters["data_root"], parameters["work_dir"], parameters["seed"],
+                      parameters["device"], compute=False)
+        write_book_numbers(out_dir, study.results_dir, FLOAT32_RESULTS, parameters["data_root"])
+    except (SipeError, OSError, KeyError, ValueError) as e:
+        print(f"warning: the numbers of the prose pages were not computed: {e}", file=sys.stderr)
+
+
+def claims_page(parameters: Mapping[str, Any]) -> str:
+    """The claims of the results folder the notebooks wrote (`Study.claims`, which saves `claims.csv`) as the claims
+    page's body (`claims_markdown`), or a line saying why they were not computed."""
     from .study.chapters import setup
     from .study.ladder import LADDER_PROFILES
     from .study.ladderresults import with_combined_verdicts
 
-    study = None
     try:
         study = setup(parameters["profile"], parameters["data_root"], parameters["work_dir"], parameters["seed"],
                       parameters["device"], compute=False)
@@ -321,19 +358,10 @@ def run(notebooks: Sequence[Notebook], notebooks_dir: Path, out_dir: Path, param
             table = with_combined_verdicts(table, study.cfg, study.work_dir)
         shown_dir = os.path.relpath(study.results_dir, REPO_ROOT) if study.results_dir.is_relative_to(REPO_ROOT) \
             else study.results_dir.name
-        page = claims_markdown(table, parameters["profile"], shown_dir, study.setting())
+        return claims_markdown(table, parameters["profile"], shown_dir, study.setting())
     except SipeError as e:
         print(f"warning: the claims were not computed: {e}", file=sys.stderr)
-        page = f"The claims were not computed: {e}\n"
-    atomic_write_text(out_dir / CLAIMS_FILE, page + "\n## Run record\n\n" + run_record_markdown(out_dir))
-    if study is not None and parameters["profile"] == PROSE_PROFILE:
-        from .study.booknumbers import FLOAT32_RESULTS, write_book_numbers
-
-        try:
-            write_book_numbers(out_dir, study.results_dir, FLOAT32_RESULTS, parameters["data_root"])
-        except (SipeError, OSError, KeyError, ValueError) as e:
-            print(f"warning: the numbers of the prose pages were not computed: {e}", file=sys.stderr)
-    return results
+        return f"The claims were not computed: {e}\n"
 
 
 def copy_book_sources(dest: Path, repo: Path = REPO_ROOT) -> Path:

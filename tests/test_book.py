@@ -493,13 +493,13 @@ def test_no_page_is_cut_off_at_laptop_width(local_book, tmp_path):
 def test_chapter_tables_show_long_cells_whole():
     import pandas as pd
 
-    from sipe.study.chapters import show_tables_whole
+    from sipe.study.rendering import configure_display
 
     claim = "SIPE beats the CAM baseline with denseCRF (void as background), the authors' protocol"
     frame = pd.DataFrame({f"column {i}": [claim] for i in range(30)})
     with pd.option_context("display.max_colwidth", 50, "display.max_columns", 20):
         assert claim not in frame._repr_html_()
-        show_tables_whole()
+        configure_display()
         shown = frame._repr_html_()
     assert shown.count(claim) == 30 and "..." not in shown
 

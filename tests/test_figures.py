@@ -185,3 +185,34 @@ def test_seed_curves_sets_each_seeds_gap_to_its_best_threshold_beside_the_papers
     diamonds = [(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in gap.lines if line.get_marker() == "D"]
     assert diamonds == [(0.0, pytest.approx(0.4)), (1.0, pytest.approx(5.3))]
     assert max(curves.get_ylim()) < 40
+
+
+def _legends_inside(fig: Figure) -> None:
+    fig.canvas.draw()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+    assert legends
+    box = fig.bbox
+    for legend in legends:
+        e = legend.get_window_extent()
+        assert box.x0 - 1 <= e.x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0 and e.y1 <= box.y1 + 1, legend
+
+
+def test_every_legend_lies_inside_its_figure():
+    """No legend is anchored outside its figure (it would run over the page's margin)."""
+    import inspect
+    import re
+
+    assert not re.search(r"bbox_to_anchor=\(\s*(-|1\.0*[1-9])", inspect.getsource(F))
+    sweep = pd.DataFrame({"threshold": [0.1, 0.3, 0.5], "miou": [30.0, 34.0, 31.0]})
+    _legends_inside(F.threshold_curve(sweep, 33.0, 36.0, paper={"best": 53.3, "argmax": 53.7, "structure": 58.6}))
+    table = pd.DataFrame({"row": ["a", "a", "b", "b"], "quantity": "q", "seed": [15, 16, 15, 16], "value": [1.0, 2.0, 3.0, 4.0]})
+    _legends_inside(F.per_seed_points(table, "q"))
+    times = pd.DataFrame({"unit": ["sipe-s15", "sipe-s15", "cam-s15"], "stage": ["train", "maps_eval", "train"],
+                          "seconds": [600.0, 120.0, 500.0]})
+    fig = F.stage_times(times)
+    assert isinstance(fig, Figure)
+    _legends_inside(fig)
+    rows = [{"row": f"CAM threshold t = {t:g}", "seed": 15, "value": v} for t, v in {0.3: 30.0, 0.5: 34.0}.items()]
+    rows += [{"row": "CAM argmax", "seed": 15, "value": 33.0}, {"row": "Structure-aware seeds", "seed": 15, "value": 36.0}]
+    _legends_inside(F.seed_curves(pd.DataFrame(rows), paper={"CAM threshold (best over sweep)": 53.3, "CAM argmax": 53.7,
+                                                             "Structure-aware seeds": 58.6}))

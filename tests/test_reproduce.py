@@ -298,3 +298,19 @@ def test_book_sources_copy_keeps_the_published_numbers_and_no_chapter(tmp_path):
     root = copy_book_sources(tmp_path / "src")
     assert [p.name for p in (root / "book" / "executed").iterdir()] == [NUMBERS_FILE]
     assert (root / "book" / "executed" / NUMBERS_FILE).read_bytes() == (REPO / "book" / "executed" / NUMBERS_FILE).read_bytes()
+
+
+def test_notebooks_that_read_the_claims_run_after_the_claims_are_written(tmp_path, monkeypatch):
+    """The Findings page reads claims.csv: the runner writes the claims of this run first, whatever the order given."""
+    import sipe.reproduce as R
+
+    events: list[str] = []
+    monkeypatch.setattr(R, "claims_page", lambda parameters: events.append("claims") or "claims\n")
+    monkeypatch.setattr(R, "run_notebook", lambda nb, *a, **k: events.append(nb.name) or R.NotebookResult(nb.name, "ok", 0.1))
+    parameters = {"profile": "smoke", "seed": None, "device": "cpu"}
+    notebooks = [Notebook("findings", reads_claims=True), Notebook("a"), Notebook("b", ("a",))]
+    results = run(notebooks, tmp_path, tmp_path / "out", parameters)
+    assert events == ["a", "b", "claims", "findings"]
+    assert [r.status for r in results] == ["ok"] * 3
+    assert [e["name"] for e in json.loads((tmp_path / "out" / "provenance.json").read_text())["notebooks"]] == ["findings", "a", "b"]
+    assert [nb.name for nb in NOTEBOOKS if nb.reads_claims] == ["findings"] and NOTEBOOKS[0].reads_claims

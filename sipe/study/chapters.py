@@ -28,6 +28,7 @@ from ..stages.train import TrainResult, run_dir_for
 from .plan import has_results, run_plan
 from .loading import StudyResults, load
 from .records import TIDY_COLUMNS, results_dir_for, training_log_path, unit_paths, write_table
+from .rendering import configure_display, note_markdown
 from .units import trained_sccam
 
 
@@ -271,18 +272,19 @@ class Study:
     def __str__(self) -> str:
         return "\n".join(self.setting().split("; "))
 
+    def _repr_markdown_(self) -> str:
+        """The setting as a bulleted list (a notebook cell ending with the study shows it)."""
+        return note_markdown(str(self), "Setting:")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """The setting's lines as the notebook's plain text (no machine's paths)."""
+        printer.text(str(self))
+
 
 def core_plan(cfg: ExperimentConfig) -> list[pipeline.Unit]:
     """The units of the study the 3-hour budget covers: the plan without SC-CAM (SIPE and the CAM baseline with
     every seed, every other variant with the first)."""
     return [u for u in pipeline.plan(cfg) if u.variant != SCCAM]
-
-
-def show_tables_whole() -> None:
-    """Let the chapters' tables show every cell whole: pandas truncates no cell text ("...") and elides no
-    column."""
-    pd.set_option("display.max_colwidth", None)
-    pd.set_option("display.max_columns", None)
 
 
 def setup(
@@ -299,8 +301,9 @@ def setup(
 ) -> Study:
     """A Study for a notebook's parameters. Relative paths are relative to the repository; `seed` >= 0
     runs the study with that one training seed; compute=False reads only finished units (never trains);
-    nproc > 1 computes units in that many processes (torchrun); `overrides` are section.field=value."""
-    show_tables_whole()
+    nproc > 1 computes units in that many processes (torchrun); `overrides` are section.field=value. Sets the
+    book's table display (`rendering.configure_display`: nothing truncated)."""
+    configure_display()
     sets: dict[str, Any] = dict(overrides)
     if data_root:
         sets["data.root"] = str(_repo_path(data_root))

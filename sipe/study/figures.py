@@ -397,7 +397,7 @@ def per_seed_points(table: pd.DataFrame, quantity: str, path: str | os.PathLike 
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
     ax.set_xlabel(f"{quantity} (%)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.legend(fontsize=7, loc="outside right center")
     return _save(fig, path)
 
 
@@ -406,10 +406,11 @@ def stage_times(times: pd.DataFrame, path: str | os.PathLike | None = None) -> F
     wide = times.pivot_table(index="unit", columns="stage", values="seconds", aggfunc="sum").fillna(0.0) / 60.0
     fig = Figure(figsize=(8, 0.5 + 0.35 * len(wide)), layout="constrained")
     ax = fig.subplots()
-    wide.plot.barh(stacked=True, ax=ax)
+    wide.plot.barh(stacked=True, ax=ax, legend=False)
     ax.set_xlabel("wall time (min)")
     ax.set_ylabel("")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.legend(fontsize=7, loc="outside right center")
+    return _save(fig, path)
 
 
 def segmentation_grid(
