@@ -203,8 +203,6 @@ def test_every_legend_lies_inside_its_figure():
     import re
 
     assert not re.search(r"bbox_to_anchor=\(\s*(-|1\.0*[1-9])", inspect.getsource(F))
-    sweep = pd.DataFrame({"threshold": [0.1, 0.3, 0.5], "miou": [30.0, 34.0, 31.0]})
-    _legends_inside(F.threshold_curve(sweep, 33.0, 36.0, paper={"best": 53.3, "argmax": 53.7, "structure": 58.6}))
     table = pd.DataFrame({"row": ["a", "a", "b", "b"], "quantity": "q", "seed": [15, 16, 15, 16], "value": [1.0, 2.0, 3.0, 4.0]})
     _legends_inside(F.per_seed_points(table, "q"))
     times = pd.DataFrame({"unit": ["sipe-s15", "sipe-s15", "cam-s15"], "stage": ["train", "maps_eval", "train"],
