@@ -336,7 +336,8 @@ def test_the_chapter_runs_with_no_rung_computed(synthetic_root, tmp_path):
                           "--no-compute"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     nb = nbformat.read(out / "12_ladder.ipynb", as_version=4)
-    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                     + str(o.get("data", {}).get("text/markdown", "")) for c in nb.cells
                      if c.cell_type == "code" for o in c.outputs)
     assert "No rung is computed yet (8 declared)" in text
     assert text.count(lr.NOT_COMPUTED) >= len(ladder.RUNGS)

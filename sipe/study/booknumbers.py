@@ -52,14 +52,14 @@ def settings_numbers() -> dict[str, str]:
     """The settings the prose names: from the profiles, the backbone's normalisation, IRN's protocols and
     settings, the segmentation network's and the claims' rules."""
     from ..method.backbones import BACKBONES
-    from ..segmentation import irn, network
+    from ..segmentation import irn
     from .claims import UNCHANGED_TOLERANCE
     from .intervals import BOOTSTRAP_SAMPLES
 
     subset, paper = get_profile("subset"), get_profile("paper")
     lite = BACKBONES[subset.model.backbone]
     extra = [s for s in PAPER_SCALES if s not in subset.infer.scales]
-    ir, seg = irn.profile_settings("subset"), network.profile_settings("subset")
+    ir, seg = subset.irn, subset.seg
     return {
         "subset_norm_mean": num(lite.mean[0]), "subset_norm_std": num(lite.std[0]),
         "subset_bg_scale": num(subset.model.bg_scale), "paper_bg_scale": num(paper.model.bg_scale),
@@ -182,12 +182,11 @@ def segmentation_numbers(data_root: str | Path | None) -> dict[str, str]:
     """How many fewer images the subset's segmentation networks see, and their epochs in samples of train_aug
     epochs (needs the data root, for the split sizes)."""
     from ..data import voc
-    from ..segmentation import irn, network
 
     if not data_root or not Path(data_root).is_dir():
         return {}
     cfg = get_profile("subset", **{"data.root": str(data_root)})
-    i, s = irn.profile_settings("subset"), network.profile_settings("subset")
+    i, s = cfg.irn, cfg.seg
     n_pseudo = len(voc.read_split(data_root, i.pseudo_split))
     n_aug = len(voc.read_split(data_root, cfg.data.train_split))
     return {"seg_fewer_than_subset": num(n_aug / n_pseudo), "seg_fewer_than_paper": num(FULL_VOC_SIZES["train_aug"] / n_pseudo, 0),
