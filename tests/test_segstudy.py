@@ -234,6 +234,7 @@ def test_notebook_10_runs_through_the_runner_for_smoke(unit_run: dict, tmp_path:
 
     nb = nbformat.read(out / f"{NOTEBOOK}.ipynb", as_version=4)
     text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                     + str(o.get("data", {}).get("text/markdown", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "MS COCO 2014 is not available" in text and "train2014.zip" in text
     assert "not computed yet" not in text and "68.8" in text

@@ -325,14 +325,14 @@ def pick_example_images(
     rng = np.random.default_rng(seed)
     large = cands[cands["area"] >= min_area]
     pref_idx = [voc.CLASS_NAMES.index(c) for c in preferred]
-    queues = [list(rng.permutation(large.loc[large["class_index"] == c, "id"].to_numpy())) for c in pref_idx]
+    queues = [list(rng.permutation(large.loc[large["class_index"] == c, "id"].to_numpy(copy=True))) for c in pref_idx]
     chosen: list[str] = []
     while len(chosen) < n and any(queues):
         for q in queues:
             if q and len(chosen) < n:
                 chosen.append(str(q.pop(0)))
     others = large[~large["class_index"].isin(pref_idx)]
-    chosen += [str(i) for i in rng.permutation(others["id"].to_numpy())][: n - len(chosen)]
+    chosen += [str(i) for i in rng.permutation(others["id"].to_numpy(copy=True))][: n - len(chosen)]
     rest = cands[~cands["id"].isin(chosen)].sort_values("area", ascending=False, kind="stable")
     chosen += rest["id"].tolist()[: n - len(chosen)]
     out = cands.set_index("id").loc[chosen].reset_index()

@@ -2,6 +2,8 @@
 results from the committed results folders. `write_book_numbers` writes them to `book/executed/numbers.json`
 (the runner calls it after the notebooks); the Sphinx extension `book/_ext/book_numbers.py` hands them to the pages
 as MyST substitutions, ``{{ name }}``, so no page types a number that the results or the settings give.
+`FLOAT32_RESULTS` is the float32 study (maps in float32, the same trained models), compared with the published
+bfloat16 one.
 
     python -m sipe.study.booknumbers [--results results/subset] [--float32 results/subset-float32]
 """
@@ -21,7 +23,6 @@ from .paper import FULL_VOC_SIZES, PAPER_MOMENTUM, PAPER_SCALES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUMBERS_FILE = "numbers.json"
 FLOAT32_RESULTS = REPO_ROOT / "results" / "subset-float32"
-"""The float32 study (maps in float32, the same trained models), compared with the published bfloat16 one."""
 PRECISIONS = ("float32", "bfloat16")
 CI_LEVEL = 0.95
 """The level of the claims' bootstrap intervals (`sipe.study.intervals.bootstrap_claim`'s default)."""
