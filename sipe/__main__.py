@@ -38,6 +38,7 @@ from .infra.config import (PROFILES, SCCAM, VARIANTS, DATA_ROOT_ENV, WORK_DIR_EN
 from .infra import distributed
 from .infra.errors import cli_entry
 from .method.backbones import check_config
+from .study.records import PUBLISHED_PROFILES
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 moved = plan.set_aside(cfg, work, results_dir, unit)
                 print(f"{unit.name}: results record removed; set aside: {', '.join(str(m) for m in moved) or 'no folder'}")
         plan.run_plan(cfg, work, args.results_dir or None, todo, progress=progress)
-        if rung is None and distributed.is_main():
+        if rung is None and cfg.profile in PUBLISHED_PROFILES and distributed.is_main():
             figure_inputs(cfg, work, args.results_dir)
         return 0
     sccam = units.trained_sccam(cfg, work, progress=progress)[0] if args.variant == SCCAM else None
