@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..infra.config import get_profile
@@ -54,8 +55,9 @@ def settings_numbers() -> dict[str, str]:
     settings, the segmentation network's and the claims' rules."""
     from ..method.backbones import BACKBONES
     from ..segmentation import irn
-    from .claims import UNCHANGED_TOLERANCE
+    from .claims import AT_LEAST_HALF, IN_FULL, MAGNITUDE_SHARE, SMALLER, UNCHANGED_TOLERANCE, UNDECIDED
     from .intervals import BOOTSTRAP_SAMPLES
+    from .ladder import BUDGET_HOURS, RUNGS
 
     subset, paper = get_profile("subset"), get_profile("paper")
     lite = BACKBONES[subset.model.backbone]
@@ -77,6 +79,12 @@ def settings_numbers() -> dict[str, str]:
         "seg_rates": "/".join(str(r) for r in seg.aspp_rates), "seg_crop": str(seg.crop_size), "seg_epochs": str(seg.epochs),
         "ci_low_percentile": num(100 * (1 - CI_LEVEL) / 2), "ci_high_percentile": num(100 * (1 + CI_LEVEL) / 2),
         "unchanged_tolerance": num(UNCHANGED_TOLERANCE), "bootstrap_samples": f"{BOOTSTRAP_SAMPLES:,}",
+        "selection_images": str(subset.study.selection_images), "fig8_thresholds": str(len(subset.study.fig8_thresholds)),
+        "paper_epochs": str(paper.train.epochs), "subset_head_channels": f"{lite.stage_channels[-1]:,}",
+        "ladder_data_images": " or ".join(str(r.overrides["data.max_images"]) for r in RUNGS if r.axis == "data"),
+        "ladder_budget_hours": num(BUDGET_HOURS, 0), "ci_level": num(100 * CI_LEVEL, 0),
+        "magnitude_share": num(100 * MAGNITUDE_SHARE, 0), "magnitude_in_full": IN_FULL, "magnitude_half": AT_LEAST_HALF,
+        "magnitude_smaller": SMALLER, "magnitude_undecided": UNDECIDED,
     }
 
 
@@ -153,7 +161,9 @@ def cost_numbers(results_dir: Path, float32_dir: Path | None) -> dict[str, str]:
     old = records(float32_dir) if float32_dir and float32_dir.is_dir() else {}
     table = cost_table(runs)
     fast = fastest_training(results_dir, runs)
-    out = {"cost_table": cost_markdown(table), "core_hours": num(core_hours(runs)),
+    paper_epochs = get_profile("paper").train.epochs
+    out = {**lever_numbers(runs, paper_epochs - 1, paper_epochs),
+           "cost_table": cost_markdown(table), "core_hours": num(core_hours(runs)),
            "train_steps_per_s": span([r for r, _ in fast], 2), "train_minutes": span([m for _, m in fast]),
            "all_units": str(len(runs)), "all_units_hours": num(sum(stage_minutes(r)["total"] for r in runs.values()) / 60)}
     if old:
@@ -179,9 +189,70 @@ def cost_numbers(results_dir: Path, float32_dir: Path | None) -> dict[str, str]:
     return out
 
 
+def lever_numbers(runs: Mapping[str, dict], fewer_epochs: int, paper_epochs: int, selection_fraction: float = 0.5) -> dict[str, str]:
+    """What the core study (CORE_STUDY, each variant at its fastest unit) would save with `fewer_epochs` training
+    epochs instead of `paper_epochs` and a selection split `selection_fraction` as large (minutes), and its hours
+    after both."""
+    train = selection = 0.0
+    for variant, n in CORE_STUDY.items():
+        rs = [r for r in runs.values() if r["variant"] == variant]
+        if rs:
+            train += n * min(stage_minutes(r)["train"] for r in rs)
+            selection += n * min(r["wall_seconds"].get("maps_selection", 0.0) for r in rs) / 60
+    epochs_saved = train * (1 - fewer_epochs / paper_epochs)
+    selection_saved = selection * (1 - selection_fraction)
+    return {"lever_epochs": str(fewer_epochs), "lever_epochs_minutes": num(epochs_saved, 0),
+            "lever_selection_minutes": num(selection_saved, 0), "lever_minutes": num(epochs_saved + selection_saved, 0),
+            "lever_core_hours": num(core_hours(runs) - (epochs_saved + selection_saved) / 60)}
+
+
+def certificate_numbers(runs: Mapping[str, dict]) -> dict[str, str]:
+    """The last certified refactor as the records store it (`certified`): its revisions, date and machine, and per
+    certifying unit the training steps and confusion arrays found identical (names `cert_<variant>_...`)."""
+    certs = [r["certified"] for r in runs.values() if r.get("certified")]
+    if not certs:
+        return {}
+    c = max(certs, key=lambda c: c["date"])
+    m = c["machine"]
+    out = {"cert_revision": c["revision"][:7], "cert_previous": c["previous_revision"][:7], "cert_date": c["date"][:10],
+           "cert_machine": f"{m['cpu']}, torch's {m['torch_cpu_capability']} kernels, {m['torch_threads']} threads"}
+    for unit, comparison in zip(c["units"], c["comparison"]):
+        key = f"cert_{runs[unit]['variant']}" if unit in runs else f"cert_{unit.split('-')[0]}"
+        before, after = (s.strip() for s in comparison["revisions"].split("->"))
+        out.update({f"{key}_steps": str(comparison["log_steps"]), f"{key}_arrays": str(comparison["confusion_arrays"]),
+                    f"{key}_published_at": before})
+    return out
+
+
+def results_numbers(results_dir: Path) -> dict[str, str]:
+    """Sizes the committed results give: the evaluated images and the classes present in their ground truth (a
+    SIPE unit's per-image confusions, rows = ground truth), the segmentation units' val images, the training
+    steps of a SIPE unit's log; and the paper's split sizes."""
+    from ..data import voc
+
+    runs = records(results_dir)
+    out = {"paper_train_aug_images": f"{FULL_VOC_SIZES['train_aug']:,}", "paper_train_images": f"{FULL_VOC_SIZES['train']:,}",
+           "paper_val_images": f"{FULL_VOC_SIZES['val']:,}", "voc_classes": str(voc.NUM_CLASSES + 1)}
+    sipe = sorted(u for u, r in runs.items() if r["variant"] == "sipe")
+    if sipe:
+        with np.load(results_dir / "confusions" / f"{sipe[0]}.npz") as z:
+            first = z[sorted(f for f in z.files if f.startswith("train/"))[0]]
+        out["eval_images"] = f"{first.shape[0]:,}"
+        cm = first.reshape(-1, *first.shape[-2:]).sum(0)
+        out["eval_classes_present"] = str(int((cm.sum(1) > 0).sum()))
+        out["train_steps"] = str(int(pd.read_csv(results_dir / "logs" / f"{sipe[0]}.csv")["step"].max()))
+    seg = sorted(u for u, r in runs.items() if r["variant"] == "segmentation")
+    if seg:
+        with np.load(results_dir / "confusions" / f"{seg[0]}.npz") as z:
+            out["val_images"] = f"{len(z['val/ids']):,}"
+    out.update(certificate_numbers(runs))
+    return out
+
+
 def segmentation_numbers(data_root: str | Path | None) -> dict[str, str]:
-    """How many fewer images the subset's segmentation networks see, and their epochs in samples of train_aug
-    epochs (needs the data root, for the split sizes)."""
+    """The subset's train_aug size, the segmentation unit's CPU budget, how many fewer images the subset's
+    segmentation networks see, and their epochs in samples of train_aug epochs (needs the data root, for the
+    split sizes)."""
     from ..data import voc
 
     if not data_root or not Path(data_root).is_dir():
@@ -190,7 +261,10 @@ def segmentation_numbers(data_root: str | Path | None) -> dict[str, str]:
     i, s = cfg.irn, cfg.seg
     n_pseudo = len(voc.read_split(data_root, i.pseudo_split))
     n_aug = len(voc.read_split(data_root, cfg.data.train_split))
-    return {"seg_fewer_than_subset": num(n_aug / n_pseudo), "seg_fewer_than_paper": num(FULL_VOC_SIZES["train_aug"] / n_pseudo, 0),
+    from .segresults import cpu_budget
+
+    return {"subset_train_images": f"{n_aug:,}", "seg_cpu_hours": num(cpu_budget(cfg)["cpu_min"].sum() / 60, 0),
+            "seg_fewer_than_subset": num(n_aug / n_pseudo), "seg_fewer_than_paper": num(FULL_VOC_SIZES["train_aug"] / n_pseudo, 0),
             "irn_epochs_in_train_aug": num(i.epochs * n_pseudo / n_aug, 0),
             "seg_epochs_in_train_aug": num(s.epochs * n_pseudo / n_aug)}
 
@@ -284,6 +358,7 @@ def book_numbers(results_dir: Path, float32_dir: Path | None = None, data_root: 
     the units' identities; without it those numbers are left out)."""
     out = settings_numbers()
     out.update(cost_numbers(results_dir, float32_dir))
+    out.update(results_numbers(results_dir))
     out.update(segmentation_numbers(data_root))
     if float32_dir is not None and float32_dir.is_dir():
         claims = precision_claims(float32_dir, results_dir, data_root) if data_root else None
