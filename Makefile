@@ -17,6 +17,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sipe-installed
 PROFILE ?= subset
 NPROC ?= 1
+# pytest-xdist workers of `make test` / `make test-fast` (one test file per worker at a time: module fixtures run once)
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 # A data root given by the caller (command line or environment), before any default applies.
 GIVEN_DATA_ROOT := $(or $(DATA_ROOT),$(SIPE_DATA_ROOT))
 DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),../shared/data/voc2012_subset)
@@ -43,11 +46,11 @@ browser-deps:
 # The suite makes its own data (synthetic, or the shared subset found by the tests): an inherited
 # SIPE_DATA_ROOT must not leak into it.
 test: env browser-deps
-	@rc=0; env -u SIPE_DATA_ROOT $(BIN)/python -m pytest -q || rc=$$?; \
+	@rc=0; env -u SIPE_DATA_ROOT $(PYTEST) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: env
-	@rc=0; env -u SIPE_DATA_ROOT $(BIN)/python -m pytest -q -m "not slow" || rc=$$?; \
+	@rc=0; env -u SIPE_DATA_ROOT $(PYTEST) -m "not slow" || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # Standard library only: fails in a second, before the long install, when the data root is wrong.

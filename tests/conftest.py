@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny synthetic VOC-layout dataset and the real VOC 2012 subset (when present)."""
+"""Shared fixtures: a tiny synthetic VOC-layout dataset and the real VOC 2012 subset (when present). Under
+pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts use one thread."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread per xdist worker (and its subprocesses): no oversubscribed cores
 
 import pytest
 

@@ -1,7 +1,7 @@
-"""The smoke path end to end: every notebook through the runner, the Jupyter Book build, and the pages as a
-headless browser renders them; the committed book built as the Pages workflow builds it (a fresh environment
-with only what the workflow installs) against the same book built here. The tests that need a built book are
-marked slow (minutes)."""
+"""The book as its readers get it: every chapter re-executed from the committed outputs on a copy of the checkout
+(what a fresh clone can do), built here and as the Pages workflow builds it (a fresh environment with only what
+the workflow installs), and the pages as headless Chromium renders them. The tests that need a built book are
+marked slow (minutes); the smoke path (every notebook computing its units) is tests/test_smoke_path.py."""
 from __future__ import annotations
 
 import ast
@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
 import numpy as np
@@ -21,7 +22,8 @@ from bs4 import BeautifulSoup
 from PIL import Image
 
 from sipe.infra.provenance import provenance_table
-from sipe.reproduce import NOTEBOOKS, copy_book_sources
+from sipe.reproduce import NOTEBOOKS
+from sipe.study.figinputs import FIGURES, record_path
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO / "notebooks"
@@ -76,19 +78,6 @@ def is_number(text: str) -> bool:
     return bool(NUMBER.match(text.strip().replace(",", "")))
 
 
-def data_root(tmp: Path) -> Path:
-    """The real VOC subset when available (SIPE_DATA_ROOT, SIPE_SUBSET_ROOT, ../shared/data), else a
-    synthetic dataset in the same layout."""
-    candidates = [os.environ.get("SIPE_DATA_ROOT"), os.environ.get("SIPE_SUBSET_ROOT"),
-                  str(REPO.parent / "shared" / "data" / "voc2012_subset")]
-    for c in candidates:
-        if c and (Path(c) / "JPEGImages").is_dir():
-            return Path(c)
-    from sipe.data.synthetic import make_synthetic_voc
-
-    return make_synthetic_voc(tmp / "synthetic_voc", n_images=16, size=(96, 128), seed=0)
-
-
 def test_toc_lists_the_runners_notebooks_and_existing_pages():
     files = toc_files()
     assert [f for f in files if f.startswith("book/executed/")] == [f"book/executed/{nb.name}" for nb in NOTEBOOKS]
@@ -98,23 +87,9 @@ def test_toc_lists_the_runners_notebooks_and_existing_pages():
 
 
 @pytest.fixture(scope="module")
-def html(tmp_path_factory) -> Path:
-    """Run the smoke profile into a copy of the book's sources and build it; returns _build/html."""
-    if not any(NOTEBOOKS_DIR.glob("*.ipynb")):
-        pytest.skip("notebooks/ has no notebooks yet: nothing to run for the smoke path")
-    tmp = tmp_path_factory.mktemp("smoke_book")
-    root = copy_book_sources(tmp / "src")
-    run = subprocess.run(
-        [sys.executable, "-m", "sipe.reproduce", "--profile", "smoke", "--data-root", str(data_root(tmp)),
-         "--work-dir", str(tmp / "work"), "--out", str(root / "book" / "executed"),
-         "--notebooks-dir", str(NOTEBOOKS_DIR), "--device", "cpu"],
-        capture_output=True, text=True, timeout=1800)
-    assert run.returncode == 0, f"runner failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    build = subprocess.run(["bash", "-c", workflow_build_command()], cwd=root, env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, f"the workflow's book build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    return root / "_build" / "html"
+def html(local_book) -> Path:
+    """The republished book's _build/html (see `local_book`)."""
+    return local_book.html
 
 
 def page(html: Path, doc: str) -> BeautifulSoup:
@@ -149,6 +124,7 @@ def test_result_tables_hold_numbers(html):
             assert any(is_number(c) or OURS.match(c) for c in cells), f"{nb.name}: a table without numbers: {cells[:10]}"
 
 
+@pytest.mark.slow
 def test_every_ours_column_holds_numbers_of_ours(html):
     """Paper-vs-ours tables: each 'ours' column has at least one measured number (mean ± std (n)), so no
     chapter shows only the paper's numbers under our name."""
@@ -244,15 +220,47 @@ def run_step(command: str, root: Path, env: dict[str, str]) -> str:
     return run.stdout + run.stderr
 
 
+class Republished(NamedTuple):
+    html: Path
+    log: str
+    root: Path
+    runner_output: str
+
+
+CLEARED_ENV = ("SIPE_WORK_DIR", "SIPE_RESULTS_DIR", "SIPE_DATA_ROOT", "PYTHONPATH")
+
+
 @pytest.fixture(scope="module")
-def local_book(tmp_path_factory) -> tuple[Path, str]:
-    """The committed book (book/executed/, results/subset/) built in this environment as `make book` does, from a
-    copy of the checkout whose `sipe` autodoc imports; (_build/html, build output)."""
+def local_book(real_root: Path, tmp_path_factory) -> Republished:
+    """The book as a fresh clone republishes it: a copy of the checkout (no work folder, no trained weights), every
+    chapter re-executed from the committed outputs (`python -m sipe.reproduce --no-compute`, as the README says),
+    then built with the workflow's command in this environment, whose `sipe` autodoc imports."""
     root = checkout_copy(tmp_path_factory.mktemp("local_book"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(root)}
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "-m", "sipe.reproduce", "--profile", "subset", "--no-compute",
+                          "--data-root", str(real_root), "--device", "cpu"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=3600)
+    assert run.returncode == 0, f"runner failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     log = run_step(workflow_build_command(), root, env)
-    return root / "_build" / "html", log
+    return Republished(root / "_build" / "html", log, root, run.stdout)
+
+
+@pytest.mark.slow
+def test_no_compute_on_a_fresh_copy_executes_every_chapter(local_book: Republished) -> None:
+    """Every chapter re-executes from the committed outputs alone, computes nothing and writes the committed
+    tables again (the figures read their committed inputs, `sipe.study.figinputs`)."""
+    results = REPO / "results" / "subset"
+    assert all(record_path(results, name).is_file() for name in FIGURES), "committed figure inputs are missing"
+    assert f"{len(NOTEBOOKS)}/{len(NOTEBOOKS)} notebook(s) finished" in local_book.runner_output
+    clone = local_book.root
+    assert not (clone / "work").exists(), "the chapters made a work folder: something was computed"
+    for nb in NOTEBOOKS:
+        assert (clone / "book" / "executed" / f"{nb.name}.ipynb").is_file(), nb.name
+        assert not (clone / "book" / "executed" / f"{nb.name}.failed.ipynb").exists(), nb.name
+    for table in sorted(results.glob("*.csv")):
+        assert (clone / "results" / "subset" / table.name).read_text() == table.read_text(), \
+            f"{table.name} changed when re-executed from the committed outputs"
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +338,7 @@ def test_pages_build_documents_the_api_without_torch(pages_book):
 
 @pytest.mark.slow
 def test_pages_build_equals_the_local_build(pages_book, local_book):
-    pages, local = pages_book[0], local_book[0]
+    pages, local = pages_book[0], local_book.html
     assert html_pages(pages) == html_pages(local)
     for name in html_pages(local):
         assert section_titles(pages / name) == section_titles(local / name), name
@@ -339,7 +347,7 @@ def test_pages_build_equals_the_local_build(pages_book, local_book):
 
 @pytest.mark.slow
 def test_header_links_the_repository_and_its_issues(local_book):
-    html = local_book[0]
+    html = local_book.html
     url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
     for doc in toc_files():
         soup = page(html, doc)
@@ -383,7 +391,7 @@ def test_chapters_link_the_tidy_csvs_they_write():
 
 @pytest.mark.slow
 def test_built_chapters_download_their_csvs_under_their_tables(local_book):
-    html = local_book[0]
+    html = local_book.html
     for name in sorted(chapters_writing_tidy_tables()):
         soup = page(html, f"book/executed/{name}")
         links = soup.select("a.reference.download")
@@ -484,7 +492,7 @@ def test_layout_script_finds_overflow_and_truncation(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (`make test` installs it as root)")
 def test_no_page_is_cut_off_at_laptop_width(local_book, tmp_path):
-    found = layout_problems(local_book[0], toc_files(), tmp_path)
+    found = layout_problems(local_book.html, toc_files(), tmp_path)
     bad = {doc: problems for doc, problems in found.items() if problems}
     assert not bad, "\n".join(f"{doc}: {p['kind']} {p['what']}" + (f" ({p['content']} px > {p['box']} px)" if p["box"] else "")
                               for doc, problems in bad.items() for p in problems)
@@ -506,7 +514,7 @@ def test_chapter_tables_show_long_cells_whole():
 
 @pytest.mark.slow
 def test_prose_pages_show_the_computed_numbers(local_book):
-    html, log = local_book
+    html, log = local_book.html, local_book.log
     assert "Substitution error" not in log, log[log.find("Substitution error") - 300:][:1500]
     numbers = json.loads((REPO / "book" / "executed" / "numbers.json").read_text())
     setting = text(page(html, "book/setting").find("main"))

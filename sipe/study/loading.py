@@ -78,6 +78,7 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Unit] |
     differs from the code it was computed with or certified equal to) and `code_changed_files`."""
     results_dir = Path(results_dir)
     frames, meta, stale, missing = [], {}, [], []
+    code_hashes: dict[str, dict[str, str]] = {}
     for unit in units if units is not None else pipeline.plan(cfg):
         paths = unit_paths(results_dir, unit.name)
         if not (paths["csv"].exists() and paths["json"].exists()):
@@ -88,7 +89,9 @@ def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Unit] |
         if any(record.get(k) != v for k, v in kind.identity(cfg, unit).items()):
             stale.append(unit.name)
             continue
-        record["code_changed"], record["code_changed_files"] = code_changes(record, unit, kind.code_hashes(),
+        if kind.name not in code_hashes:
+            code_hashes[kind.name] = kind.code_hashes()
+        record["code_changed"], record["code_changed_files"] = code_changes(record, unit, code_hashes[kind.name],
                                                                             kind.sources)
         meta[unit.name] = record
         frame = pd.read_csv(paths["csv"])
