@@ -250,6 +250,21 @@ def test_deltas_and_verdicts_per_rung_with_a_rung_not_computed(tmp_path):
     assert shown.loc["SIPE - CAM"].tolist() == ["+8.5", "+2.0 ± 0.5 (n=3)", "-1.3 ± 0.6 (n=3)", lr.NOT_COMPUTED]
 
 
+def test_a_rung_whose_verdict_changes_needs_three_seeds():
+    a, b = "SIPE beats the CAM baseline (localization maps)", "IPE improves over the CAM baseline"
+    rows = [("subset", a, "holds", 3), ("subset", b, "mixed", 3),
+            ("data375", a, "holds", 1), ("data375", b, "fails", 1),
+            ("epochs10", a, "fails", 3), ("epochs10", b, "mixed", 3),
+            ("scales4", a, "holds", 1), ("scales4", b, "mixed", 1),
+            ("lite2", a, lr.NOT_COMPUTED, 0), ("lite2", b, lr.NOT_COMPUTED, 0)]
+    frame = pd.DataFrame(rows, columns=["rung", "claim", "verdict", "n_seeds"])
+    changes = lr.verdict_changes(frame, "subset").set_index("rung")
+    assert list(changes.index) == ["data375", "epochs10", "scales4"]
+    assert changes.loc["data375"].tolist() == [f"{b}: mixed -> fails", 1, 2]
+    assert changes.loc["epochs10"].tolist() == [f"{a}: holds -> fails", 3, 0]
+    assert changes.loc["scales4"].tolist() == ["none", 1, 0]
+
+
 def test_rung_status_names_the_units_folder_and_command(tmp_path, monkeypatch):
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     folder = ladder.rung_results_dir("subset", tmp_path, "lite2")

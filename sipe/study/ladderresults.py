@@ -340,6 +340,28 @@ def slope_table(slopes: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+SEEDS_WHERE_VERDICT_CHANGES = 3
+"""Training seeds a rung needs once a claim's verdict there differs from the base study's (issue #22)."""
+
+
+def verdict_changes(frame: pd.DataFrame, base: str, seeds: int = SEEDS_WHERE_VERDICT_CHANGES) -> pd.DataFrame:
+    """Per computed rung other than `base` (a `ladder_claims` frame), the claims whose verdict differs from the base
+    study's (as 'claim: base verdict -> rung verdict'), its training seeds and the seeds it still needs
+    (columns rung, changed, seeds, seeds needed); rungs where no verdict changes need none."""
+    at_base = frame[frame["rung"] == base].set_index("claim")["verdict"]
+    rows = []
+    for rung, part in frame[frame["rung"] != base].groupby("rung", sort=False):
+        part = part[part["verdict"] != NOT_COMPUTED]
+        if part.empty:
+            continue
+        changed = [f"{c}: {at_base[c]} -> {v}" for c, v in zip(part["claim"], part["verdict"])
+                   if c in at_base.index and at_base[c] != v]
+        have = int(part["n_seeds"].max())
+        rows.append({"rung": rung, "changed": "; ".join(changed) or "none", "seeds": have,
+                     "seeds needed": max(seeds - have, 0) if changed else 0})
+    return pd.DataFrame(rows, columns=["rung", "changed", "seeds", "seeds needed"])
+
+
 def failing_claims(frame: pd.DataFrame, base: str) -> dict[str, float]:
     """{claim: the paper's delta} of the claims that fail in the base study (`ladder_claims` frame)."""
     sel = frame[(frame["rung"] == base) & (frame["verdict"] == "fails")]
