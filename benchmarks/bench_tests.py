@@ -19,19 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from sipe.infra.provenance import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"fast": 90.0, "full": 300.0}
 MARKERS = {"fast": ["-m", "not slow"], "full": []}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(kind: str, workers: str, durations: int) -> tuple[float, int, str, list[str]]:
@@ -54,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=sorted(TARGETS), help="time one of the two runs")
     p.add_argument("--durations", type=int, default=15, help="slowest tests to print per run")
     a = p.parse_args(argv)
-    print(f"{datetime.date.today()}  {cpu_model()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+    print(f"{datetime.date.today()}  {cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"workers {a.workers}")
     failed = False
     for kind in [a.only] if a.only else ["fast", "full"]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,19 +125,30 @@ def cost_markdown(table: pd.DataFrame) -> str:
     return out.to_markdown(index=False)
 
 
+def core_least(runs: Mapping[str, dict], part: Callable[[Mapping], float]) -> dict[str, float]:
+    """{variant of CORE_STUDY: the least `part(record)` over its units in `runs`}, variants without a unit left out."""
+    least = {}
+    for variant in CORE_STUDY:
+        values = [part(r) for r in runs.values() if r["variant"] == variant]
+        if values:
+            least[variant] = min(values)
+    return least
+
+
+def train_minutes(record: Mapping) -> float:
+    """Minutes of a unit's training, from its record."""
+    return stage_minutes(record)["train"]
+
+
 def core_hours(runs: Mapping[str, dict], train_runs: Mapping[str, dict] | None = None) -> float:
     """Hours of the core study (CORE_STUDY), each unit at its variant's fastest unit; with `train_runs`, each
     variant's training at the fastest of both folders (training is the same in either maps precision)."""
-    total = 0.0
-    for variant, n in CORE_STUDY.items():
-        minutes = [stage_minutes(r) for r in runs.values() if r["variant"] == variant]
-        if not minutes:
-            continue
-        train = min(m["train"] for m in minutes)
-        if train_runs:
-            train = min([train] + [stage_minutes(r)["train"] for r in train_runs.values() if r["variant"] == variant])
-        total += n * (train + min(m["total"] - m["train"] for m in minutes))
-    return total / 60
+    rest = core_least(runs, lambda r: stage_minutes(r)["total"] - stage_minutes(r)["train"])
+    train = core_least(runs, train_minutes)
+    if train_runs:
+        other = core_least(train_runs, train_minutes)
+        train = {v: min(t, other.get(v, t)) for v, t in train.items()}
+    return sum(CORE_STUDY[v] * (train[v] + rest[v]) for v in rest) / 60
 
 
 def fastest_training(results_dir: Path, runs: Mapping[str, dict], variants: Sequence[str] = ("sipe", "cam")) -> list[tuple[float, float]]:
@@ -193,12 +204,9 @@ def lever_numbers(runs: Mapping[str, dict], fewer_epochs: int, paper_epochs: int
     """What the core study (CORE_STUDY, each variant at its fastest unit) would save with `fewer_epochs` training
     epochs instead of `paper_epochs` and a selection split `selection_fraction` as large (minutes), and its hours
     after both."""
-    train = selection = 0.0
-    for variant, n in CORE_STUDY.items():
-        rs = [r for r in runs.values() if r["variant"] == variant]
-        if rs:
-            train += n * min(stage_minutes(r)["train"] for r in rs)
-            selection += n * min(r["wall_seconds"].get("maps_selection", 0.0) for r in rs) / 60
+    train = sum(CORE_STUDY[v] * m for v, m in core_least(runs, train_minutes).items())
+    selection = sum(CORE_STUDY[v] * m for v, m in
+                    core_least(runs, lambda r: r["wall_seconds"].get("maps_selection", 0.0) / 60).items())
     epochs_saved = train * (1 - fewer_epochs / paper_epochs)
     selection_saved = selection * (1 - selection_fraction)
     return {"lever_epochs": str(fewer_epochs), "lever_epochs_minutes": num(epochs_saved, 0),
@@ -218,9 +226,8 @@ def certificate_numbers(runs: Mapping[str, dict]) -> dict[str, str]:
            "cert_machine": f"{m['cpu']}, torch's {m['torch_cpu_capability']} kernels, {m['torch_threads']} threads"}
     for unit, comparison in zip(c["units"], c["comparison"]):
         key = f"cert_{runs[unit]['variant']}" if unit in runs else f"cert_{unit.split('-')[0]}"
-        before, after = (s.strip() for s in comparison["revisions"].split("->"))
         out.update({f"{key}_steps": str(comparison["log_steps"]), f"{key}_arrays": str(comparison["confusion_arrays"]),
-                    f"{key}_published_at": before})
+                    f"{key}_published_at": comparison["revisions"].split("->")[0].strip()})
     return out
 
 
@@ -254,6 +261,7 @@ def segmentation_numbers(data_root: str | Path | None) -> dict[str, str]:
     segmentation networks see, and their epochs in samples of train_aug epochs (needs the data root, for the
     split sizes)."""
     from ..data import voc
+    from .segresults import cpu_budget
 
     if not data_root or not Path(data_root).is_dir():
         return {}
@@ -261,8 +269,6 @@ def segmentation_numbers(data_root: str | Path | None) -> dict[str, str]:
     i, s = cfg.irn, cfg.seg
     n_pseudo = len(voc.read_split(data_root, i.pseudo_split))
     n_aug = len(voc.read_split(data_root, cfg.data.train_split))
-    from .segresults import cpu_budget
-
     return {"subset_train_images": f"{n_aug:,}", "seg_cpu_hours": num(cpu_budget(cfg)["cpu_min"].sum() / 60, 0),
             "seg_fewer_than_subset": num(n_aug / n_pseudo), "seg_fewer_than_paper": num(FULL_VOC_SIZES["train_aug"] / n_pseudo, 0),
             "irn_epochs_in_train_aug": num(i.epochs * n_pseudo / n_aug, 0),
