@@ -369,3 +369,26 @@ def test_the_claims_page_column_reads_the_combined_rung(tmp_path, monkeypatch):
     assert SIPE_VS_CAM.claim in decided and 0 < len(decided) < len(table)
     assert (column[list(decided)] == lr.NOT_COMPUTED).all()
     assert (column.drop(list(decided)) == lr.NOT_IN_LADDER).all()
+
+
+def test_missing_seeds_are_priced_and_weighed_against_the_budget():
+    a = "SIPE beats the CAM baseline (localization maps)"
+    frame = pd.DataFrame([("subset", a, "holds", 3), ("data375", a, "fails", 1), ("lite2", a, "holds", 1)],
+                         columns=["rung", "claim", "verdict", "n_seeds"])
+    hours = ladder.seed_hours(["data375", "lite2"])
+    assert hours["data375"] > 0 and hours["lite2"] > 0
+    changes = lr.verdict_changes(frame, "subset", hours=hours).set_index("rung")
+    assert changes.loc["data375", "hours for the seeds"] == round(hours["data375"], 2)
+    assert changes.loc["lite2", "hours for the seeds"] == 0.0
+    tight = lr.seeds_note(changes.reset_index(), ladder_hours=11.0, budget_hours=12.0)
+    assert "data375" in tight and "do not fit" in tight and "one training seed's" in tight
+    roomy = lr.seeds_note(changes.reset_index(), ladder_hours=1.0, budget_hours=12.0)
+    assert "fit in the budget" in roomy and "do not fit" not in roomy
+    assert "no rung needs" in lr.seeds_note(changes.iloc[:0].reset_index(), 1.0, 12.0)
+
+
+def test_reseeding_a_rung_prices_two_more_seeds_of_its_units():
+    declared = ladder.budget().set_index("rung")["total_h"]
+    extra = ladder.seed_hours(["data750", "combined"])
+    assert extra["combined"] == 0.0  # declared with three seeds already
+    assert 1.5 * declared["data750"] < extra["data750"] <= 2.0 * declared["data750"] + 1e-9

@@ -10,6 +10,7 @@ models). `python -m sipe ladder` prints the rungs with their estimated cost.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -266,6 +267,16 @@ def budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None
     return pd.DataFrame(rows)
 
 
+def seed_hours(names: Sequence[str], seeds: tuple[int, ...] = (15, 16, 17), rungs: Sequence[Rung] = RUNGS,
+               measured_dir: str | Path | None = None, profile: str = "subset") -> dict[str, float]:
+    """{rung: the estimated hours that running it with `seeds` instead of its declared seeds would add}, for the
+    rungs `names` of `rungs`: the `budget` of the ladder with those rungs reseeded minus the declared ladder's."""
+    reseeded = [dataclasses.replace(r, seeds=seeds) if r.name in names else r for r in rungs]
+    before = budget(rungs, measured_dir, profile).set_index("rung")["total_h"]
+    after = budget(reseeded, measured_dir, profile).set_index("rung")["total_h"]
+    return {name: float(after[name] - before[name]) for name in names}
+
+
 def _unit_hours(record: Mapping[str, Any], with_train: bool) -> float:
     w = record.get("wall_seconds", {})
     stages = ["maps_eval", "maps_selection", "eval_eval", "eval_selection"] + (["train"] if with_train else [])
@@ -327,5 +338,5 @@ def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float
 
 __all__ = ["BUDGET_HOURS", "BackboneCost", "LADDER_PROFILES", "LADDER_VARIANTS", "RUNGS", "Rung", "budget",
            "budget_markdown", "check_fits", "cost_factors", "get_rung", "measure_backbone_flops", "measured_hours",
-           "measured_seconds",
+           "measured_seconds", "seed_hours",
            "rung_command", "rung_config", "rung_results_dir"]

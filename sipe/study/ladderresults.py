@@ -344,10 +344,13 @@ SEEDS_WHERE_VERDICT_CHANGES = 3
 """Training seeds a rung needs once a claim's verdict there differs from the base study's (issue #22)."""
 
 
-def verdict_changes(frame: pd.DataFrame, base: str, seeds: int = SEEDS_WHERE_VERDICT_CHANGES) -> pd.DataFrame:
+def verdict_changes(frame: pd.DataFrame, base: str, seeds: int = SEEDS_WHERE_VERDICT_CHANGES,
+                    hours: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Per computed rung other than `base` (a `ladder_claims` frame), the claims whose verdict differs from the base
     study's (as 'claim: base verdict -> rung verdict'), its training seeds and the seeds it still needs
-    (columns rung, changed, seeds, seeds needed); rungs where no verdict changes need none."""
+    (columns rung, changed, seeds, seeds needed); rungs where no verdict changes need none. With `hours`
+    ({rung: estimated hours of its missing seeds}, `ladder.seed_hours`), a column 'hours for the seeds' (0 where
+    none are needed)."""
     at_base = frame[frame["rung"] == base].set_index("claim")["verdict"]
     rows = []
     for rung, part in frame[frame["rung"] != base].groupby("rung", sort=False):
@@ -359,7 +362,29 @@ def verdict_changes(frame: pd.DataFrame, base: str, seeds: int = SEEDS_WHERE_VER
         have = int(part["n_seeds"].max())
         rows.append({"rung": rung, "changed": "; ".join(changed) or "none", "seeds": have,
                      "seeds needed": max(seeds - have, 0) if changed else 0})
-    return pd.DataFrame(rows, columns=["rung", "changed", "seeds", "seeds needed"])
+    table = pd.DataFrame(rows, columns=["rung", "changed", "seeds", "seeds needed"])
+    if hours is not None:
+        table["hours for the seeds"] = [round(float(hours.get(r, math.nan)), 2) if n else 0.0
+                                        for r, n in zip(table["rung"], table["seeds needed"])]
+    return table
+
+
+def seeds_note(changes: pd.DataFrame, ladder_hours: float, budget_hours: float) -> str:
+    """Whether the missing seeds of a `verdict_changes` table (with its hours column) fit beside the declared
+    ladder (`ladder_hours` estimated) in `budget_hours`, and what the chapter's verdict changes are read as."""
+    need = changes[changes["seeds needed"] > 0]
+    if need.empty:
+        return "No computed rung changes a verdict of the base study, so no rung needs more training seeds."
+    extra = float(need["hours for the seeds"].sum())
+    rungs = ", ".join(need["rung"])
+    fits = ladder_hours + extra <= budget_hours
+    verdict = ("they fit in the budget and are declared next" if fits else
+               "they do not fit: the budget's hours go to the declared rungs and the combined rung's three seeds")
+    return (f"{len(need)} computed rung(s) change a verdict of the base study ({rungs}). Their missing seeds are "
+            f"estimated at {extra:.1f} hours beside the declared ladder's {ladder_hours:.1f} hours, "
+            f"{ladder_hours + extra:.1f} against the {budget_hours:g}-hour budget: {verdict}. "
+            + ("" if fits else "Until they are computed, a changed verdict on these rungs is one training seed's, "
+               "its interval over images only, not over training seeds."))
 
 
 def failing_claims(frame: pd.DataFrame, base: str) -> dict[str, float]:
