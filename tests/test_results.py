@@ -21,6 +21,8 @@ def test_load_paper_results_columns_and_values():
     assert df["value"].dtype == float
     assert set(df.loc[df["table"] == "table4", "row"]) == {"CAM", "CAM + IPE", "CAM + IPE + GSC"}
     assert not df[["table", "row", "metric"]].duplicated().any()
+    df.loc[:, "value"] = -1.0
+    assert (load_paper_results()["value"] >= 0).all(), "a caller's edit must not reach the next caller"
 
 
 def test_paper_value_and_errors():

@@ -4,6 +4,7 @@ One number per line: table, row, setting, metric, value, note.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 
 import pandas as pd
@@ -18,13 +19,19 @@ PAPER_SCALES = (1.0, 0.5, 1.5, 2.0)
 """The paper's inference scales (with flips)."""
 
 
-def load_paper_results() -> pd.DataFrame:
-    """DataFrame of the paper's numbers: columns table, row, setting, metric, value (float), note (str)."""
+@lru_cache(maxsize=1)
+def _paper_table() -> pd.DataFrame:
     with resources.files("sipe.resources").joinpath(PAPER_CSV).open("r", encoding="utf-8") as f:
         df = pd.read_csv(f, dtype={"table": str, "row": str, "setting": str, "metric": str, "note": str})
     df["value"] = df["value"].astype(float)
     df["note"] = df["note"].fillna("")
     return df
+
+
+def load_paper_results() -> pd.DataFrame:
+    """DataFrame of the paper's numbers: columns table, row, setting, metric, value (float), note (str); the
+    packaged file is read once per process, and each call gets its own copy."""
+    return _paper_table().copy()
 
 
 def paper_rows(table: str, results: pd.DataFrame | None = None) -> pd.DataFrame:
