@@ -389,6 +389,8 @@ def test_missing_seeds_are_priced_and_weighed_against_the_budget():
 
 def test_reseeding_a_rung_prices_two_more_seeds_of_its_units():
     declared = ladder.budget().set_index("rung")["total_h"]
-    extra = ladder.seed_hours(["data750", "combined"])
+    extra = ladder.seed_hours(["data750", "combined", "lite2"])
     assert extra["combined"] == 0.0  # declared with three seeds already
     assert 1.5 * declared["data750"] < extra["data750"] <= 2.0 * declared["data750"] + 1e-9
+    # lite2's seeds 16 and 17 are the combined rung's trainings: only their maps and readings are added
+    assert 0 < extra["lite2"] < declared["lite2"]

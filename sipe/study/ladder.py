@@ -269,12 +269,13 @@ def budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None
 
 def seed_hours(names: Sequence[str], seeds: tuple[int, ...] = (15, 16, 17), rungs: Sequence[Rung] = RUNGS,
                measured_dir: str | Path | None = None, profile: str = "subset") -> dict[str, float]:
-    """{rung: the estimated hours that running it with `seeds` instead of its declared seeds would add}, for the
-    rungs `names` of `rungs`: the `budget` of the ladder with those rungs reseeded minus the declared ladder's."""
-    reseeded = [dataclasses.replace(r, seeds=seeds) if r.name in names else r for r in rungs]
-    before = budget(rungs, measured_dir, profile).set_index("rung")["total_h"]
-    after = budget(reseeded, measured_dir, profile).set_index("rung")["total_h"]
-    return {name: float(after[name] - before[name]) for name in names}
+    """{rung: the estimated hours that running it with `seeds` instead of its declared seeds would add to the
+    ladder}, for the rungs `names` of `rungs`: the `budget` total of the ladder with that rung alone reseeded minus
+    the declared ladder's (a training another rung also needs, e.g. the combined rung's Lite2 seeds, is paid once)."""
+    declared = float(budget(rungs, measured_dir, profile)["total_h"].sum())
+    return {name: float(budget([dataclasses.replace(r, seeds=seeds) if r.name == name else r for r in rungs],
+                               measured_dir, profile)["total_h"].sum()) - declared
+            for name in names}
 
 
 def _unit_hours(record: Mapping[str, Any], with_train: bool) -> float:
