@@ -3,8 +3,6 @@ tidy tables and claims, and notebook 10 through the papermill runner."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from sipe.infra.errors import UnitNotComputedError
 from sipe.study.chapters import setup
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = "10_table2_table3_segmentation"
 
 
 def smoke(root: Path, **extra):
@@ -220,26 +217,6 @@ def test_tidy_tables_summary_and_claims(unit_run: dict) -> None:
     assert not claims["verdict"].eq("not yet run").any()
     fig = segresults.figure6(study, r)
     assert len(fig.axes) == 4 * 4
-
-
-@pytest.mark.slow
-def test_notebook_10_runs_through_the_runner_for_smoke(unit_run: dict, tmp_path: Path) -> None:
-    cfg = unit_run["cfg"]
-    out = tmp_path / "executed"
-    proc = subprocess.run([sys.executable, "-m", "sipe.reproduce", "--profile", "smoke", "--data-root", str(cfg.data.root),
-                           "--work-dir", str(unit_run["work"]), "--only", NOTEBOOK, "--seed", "0", "--device", "cpu",
-                           "--out", str(out)], capture_output=True, text=True, timeout=3600, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    import nbformat
-
-    nb = nbformat.read(out / f"{NOTEBOOK}.ipynb", as_version=4)
-    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                     + str(o.get("data", {}).get("text/markdown", ""))
-                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "MS COCO 2014 is not available" in text and "train2014.zip" in text
-    assert "not computed yet" not in text and "68.8" in text
-    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert (unit_run["results"] / "pseudo_labels.csv").exists()
 
 
 @pytest.mark.slow
