@@ -375,3 +375,16 @@ def test_reseeding_a_rung_prices_two_more_seeds_of_its_units():
     assert 1.5 * declared["data750"] < extra["data750"] <= 2.0 * declared["data750"] + 1e-9
     # lite2's seeds 16 and 17 are the combined rung's trainings: only their maps and readings are added
     assert 0 < extra["lite2"] < declared["lite2"]
+
+
+def test_the_findings_note_reads_the_committed_rungs(real_root, tmp_path, monkeypatch):
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    cfg = SUBSET.override(**{"data.root": str(real_root)})
+    text = lr.findings_note(cfg, tmp_path, REPO / "results" / "subset")
+    computed = [r.name for r in ladder.RUNGS if (REPO / "results" / "ladder" / r.name / "runs" / "sipe-s15.json").exists()
+                and (REPO / "results" / "ladder" / r.name / "runs" / "cam-s15.json").exists()]
+    assert computed, "no committed rung to read"
+    assert "+8.5 in the paper" in text
+    for rung in computed:
+        assert re.search(rf"\b{rung} [+-]\d+\.\d\b", text), rung
+    assert f"{len(computed)} of {len(ladder.RUNGS)} rungs are computed" in text

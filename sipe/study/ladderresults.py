@@ -488,3 +488,26 @@ def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str) -> str:
         found = [f"{d} along {', '.join(axes)}" for d, axes in moves.items() if axes]
         text += f" {claim}: " + ("; ".join(found) if found else "no axis moves it clearly") + "."
     return text
+
+
+HEADLINE_CLAIM = "SIPE beats the CAM baseline (localization maps)"
+
+
+def findings_note(base: ExperimentConfig, work_dir: str | Path, base_results_dir: str | Path) -> str:
+    """The ladder in a few sentences for the Findings page: SIPE - CAM (Table 1) in the base study, on each
+    computed rung and in the paper, then `ladder_note` (which failing claims move toward the paper, and along
+    which axes), from the committed units."""
+    ladder = load_ladder(base, work_dir, base_results_dir)
+    decided = decided_claims(base)
+    frame = ladder_claims(ladder, decided)
+    name = ladder[0].name
+    slopes = axis_slopes(ladder_seed_deltas(ladder, decided), positions(ladder), failing_claims(frame, name), name)
+    head = frame[(frame["claim"] == HEADLINE_CLAIM) & (frame["verdict"] != NOT_COMPUTED)].set_index("rung")
+    text = ladder_note(frame, slopes, name)
+    if name not in head.index or len(head) < 2:
+        return text
+    paper_delta = float(head.loc[name, "paper_delta"])
+    rungs = ", ".join(f"{r} {head.loc[r, 'ours_mean']:+.1f}" for r in head.index if r != name)
+    return (f"SIPE - CAM (Table 1) is {head.loc[name, 'ours_mean']:+.1f} mIoU in the {name} study and "
+            f"{paper_delta:+.1f} in the paper; on the computed rungs: {rungs}. " + text
+            + " A verdict that changes on a one-seed rung is that seed's (the ladder chapter lists them).")
