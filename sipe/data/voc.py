@@ -106,18 +106,22 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
 
 
 _FINGERPRINTS: list[dict[tuple[str, str, int | None], str]] = []
-"""The memo of the innermost `fingerprints_memoized` block (none outside one)."""
+"""The memo of the outermost open `fingerprints_memoized` block (empty outside one)."""
 
 
 @contextmanager
 def fingerprints_memoized() -> Iterator[None]:
     """Within the block, `fingerprint` computes each (root, split, max_images) once: for a reader that checks many
-    units against data that does not change meanwhile (`sipe.study.loading.load`). Outside, every call reads."""
-    _FINGERPRINTS.append({})
+    units against data that does not change meanwhile (`sipe.study.loading.load`). A block inside another shares
+    the outer one's memo; outside every block, every call reads the data."""
+    outermost = not _FINGERPRINTS
+    if outermost:
+        _FINGERPRINTS.append({})
     try:
         yield
     finally:
-        _FINGERPRINTS.pop()
+        if outermost:
+            _FINGERPRINTS.pop()
 
 
 def fingerprint(root: str | os.PathLike, split: str, max_images: int | None = None) -> str:
