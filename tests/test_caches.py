@@ -49,6 +49,27 @@ def test_data_fingerprint_follows_ids_file_sizes_and_labels_not_the_folder(root:
     assert voc.fingerprint(root, "train") != fp
 
 
+def test_fingerprints_are_read_once_per_split_only_inside_a_memo_block(root: Path) -> None:
+    fp = voc.fingerprint(root, "train")
+    ids = voc.read_split(root, "train")
+
+    def grow() -> None:
+        with voc.image_path(root, ids[0]).open("ab") as f:
+            f.write(b"\0")
+
+    with voc.fingerprints_memoized():
+        assert voc.fingerprint(root, "train") == fp
+        grow()
+        assert voc.fingerprint(root, "train") == fp, "inside the block a split is read once"
+        assert voc.fingerprint(root, "train", max_images=2) == voc.fingerprint(root, "train", max_images=2) != fp
+        with voc.fingerprints_memoized():
+            assert voc.fingerprint(root, "train") == fp, "an inner block shares the outer block's memo"
+    changed = voc.fingerprint(root, "train")
+    assert changed != fp
+    grow()
+    assert voc.fingerprint(root, "train") != changed, "outside a block every call reads the data"
+
+
 def test_stage_keys_ignore_settings_that_cannot_change_a_result(root: Path) -> None:
     base = tiny(root)
     for change in ({"train.log_every": 7}, {"train.checkpoint_every_steps": 3}, {"model.seed_chunk_rows": 5},

@@ -12,7 +12,8 @@ import hashlib
 import io
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,18 +105,43 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
     return ids
 
 
+_FINGERPRINTS: list[dict[tuple[str, str, int | None], str]] = []
+"""The memo of the outermost open `fingerprints_memoized` block (empty outside one)."""
+
+
+@contextmanager
+def fingerprints_memoized() -> Iterator[None]:
+    """Within the block, `fingerprint` computes each (root, split, max_images) once: for a reader that checks many
+    units against data that does not change meanwhile (`sipe.study.loading.load`). A block inside another shares
+    the outer one's memo; outside every block, every call reads the data."""
+    outermost = not _FINGERPRINTS
+    if outermost:
+        _FINGERPRINTS.append({})
+    try:
+        yield
+    finally:
+        if outermost:
+            _FINGERPRINTS.pop()
+
+
 def fingerprint(root: str | os.PathLike, split: str, max_images: int | None = None) -> str:
     """16-hex digest of what a stage reads from a data root: the split's ids (in order, up to
     `max_images`), each image's and mask's file size, and the label file's bytes. The root's path is not
     part of it, so the same data under another folder gives the same fingerprint."""
     root = _root(root)
+    key = (str(root.resolve()), split, max_images)
+    if _FINGERPRINTS and key in _FINGERPRINTS[-1]:
+        return _FINGERPRINTS[-1][key]
     h = hashlib.sha256()
     for image_id in read_split(root, split)[:max_images]:
         sizes = [p.stat().st_size if p.is_file() else -1 for p in (image_path(root, image_id), mask_path(root, image_id))]
         h.update(f"{image_id} {sizes[0]} {sizes[1]}\n".encode())
     labels = labels_path(root)
     h.update(hashlib.sha256(labels.read_bytes()).digest() if labels.is_file() else b"no labels")
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    if _FINGERPRINTS:
+        _FINGERPRINTS[-1][key] = digest
+    return digest
 
 
 def read_label_file(path: str | os.PathLike, num_classes: int, fix: str) -> dict[str, np.ndarray]:

@@ -95,49 +95,64 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation. `momentum` 0.0 is what the authors' code effectively used (the paper says 0.9)."""
+class OptimFields:
+    """The optimiser settings of every section that trains a network (`train`, `irn`, `seg`), declared once: SGD
+    at `lr` with `momentum` and `weight_decay`, polynomial decay (`poly_power`) over the steps of `epochs` epochs
+    of full batches of `batch_size` (capped by `max_steps`), the epoch order seeded by `seed`. The defaults are
+    SIPE's (`train`); `irn` and `seg` override the defaults that differ. `optim_settings` gives the training
+    loop's `OptimSettings`."""
 
     batch_size: int = 16
     epochs: int = 5
     max_steps: int | None = None
     lr: float = 0.1
-    new_layer_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
     momentum: float = 0.0
+    weight_decay: float = 1e-4
     poly_power: float = 0.9
-    clip_grad_norm: float = 1.0
     seed: int = 15
-    log_every: int = 1
-    checkpoint_every_steps: int | None = None
 
-    def optim(self) -> "OptimSettings":
-        """The training loop's settings: new layers at lr x `new_layer_lr_mult`, gradients clipped to `clip_grad_norm`."""
-        return OptimSettings(self.batch_size, self.epochs, self.lr, self.momentum, self.weight_decay, self.poly_power,
-                             self.max_steps, self.seed, self.new_layer_lr_mult, self.clip_grad_norm,
-                             self.checkpoint_every_steps, self.log_every)
+    def check_optim(self, section: str) -> None:
+        """ConfigError naming `section`.field when a batch size, epoch count, step cap or lr is not positive."""
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{section}.{name}={getattr(self, name)}; must be positive")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"{section}.max_steps={self.max_steps}; must be positive or none")
+        if not self.lr > 0:
+            raise ConfigError(f"{section}.lr={self.lr}; must be positive")
+
+    def optim_settings(self, **loop: Any) -> "OptimSettings":
+        """These settings with the training loop's own (`OptimSettings`' other fields) as `OptimSettings`."""
+        return OptimSettings(**{f.name: getattr(self, f.name) for f in fields(OptimFields)}, **loop)
 
 
 @dataclass(frozen=True)
-class OptimSettings:
-    """What `sipe.stages.fit.fit` trains with, for every network trained here: SGD with momentum and weight decay,
-    lr x `new_lr_mult` on the new layers, polynomial decay over the steps (full batches of `batch_size`,
-    `epochs` epochs, capped by `max_steps`), the epoch order seeded by `seed`, gradients clipped to the norm
-    `clip` (None: not clipped), a checkpoint every epoch and every `checkpoint_every` steps, the metrics file
-    flushed every `log_every` steps. Each stage's section makes it with its `optim()`."""
+class OptimSettings(OptimFields):
+    """What `sipe.stages.fit.fit` trains with, for every network trained here: the `OptimFields`, lr x
+    `new_lr_mult` on the new layers, gradients clipped to the norm `clip` (None: not clipped), a checkpoint every
+    epoch and every `checkpoint_every` steps, the metrics file flushed every `log_every` steps. Each section
+    makes it with its `optim()`."""
 
-    batch_size: int
-    epochs: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    poly_power: float
-    max_steps: int | None = None
-    seed: int = 0
     new_lr_mult: float = 1.0
     clip: float | None = None
     checkpoint_every: int | None = None
     log_every: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimFields):
+    """Optimisation of the classification network (`OptimFields`, SIPE's defaults). `momentum` 0.0 is what
+    the authors' code effectively used (the paper says 0.9)."""
+
+    new_layer_lr_mult: float = 10.0
+    clip_grad_norm: float = 1.0
+    log_every: int = 1
+    checkpoint_every_steps: int | None = None
+
+    def optim(self) -> OptimSettings:
+        """The training loop's settings: new layers at lr x `new_layer_lr_mult`, gradients clipped to `clip_grad_norm`."""
+        return self.optim_settings(new_lr_mult=self.new_layer_lr_mult, clip=self.clip_grad_norm,
+                                   checkpoint_every=self.checkpoint_every_steps, log_every=self.log_every)
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,7 @@ class StageSettings:
 
 
 @dataclass(frozen=True)
-class IRNConfig(StageSettings):
+class IRNConfig(StageSettings, OptimFields):
     """IRN settings (`sipe.segmentation.irn`; the defaults are the paper profile's: IRN's / SIPE's released settings).
 
     backbone: registry name (frozen, ImageNet weights; checked against the registry by
@@ -241,11 +256,6 @@ class IRNConfig(StageSettings):
     scale_range: tuple[float, float] = (0.5, 1.5)
     batch_size: int = 32
     epochs: int = 3
-    max_steps: int | None = None
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
     train_radius: int = 10
     infer_radius: int = 5
     beta: float = 10.0
@@ -255,13 +265,12 @@ class IRNConfig(StageSettings):
     crf_iterations: int = 10
     crf_gt_prob: float = 0.7
     pseudo_split: str = ""
-    seed: int = 15
     checkpoint_every: int | None = None
     num_workers: int = 0
     label_workers: int = 1
 
     def validate(self) -> "IRNConfig":
-        _check_optim("irn", self.batch_size, self.epochs, self.max_steps, self.lr)
+        self.check_optim("irn")
         if self.crop_size <= 0 or self.crop_size % 16:
             raise ConfigError(f"irn.crop_size={self.crop_size}; must be a positive multiple of 16")
         grid = self.crop_size // 4
@@ -277,8 +286,7 @@ class IRNConfig(StageSettings):
 
     def optim(self) -> OptimSettings:
         """The training loop's settings: one group (the boundary branch; the backbone is frozen), no clipping."""
-        return OptimSettings(self.batch_size, self.epochs, self.lr, self.momentum, self.weight_decay, self.poly_power,
-                             self.max_steps, self.seed, checkpoint_every=self.checkpoint_every)
+        return self.optim_settings(checkpoint_every=self.checkpoint_every)
 
 
 DEEPLAB_R101 = "deeplab_r101"
@@ -286,7 +294,7 @@ DEEPLAB_R101 = "deeplab_r101"
 
 
 @dataclass(frozen=True)
-class SegConfig(StageSettings):
+class SegConfig(StageSettings, OptimFields):
     """Segmentation settings (`sipe.segmentation.network`; the defaults are the paper profile's). backbone:
     'deeplab_r101' (DeepLab-v2 ResNet-101, OS 8) or a registry backbone name (its semantic stage at OS 16 feeds
     the ASPP head). CRF: deeplab-pytorch's (10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4)."""
@@ -307,7 +315,6 @@ class SegConfig(StageSettings):
     head_lr_mult: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    poly_power: float = 0.9
     eval_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
     eval_flip: bool = True
     crf_iterations: int = 10
@@ -322,7 +329,7 @@ class SegConfig(StageSettings):
     num_workers: int = 0
 
     def validate(self) -> "SegConfig":
-        _check_optim("seg", self.batch_size, self.epochs, self.max_steps, self.lr)
+        self.check_optim("seg")
         if self.crop_size <= 0:
             raise ConfigError(f"seg.crop_size={self.crop_size}; must be positive")
         if not self.aspp_rates or not self.eval_scales:
@@ -331,18 +338,7 @@ class SegConfig(StageSettings):
 
     def optim(self) -> OptimSettings:
         """The training loop's settings: the ASPP head at lr x `head_lr_mult`, no clipping."""
-        return OptimSettings(self.batch_size, self.epochs, self.lr, self.momentum, self.weight_decay, self.poly_power,
-                             self.max_steps, self.seed, self.head_lr_mult, checkpoint_every=self.checkpoint_every)
-
-
-def _check_optim(section: str, batch_size: int, epochs: int, max_steps: int | None, lr: float) -> None:
-    for name, value in (("batch_size", batch_size), ("epochs", epochs)):
-        if value <= 0:
-            raise ConfigError(f"{section}.{name}={value}; must be positive")
-    if max_steps is not None and max_steps <= 0:
-        raise ConfigError(f"{section}.max_steps={max_steps}; must be positive or none")
-    if not lr > 0:
-        raise ConfigError(f"{section}.lr={lr}; must be positive")
+        return self.optim_settings(new_lr_mult=self.head_lr_mult, checkpoint_every=self.checkpoint_every)
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,11 @@ def load_ladder(base: ExperimentConfig, work_dir: str | Path, base_results_dir: 
     """The base study's SIPE and CAM-baseline units (from `base_results_dir`) and every rung's units (from
     `rung_results_dir`), in ladder order; a rung's units count only when their records match its configuration."""
     units = [u for u in pipeline.plan(base) if u.variant in LADDER_VARIANTS]
-    out = [_read(base.profile, BASE_AXIS, base, Path(base_results_dir), units)]
-    for rung in rungs:
-        cfg = rung_config(rung, base)
-        out.append(_read(rung.name, rung.axis, cfg, rung_results_dir(base.profile, work_dir, rung.name), rung.units))
+    with voc.fingerprints_memoized():
+        out = [_read(base.profile, BASE_AXIS, base, Path(base_results_dir), units)]
+        for rung in rungs:
+            cfg = rung_config(rung, base)
+            out.append(_read(rung.name, rung.axis, cfg, rung_results_dir(base.profile, work_dir, rung.name), rung.units))
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data import voc
 from ..infra import provenance
 from ..infra.config import SELECTION_SPLIT, ExperimentConfig
 from . import pipeline
@@ -73,30 +74,32 @@ class StudyResults:
 
 def load(cfg: ExperimentConfig, results_dir: str | Path, units: Sequence[Unit] | None = None) -> StudyResults:
     """The results of `cfg`'s classification units (or `units`) found in `results_dir`: a unit counts only
-    when its record matches its identity under `cfg` (its kind's: configuration hash and data fingerprints;
-    else it is listed as stale). Each record gets `code_changed` (the stages, or the unit kind, whose code
-    differs from the code it was computed with or certified equal to) and `code_changed_files`."""
+    when its record matches its identity under `cfg` (its kind's: configuration hash and data fingerprints,
+    each split's computed once; else it is listed as stale). Each record gets `code_changed` (the stages, or
+    the unit kind, whose code differs from the code it was computed with or certified equal to) and
+    `code_changed_files`."""
     results_dir = Path(results_dir)
     frames, meta, stale, missing = [], {}, [], []
     code_hashes: dict[str, dict[str, str]] = {}
-    for unit in units if units is not None else pipeline.plan(cfg):
-        paths = unit_paths(results_dir, unit.name)
-        if not (paths["csv"].exists() and paths["json"].exists()):
-            missing.append(unit.name)
-            continue
-        record = json.loads(paths["json"].read_text())
-        kind = kind_of(unit)
-        if any(record.get(k) != v for k, v in kind.identity(cfg, unit).items()):
-            stale.append(unit.name)
-            continue
-        if kind.name not in code_hashes:
-            code_hashes[kind.name] = kind.code_hashes()
-        record["code_changed"], record["code_changed_files"] = code_changes(record, unit, code_hashes[kind.name],
-                                                                            kind.sources)
-        meta[unit.name] = record
-        frame = pd.read_csv(paths["csv"])
-        frame["unit"] = unit.name
-        frames.append(frame)
+    with voc.fingerprints_memoized():
+        for unit in units if units is not None else pipeline.plan(cfg):
+            paths = unit_paths(results_dir, unit.name)
+            if not (paths["csv"].exists() and paths["json"].exists()):
+                missing.append(unit.name)
+                continue
+            record = json.loads(paths["json"].read_text())
+            kind = kind_of(unit)
+            if any(record.get(k) != v for k, v in kind.identity(cfg, unit).items()):
+                stale.append(unit.name)
+                continue
+            if kind.name not in code_hashes:
+                code_hashes[kind.name] = kind.code_hashes()
+            record["code_changed"], record["code_changed_files"] = code_changes(record, unit, code_hashes[kind.name],
+                                                                                kind.sources)
+            meta[unit.name] = record
+            frame = pd.read_csv(paths["csv"])
+            frame["unit"] = unit.name
+            frames.append(frame)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*RESULT_COLUMNS, "unit"])
     return StudyResults(rows, meta, results_dir, cfg.infer.split, stale, missing)
 
