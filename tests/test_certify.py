@@ -57,6 +57,14 @@ def test_identical_units_certify_and_restamped_records_are_current(tmp_path: Pat
     assert stamped["certified"]["revision"] == REV and stamped["git_revision"] == "2" * 40
     assert loading.code_revision(stamped) == REV
     assert loading.code_changes(stamped, Unit("sipe", 0), provenance.stage_code_hashes(), ()) == ([], [])
+    assert "certified_before" not in stamped
+
+    later = {**cert, "revision": "3" * 40}
+    monkeypatch.setattr(provenance, "code_changes", lambda rev, stages: [])
+    certify.restamp(published, ["sipe-s0"], later)
+    again = json.loads(unit_paths(published, "sipe-s0")["json"].read_text())
+    assert again["certified"]["revision"] == "3" * 40 and again["certified"]["previous_revision"] == REV
+    assert again["certified_before"] == [stamped["certified"]], "an earlier certificate is kept, not replaced"
 
 
 def test_a_difference_or_an_uncommitted_revision_certifies_nothing(tmp_path: Path) -> None:

@@ -215,19 +215,23 @@ def lever_numbers(runs: Mapping[str, dict], fewer_epochs: int, paper_epochs: int
 
 
 def certificate_numbers(runs: Mapping[str, dict]) -> dict[str, str]:
-    """The last certified refactor as the records store it (`certified`): its revisions, date and machine, and per
-    certifying unit the training steps and confusion arrays found identical (names `cert_<variant>_...`)."""
-    certs = [r["certified"] for r in runs.values() if r.get("certified")]
-    if not certs:
-        return {}
-    c = max(certs, key=lambda c: c["date"])
-    m = c["machine"]
-    out = {"cert_revision": c["revision"][:7], "cert_previous": c["previous_revision"][:7], "cert_date": c["date"][:10],
-           "cert_machine": f"{m['cpu']}, torch's {m['torch_cpu_capability']} kernels, {m['torch_threads']} threads"}
-    for unit, comparison in zip(c["units"], c["comparison"]):
-        key = f"cert_{runs[unit]['variant']}" if unit in runs else f"cert_{unit.split('-')[0]}"
-        out.update({f"{key}_steps": str(comparison["log_steps"]), f"{key}_arrays": str(comparison["confusion_arrays"]),
-                    f"{key}_published_at": comparison["revisions"].split("->")[0].strip()})
+    """The certified changes of stage code as the records store them (`certified_before` and `certified`), oldest
+    first: the first's numbers are named `cert_...`, the second's `cert2_...`, and so on: revisions, date and
+    machine, and per certifying unit the training steps and confusion arrays found identical
+    (`cert_<variant>_steps`, ...)."""
+    found = {(c["revision"], c["date"]): c for r in runs.values()
+             for c in [*r.get("certified_before", []), *([r["certified"]] if r.get("certified") else [])]}
+    out: dict[str, str] = {}
+    for i, (_, c) in enumerate(sorted(found.items(), key=lambda kv: kv[0][1])):
+        name = "cert" if i == 0 else f"cert{i + 1}"
+        m = c["machine"]
+        out.update({f"{name}_revision": c["revision"][:7], f"{name}_previous": c["previous_revision"][:7],
+                    f"{name}_date": c["date"][:10],
+                    f"{name}_machine": f"{m['cpu']}, torch's {m['torch_cpu_capability']} kernels, {m['torch_threads']} threads"})
+        for unit, comparison in zip(c["units"], c["comparison"]):
+            key = f"{name}_{runs[unit]['variant']}" if unit in runs else f"{name}_{unit.split('-')[0]}"
+            out.update({f"{key}_steps": str(comparison["log_steps"]), f"{key}_arrays": str(comparison["confusion_arrays"]),
+                        f"{key}_published_at": comparison["revisions"].split("->")[0].strip()})
     return out
 
 

@@ -89,8 +89,9 @@ def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
     """Give each record of `names` in `results_dir` the current code hashes of `stages` and `cert` (its
     previous hashes and code revision are kept in `certified`). With `own_code_evidence` (what shows that a
     unit kind's own code, e.g. SC-CAM's rounds, moved no number), each record also gets its kind's own code
-    hash. CertificationError when the code of today differs (docstrings and layout aside) from the certified
-    revision's; the records written."""
+    hash. A record's earlier certificate moves to its `certified_before` list, oldest first. CertificationError
+    when the code of today differs (docstrings and layout aside) from the certified revision's; the records
+    written."""
     kinds = {name: kind_of(Unit(name.rsplit("-s", 1)[0], int(name.rsplit("-s", 1)[1]))) for name in names}
     own = sorted({src for k in kinds.values() for src in k.sources}) if own_code_evidence else []
     changed = prov.code_changes(cert["revision"], list(stages))
@@ -111,6 +112,8 @@ def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
         record["code"] = {**previous, **{s: now[s] for s in stages}, **(own_hash if own_code_evidence else {})}
         record["code_revisions"] = {**record.get("code_revisions", {}),
                                     **{part: cert["revision"] for part in [*stages, *(own_hash if own_code_evidence else {})]}}
+        if "certified" in record:
+            record["certified_before"] = [*record.get("certified_before", []), record["certified"]]
         record["certified"] = {**cert, "stages": list(stages), "previous_code": previous,
                                "previous_revision": record.get("certified", {}).get("revision", record.get("git_revision")),
                                **({"own_code_evidence": own_code_evidence} if own_code_evidence else {})}
