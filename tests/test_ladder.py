@@ -381,10 +381,25 @@ def test_the_findings_note_reads_the_committed_rungs(real_root, tmp_path, monkey
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     cfg = SUBSET.override(**{"data.root": str(real_root)})
     text = lr.findings_note(cfg, tmp_path, REPO / "results" / "subset")
-    computed = [r.name for r in ladder.RUNGS if (REPO / "results" / "ladder" / r.name / "runs" / "sipe-s15.json").exists()
-                and (REPO / "results" / "ladder" / r.name / "runs" / "cam-s15.json").exists()]
-    assert computed, "no committed rung to read"
+    published = {r.name: [u.name for u in r.units if (REPO / "results" / "ladder" / r.name / "runs" / f"{u.name}.json").exists()]
+                 for r in ladder.RUNGS}
+    whole = [r.name for r in ladder.RUNGS if len(published[r.name]) == len(r.units)]
+    assert whole, "no committed rung to read"
     assert "+8.5 in the paper" in text
-    for rung in computed:
+    for rung in whole:
         assert re.search(rf"\b{rung} [+-]\d+\.\d\b", text), rung
-    assert f"{len(computed)} of {len(ladder.RUNGS)} rungs are computed" in text
+    assert f"{len(whole)} of {len(ladder.RUNGS)} rungs are computed ({', '.join(whole)})" in text
+    partly = [r for r, units in published.items() if units and r not in whole]
+    if partly:
+        assert f"and {len(partly)} partly ({', '.join(partly)}" in text
+
+
+def test_the_ladder_note_tells_whole_rungs_from_partly_computed_ones():
+    a = "SIPE beats the CAM baseline (localization maps)"
+    frame = pd.DataFrame([("subset", a, "holds"), ("lite2", a, "mixed"), ("combined", a, "holds"), ("crop352", a, lr.NOT_COMPUTED)],
+                         columns=["rung", "claim", "verdict"])
+    slopes = pd.DataFrame(columns=["claim", "axis", "direction"])
+    assert lr.ladder_note(frame, slopes, "subset").startswith("2 of 3 rungs are computed (lite2, combined).")
+    text = lr.ladder_note(frame, slopes, "subset", partly=["combined"])
+    assert text.startswith("1 of 3 rungs are computed (lite2), and 1 partly (combined: ")
+    assert lr.ladder_note(frame.iloc[[0, 3]], slopes, "subset").startswith("No rung is computed yet (1 declared)")

@@ -473,15 +473,24 @@ def absolute_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str) -> str:
-    """One sentence per finding: how many rungs are computed, and for each claim that fails in the base study
-    the axes along which its delta moves toward (or away from) the paper's, read from `axis_slopes`."""
+def partly_computed(ladder: Sequence[RungResults]) -> list[str]:
+    """The rungs with some but not all of their planned units published."""
+    return [rr.name for rr in ladder if rr.computed and len(rr.results.units) < len(rr.planned)]
+
+
+def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str, partly: Sequence[str] = ()) -> str:
+    """One sentence per finding: how many rungs are computed (those in `partly`, `partly_computed`, said to be
+    partly so), and for each claim that fails in the base study the axes along which its delta moves toward (or
+    away from) the paper's, read from `axis_slopes`."""
     rungs = [r for r in dict.fromkeys(frame["rung"]) if r != base]
     done = [r for r in rungs if (frame.loc[frame["rung"] == r, "verdict"] != NOT_COMPUTED).any()]
     if not done:
         return (f"No rung is computed yet ({len(rungs)} declared): the tables show the {base} study alone, and "
                 "whether a failing claim moves toward the paper cannot be read yet.")
-    text = f"{len(done)} of {len(rungs)} rungs are computed ({', '.join(done)})."
+    whole = [r for r in done if r not in partly]
+    text = f"{len(whole)} of {len(rungs)} rungs are computed ({', '.join(whole) or 'none'})"
+    part = [r for r in done if r in partly]
+    text += (f", and {len(part)} partly ({', '.join(part)}: the claims its computed units decide)." if part else ".")
     if slopes.empty:
         return text + f" No claim that these units decide fails in the {base} study."
     for claim, part in slopes.groupby("claim", sort=False):
@@ -504,7 +513,7 @@ def findings_note(base: ExperimentConfig, work_dir: str | Path, base_results_dir
     name = ladder[0].name
     slopes = axis_slopes(ladder_seed_deltas(ladder, decided), positions(ladder), failing_claims(frame, name), name)
     head = frame[(frame["claim"] == HEADLINE_CLAIM) & (frame["verdict"] != NOT_COMPUTED)].set_index("rung")
-    text = ladder_note(frame, slopes, name)
+    text = ladder_note(frame, slopes, name, partly_computed(ladder))
     if name not in head.index or len(head) < 2:
         return text
     paper_delta = float(head.loc[name, "paper_delta"])
