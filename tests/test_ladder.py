@@ -366,6 +366,11 @@ def test_missing_seeds_are_priced_and_weighed_against_the_budget():
     roomy = lr.seeds_note(changes.reset_index(), ladder_hours=1.0, budget_hours=12.0)
     assert "fit in the budget" in roomy and "do not fit" not in roomy
     assert "no rung needs" in lr.seeds_note(changes.iloc[:0].reset_index(), 1.0, 12.0)
+    queued = pd.DataFrame([{"rung": "combined", "changed": "c: holds -> fails", "seeds": 1, "seeds needed": 2,
+                            "hours for the seeds": 0.0}])
+    both = lr.seeds_note(pd.concat([changes.reset_index(), queued]), ladder_hours=11.0, budget_hours=12.0)
+    assert "1 computed rung(s) change a verdict" in both and "seeds of combined are declared and still to compute" in both
+    assert "declared and still to compute" in lr.seeds_note(queued, 1.0, 12.0)
 
 
 def test_reseeding_a_rung_prices_two_more_seeds_of_its_units():

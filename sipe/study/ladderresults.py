@@ -373,9 +373,13 @@ def verdict_changes(frame: pd.DataFrame, base: str, seeds: int = SEEDS_WHERE_VER
 def seeds_note(changes: pd.DataFrame, ladder_hours: float, budget_hours: float) -> str:
     """Whether the missing seeds of a `verdict_changes` table (with its hours column) fit beside the declared
     ladder (`ladder_hours` estimated) in `budget_hours`, and what the chapter's verdict changes are read as."""
-    need = changes[changes["seeds needed"] > 0]
+    declared = changes[(changes["seeds needed"] > 0) & (changes["hours for the seeds"] == 0)]
+    later = (f" The missing seeds of {', '.join(declared['rung'])} are declared and still to compute."
+             if len(declared) else "")
+    need = changes[(changes["seeds needed"] > 0) & (changes["hours for the seeds"] > 0)]
     if need.empty:
-        return "No computed rung changes a verdict of the base study, so no rung needs more training seeds."
+        return ("No computed rung changes a verdict of the base study without its seeds declared." if len(declared)
+                else "No computed rung changes a verdict of the base study, so no rung needs more training seeds.") + later
     extra = float(need["hours for the seeds"].sum())
     rungs = ", ".join(need["rung"])
     fits = ladder_hours + extra <= budget_hours
@@ -385,7 +389,7 @@ def seeds_note(changes: pd.DataFrame, ladder_hours: float, budget_hours: float) 
             f"estimated at {extra:.1f} hours beside the declared ladder's {ladder_hours:.1f} hours, "
             f"{ladder_hours + extra:.1f} against the {budget_hours:g}-hour budget: {verdict}. "
             + ("" if fits else "Until they are computed, a changed verdict on these rungs is one training seed's, "
-               "its interval over images only, not over training seeds."))
+               "its interval over images only, not over training seeds.") + later)
 
 
 def failing_claims(frame: pd.DataFrame, base: str) -> dict[str, float]:
@@ -512,7 +516,8 @@ def findings_note(base: ExperimentConfig, work_dir: str | Path, base_results_dir
     frame = ladder_claims(ladder, decided)
     name = ladder[0].name
     slopes = axis_slopes(ladder_seed_deltas(ladder, decided), positions(ladder), failing_claims(frame, name), name)
-    head = frame[(frame["claim"] == HEADLINE_CLAIM) & (frame["verdict"] != NOT_COMPUTED)].set_index("rung")
+    head = frame[(frame["claim"] == HEADLINE_CLAIM) & (frame["verdict"] != NOT_COMPUTED)
+                 & frame["ours_mean"].notna()].set_index("rung")
     text = ladder_note(frame, slopes, name, partly_computed(ladder))
     if name not in head.index or len(head) < 2:
         return text
