@@ -20,6 +20,7 @@ import pandas as pd
 from ..infra.config import get_profile
 from ..infra.runtime import atomic_write_text
 from .paper import FULL_VOC_SIZES, PAPER_MOMENTUM, PAPER_SCALES
+from .records import certificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUMBERS_FILE = "numbers.json"
@@ -219,8 +220,7 @@ def certificate_numbers(runs: Mapping[str, dict]) -> dict[str, str]:
     first: the first's numbers are named `cert_...`, the second's `cert2_...`, and so on: revisions, date and
     machine, and per certifying unit the training steps and confusion arrays found identical
     (`cert_<variant>_steps`, ...)."""
-    found = {(c["revision"], c["date"]): c for r in runs.values()
-             for c in [*r.get("certified_before", []), *([r["certified"]] if r.get("certified") else [])]}
+    found = {(c["revision"], c["date"]): c for r in runs.values() for c in certificates(r)}
     out: dict[str, str] = {}
     for i, (_, c) in enumerate(sorted(found.items(), key=lambda kv: kv[0][1])):
         name = "cert" if i == 0 else f"cert{i + 1}"

@@ -22,7 +22,7 @@ from ..infra.errors import SipeError
 from ..infra.runtime import atomic_write_json, read_json
 from .pipeline import Unit
 from .plan import kind_of
-from .records import training_log_path, unit_paths
+from .records import certificates, training_log_path, unit_paths
 
 TIMING_COLUMNS = ("images_per_s", "seconds")
 """Training-log columns that measure wall time, not the computation: left out of the comparison."""
@@ -112,8 +112,8 @@ def restamp(results_dir: str | Path, names: Sequence[str], cert: dict[str, Any],
         record["code"] = {**previous, **{s: now[s] for s in stages}, **(own_hash if own_code_evidence else {})}
         record["code_revisions"] = {**record.get("code_revisions", {}),
                                     **{part: cert["revision"] for part in [*stages, *(own_hash if own_code_evidence else {})]}}
-        if "certified" in record:
-            record["certified_before"] = [*record.get("certified_before", []), record["certified"]]
+        if record.get("certified"):
+            record["certified_before"] = certificates(record)
         record["certified"] = {**cert, "stages": list(stages), "previous_code": previous,
                                "previous_revision": record.get("certified", {}).get("revision", record.get("git_revision")),
                                **({"own_code_evidence": own_code_evidence} if own_code_evidence else {})}

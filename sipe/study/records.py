@@ -53,6 +53,11 @@ def training_log_path(results_dir: str | Path, name: str) -> Path:
     return Path(results_dir) / "logs" / f"{name}.csv"
 
 
+def certificates(record: dict) -> list[dict]:
+    """The certifications of a unit's record, oldest first: its `certified_before` list, then `certified`."""
+    return [*record.get("certified_before", []), *([record["certified"]] if record.get("certified") else [])]
+
+
 def write_table(results_dir: str | Path, name: str, table: pd.DataFrame) -> Path:
     """Save a tidy table as `<results_dir>/<name>.csv` (atomically)."""
     return atomic_write_text(Path(results_dir) / f"{name}.csv", table.to_csv(index=False))
