@@ -398,6 +398,13 @@ def failing_claims(frame: pd.DataFrame, base: str) -> dict[str, float]:
     return dict(zip(sel["claim"], sel["paper_delta"].astype(float)))
 
 
+def failing_slopes(ladder: Sequence[RungResults], claim_list: Sequence[Claim], frame: pd.DataFrame) -> pd.DataFrame:
+    """`axis_slopes` of the claims that fail in the base study (the first of `ladder`; `frame` its
+    `ladder_claims`), over the per-seed deltas of `claim_list` on the computed rungs."""
+    base = ladder[0].name
+    return axis_slopes(ladder_seed_deltas(ladder, claim_list), positions(ladder), failing_claims(frame, base), base)
+
+
 def absolute_table(ladder: Sequence[RungResults]) -> pd.DataFrame:
     """Per rung: training images, samples seen, and SIPE's and the CAM baseline's Table 1 mIoU (mean and std
     over seeds, n), nan where not computed; then the paper's row."""
@@ -515,7 +522,7 @@ def findings_note(base: ExperimentConfig, work_dir: str | Path, base_results_dir
     decided = decided_claims(base)
     frame = ladder_claims(ladder, decided)
     name = ladder[0].name
-    slopes = axis_slopes(ladder_seed_deltas(ladder, decided), positions(ladder), failing_claims(frame, name), name)
+    slopes = failing_slopes(ladder, decided, frame)
     head = frame[(frame["claim"] == HEADLINE_CLAIM) & (frame["verdict"] != NOT_COMPUTED)
                  & frame["ours_mean"].notna()].set_index("rung")
     text = ladder_note(frame, slopes, name, partly_computed(ladder))
