@@ -17,9 +17,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sipe-installed
 PROFILE ?= subset
 NPROC ?= 1
-# pytest-xdist workers of `make test` / `make test-fast` (one test file per worker at a time: module fixtures run once)
+# pytest-xdist workers of `make test` / `make test-fast` (one test file per worker at a time, so module fixtures run
+# once; the longest files first, by their seconds in tests/durations.json: see tests/conftest.py)
 TEST_WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # A data root given by the caller (command line or environment), before any default applies.
 GIVEN_DATA_ROOT := $(or $(DATA_ROOT),$(SIPE_DATA_ROOT))
 DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),../shared/data/voc2012_subset)

@@ -2,6 +2,7 @@
 pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts use one thread."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,3 +30,15 @@ def real_root() -> Path:
     if not (root / "JPEGImages").is_dir():
         pytest.skip(f"real VOC subset not found at {root}: set {SUBSET_ENV} to its folder to run this test")
     return root
+
+
+DURATIONS = Path(__file__).with_name("durations.json")
+"""{test file: seconds its tests took in the last `benchmarks/bench_tests.py --write-durations` run}."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the test files longest first (their measured seconds in `DURATIONS`; unmeasured files keep their order,
+    after the measured ones), so that pytest-xdist, handing out one file at a time in this order
+    (`--dist loadfile --no-loadscope-reorder`), starts the long files first and its workers end together."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))

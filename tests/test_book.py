@@ -438,36 +438,67 @@ LAYOUT_SCRIPT = """<script>
         if (/(\\.\\.\\.|\\u2026)$/.test(t)) found.push({kind: "truncated cell", what: t.slice(-80), content: 0, box: 0});
       });
     }
-    var pre = document.createElement("pre");
-    pre.id = "%s";
-    pre.textContent = JSON.stringify({article: !!article, width: window.innerWidth, problems: found});
-    document.body.appendChild(pre);
+    window.parent.postMessage(JSON.stringify({article: !!article, width: window.innerWidth, problems: found}), "*");
   }
   window.addEventListener("load", function () {
     var typeset = window.MathJax && MathJax.startup && MathJax.startup.promise;
     (typeset || Promise.resolve()).then(function () { setTimeout(measure, 500); });
   });
 })();
-</script>""" % LAYOUT_REPORT
+</script>"""
+LAYOUT_PAGE = """<!DOCTYPE html><html><head><style>body { margin: 0 } iframe { border: 0; display: block; width: %dpx; height: 900px }
+</style></head><body><script>
+var pages = %s, found = {};
+function next(i) {
+  if (i === pages.length) {
+    var pre = document.createElement("pre");
+    pre.id = "%s";
+    pre.textContent = JSON.stringify(found);
+    document.body.appendChild(pre);
+    return;
+  }
+  var frame = document.createElement("iframe"), timer;
+  function done(event) {
+    if (event && event.source !== frame.contentWindow) return;
+    window.removeEventListener("message", done);
+    clearTimeout(timer);
+    found[pages[i]] = event ? JSON.parse(event.data) : null;
+    frame.remove();
+    next(i + 1);
+  }
+  window.addEventListener("message", done);
+  timer = setTimeout(done, 15000);
+  frame.src = pages[i];
+  document.body.appendChild(frame);
+}
+next(0);
+</script></body></html>"""
 
 
 def layout_problems(html: Path, docs: list[str], tmp: Path) -> dict[str, list[dict]]:
     """{page: what a reader at LAYOUT_WIDTH px sees cut off or truncated} for each document of the built book html,
-    measured in headless Chromium by a script injected into a copy of each page (the page's own horizontal
-    scroll, elements that clip or scroll their content horizontally, elements reaching past the content column,
-    each by more than 4 px, the overhang of italic glyphs; table cells ending in an ellipsis)."""
+    measured in one headless Chromium: a page loads each document in turn in a LAYOUT_WIDTH px frame, and a script
+    injected into a copy of each document reports (the document's own horizontal scroll, elements that clip or
+    scroll their content horizontally, elements reaching past the content column, each by more than 4 px, the
+    overhang of italic glyphs; table cells ending in an ellipsis)."""
     site = tmp / "site"
     shutil.copytree(html, site)
-    found = {}
     for doc in docs:
         path = site / f"{doc}.html"
         source = path.read_text(encoding="utf-8")
         path.write_text(source.replace("</body>", LAYOUT_SCRIPT + "</body>", 1), encoding="utf-8")
-        dom = chromium(tmp, f"--window-size={LAYOUT_WIDTH},900", "--virtual-time-budget=15000", "--dump-dom",
-                       path.as_uri())
-        report = BeautifulSoup(dom, "html.parser").find("pre", id=LAYOUT_REPORT)
-        assert report is not None, f"{doc}: the layout script did not run"
-        measured = json.loads(report.get_text())
+    runner = site / "layout-check.html"
+    runner.write_text(LAYOUT_PAGE % (LAYOUT_WIDTH, json.dumps([f"{doc}.html" for doc in docs]), LAYOUT_REPORT),
+                      encoding="utf-8")
+    dom = chromium(tmp, f"--window-size={LAYOUT_WIDTH + 100},900", f"--virtual-time-budget={20000 * len(docs)}",
+                   "--dump-dom", runner.as_uri())
+    report = BeautifulSoup(dom, "html.parser").find("pre", id=LAYOUT_REPORT)
+    assert report is not None, "the layout page did not finish"
+    reports = json.loads(report.get_text())
+    found = {}
+    for doc in docs:
+        measured = reports[f"{doc}.html"]
+        assert measured is not None, f"{doc}: the layout script did not run"
         assert measured["article"] and measured["width"] == LAYOUT_WIDTH, (doc, measured)
         found[doc] = measured["problems"]
     return found
