@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sipe.study import loading, notes, pipeline, plan, records
@@ -204,6 +205,36 @@ def test_code_changes_ignore_docstrings_comments_and_layout(tmp_path: Path) -> N
     assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
     assert provenance.stages_using(["sipe/stages/maps.py"]) == ["maps", "eval"]
     assert provenance.stages_using(["sipe/study/figures.py"]) == []
+
+
+def test_a_commits_sources_are_read_once_per_process_the_working_tree_each_time(tmp_path: Path) -> None:
+    rev = fake_repo(tmp_path)
+    source = tmp_path / "sipe" / "stages" / "maps.py"
+    committed = source.read_text()
+    source.write_text("def f(x):\n    return 3 * x\n")
+    before = provenance._committed_source.cache_info()
+    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
+    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == ["sipe/stages/maps.py"]
+    after = provenance._committed_source.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    source.write_text(committed + "\n# a comment\n")
+    assert provenance.code_changes(rev, ["maps"], repo=tmp_path) == []
+
+
+def test_a_units_confusions_are_read_once_and_cannot_be_changed(tmp_path: Path) -> None:
+    key = "train/is_cam/estimated"
+    ids = np.array(["a", "b"])
+    conf = np.arange(2 * 3 * 3, dtype=np.int32).reshape(2, 3, 3)
+    (tmp_path / "confusions").mkdir()
+    np.savez_compressed(tmp_path / "confusions" / "sipe-s0.npz", **{key: conf, "train/ids": ids})
+    r = loading.StudyResults(rows=pd.DataFrame(), units={}, results_dir=tmp_path, eval_split="train")
+    first = r.confusions("sipe", 0, key)
+    (tmp_path / "confusions" / "sipe-s0.npz").unlink()
+    assert r.confusions("sipe", 0, key) is first and np.array_equal(first, conf)
+    with pytest.raises(ValueError):
+        first[0, 0, 0] = 1
+    with pytest.raises(FileNotFoundError):
+        r.confusions("cam", 0, key)
 
 
 def test_a_units_training_log_is_kept_beside_its_results_and_read_without_the_run(root: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import fnmatch
 import functools
 import hashlib
 import platform
+import re
 import subprocess
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -147,6 +148,7 @@ def changed_files(revision: str, patterns: Sequence[str], repo: Path = REPO_ROOT
     return sorted(line for line in out.splitlines() if line)
 
 
+@functools.lru_cache(maxsize=1024)
 def normalized_source(text: str) -> str:
     """Python source reduced to what runs: its AST with docstrings removed (comments and layout vanish
     with parsing); the text itself when it does not parse."""
@@ -163,6 +165,24 @@ def normalized_source(text: str) -> str:
     return ast.dump(tree)
 
 
+FULL_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def _source_at(revision: str, name: str, repo: Path) -> str | None:
+    """The text of file `name` at `revision` (`git show`); None when git, the revision or the file is unavailable."""
+    try:
+        return subprocess.run(["git", "show", f"{revision}:{name}"], cwd=repo, capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _committed_source(sha: str, name: str, repo: Path) -> str | None:
+    """`_source_at` for a full commit hash, whose files never change: read once per process."""
+    return _source_at(sha, name, repo)
+
+
 def source_code_changes(revision: str, patterns: Sequence[str], repo: Path = REPO_ROOT) -> list[str] | None:
     """The files matching `patterns` whose code (not docstrings, comments or layout) differs between
     `revision` and the working tree; None when git or the revision is unavailable."""
@@ -172,11 +192,7 @@ def source_code_changes(revision: str, patterns: Sequence[str], repo: Path = REP
     rev = revision.removesuffix("-dirty")
     changed = []
     for name in files:
-        try:
-            old = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=repo, capture_output=True, text=True,
-                                 check=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            old = None
+        old = (_committed_source if FULL_SHA.fullmatch(rev) else _source_at)(rev, name, repo)
         path = repo / name
         new = path.read_text() if path.exists() else None
         if old is None or new is None or normalized_source(old) != normalized_source(new):

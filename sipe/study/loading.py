@@ -30,6 +30,8 @@ class StudyResults:
     eval_split: str
     stale: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    _confusions: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict, init=False, repr=False,
+                                                                 compare=False)
 
     def select(self, variant: str, reading: str, background: str, split: str | None = None,
                quantity: str = "miou", threshold: float | None = None) -> pd.DataFrame:
@@ -62,10 +64,14 @@ class StudyResults:
         return pd.Series(out, dtype=float).sort_index()
 
     def confusions(self, variant: str, seed: int, key: str) -> np.ndarray:
-        """Per-image confusions of a unit's reading `<split>/<map key>/<background>`: int (N,P,C,C)."""
-        path = self.results_dir / "confusions" / f"{variant}-s{seed}.npz"
-        with np.load(path) as data:
-            return data[key]
+        """Per-image confusions of a unit's reading `<split>/<map key>/<background>`: int (N,P,C,C), read-only,
+        read from its file once."""
+        if (variant, seed, key) not in self._confusions:
+            with np.load(self.results_dir / "confusions" / f"{variant}-s{seed}.npz") as data:
+                array = data[key]
+            array.flags.writeable = False
+            self._confusions[(variant, seed, key)] = array
+        return self._confusions[(variant, seed, key)]
 
     def code_changed(self, variants: Sequence[str]) -> list[str]:
         """Units of `variants` whose stage code has changed since they were computed."""
