@@ -21,6 +21,9 @@ NPROC ?= 1
 # once; the longest files first, by their seconds in tests/durations.json: see tests/conftest.py)
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# The tests ignore a caller's data root; Python caches bytecode for the suite's ~50 processes (runners, kernels,
+# workers), even where the machine sets PYTHONDONTWRITEBYTECODE (each would compile the package again).
+TEST_ENV := env -u SIPE_DATA_ROOT -u PYTHONDONTWRITEBYTECODE
 # A data root given by the caller (command line or environment), before any default applies.
 GIVEN_DATA_ROOT := $(or $(DATA_ROOT),$(SIPE_DATA_ROOT))
 DATA_ROOT ?= $(or $(SIPE_DATA_ROOT),../shared/data/voc2012_subset)
@@ -47,11 +50,11 @@ browser-deps:
 # The suite makes its own data (synthetic, or the shared subset found by the tests): an inherited
 # SIPE_DATA_ROOT must not leak into it.
 test: env browser-deps
-	@rc=0; env -u SIPE_DATA_ROOT $(PYTEST) || rc=$$?; \
+	@rc=0; $(TEST_ENV) $(PYTEST) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: env
-	@rc=0; env -u SIPE_DATA_ROOT $(PYTEST) -m "not slow" || rc=$$?; \
+	@rc=0; $(TEST_ENV) $(PYTEST) -m "not slow" || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # Standard library only: fails in a second, before the long install, when the data root is wrong.

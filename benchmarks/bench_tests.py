@@ -28,6 +28,8 @@ TARGETS = {"fast": 90.0, "full": 300.0}
 MARKERS = {"fast": ["-m", "not slow"], "full": []}
 XDIST = ["--dist", "loadfile", "--no-loadscope-reorder"]
 """The Makefile's scheduling (PYTEST): a test file per worker at a time, in the collection's order."""
+UNSET = ("SIPE_DATA_ROOT", "PYTHONDONTWRITEBYTECODE")
+"""The environment variables the Makefile's TEST_ENV removes."""
 DURATIONS = REPO / "tests" / "durations.json"
 DURATION_LINE = re.compile(r"^(\d+\.\d+)s (call|setup|teardown)\s+([^:\s]+)::")
 
@@ -45,7 +47,7 @@ def run(kind: str, workers: str) -> tuple[float, int, str, list[str]]:
     """Run the suite `kind` once; (wall seconds, exit code, pytest's summary line, every test's durations line)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers, *XDIST,
            "--durations=0", "--durations-min=0", *MARKERS[kind]]
-    env = {k: v for k, v in os.environ.items() if k != "SIPE_DATA_ROOT"}
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.monotonic() - start

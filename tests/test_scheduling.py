@@ -36,11 +36,16 @@ def test_every_measured_file_exists_and_the_longest_are_measured() -> None:
     assert {"tests/test_book.py", "tests/test_smoke_path.py"} <= set(list(seconds)[:3])
 
 
+def makefile_value(name: str) -> list[str]:
+    line = next(l for l in (REPO / "Makefile").read_text().splitlines() if l.startswith(f"{name} :="))
+    return shlex.split(line.split(":=", 1)[1])
+
+
 def test_the_makefile_and_the_benchmark_schedule_alike() -> None:
-    line = next(l for l in (REPO / "Makefile").read_text().splitlines() if l.startswith("PYTEST :="))
-    args = shlex.split(line.split(":=", 1)[1])
     bench = bench_tests()
-    assert " ".join(bench.XDIST) in " ".join(args), (bench.XDIST, args)
+    assert " ".join(bench.XDIST) in " ".join(makefile_value("PYTEST")), bench.XDIST
+    env = makefile_value("TEST_ENV")
+    assert env[0] == "env" and set(env[2::2]) == set(bench.UNSET) and set(env[1::2]) == {"-u"}, env
 
 
 def test_file_seconds_sum_setup_call_and_teardown_per_file() -> None:
