@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny synthetic VOC-layout dataset and the real VOC 2012 subset (when present). Under
-pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts use one thread."""
+"""Shared fixtures: a tiny synthetic VOC-layout dataset and the real VOC 2012 subset (when present); the test files
+ordered longest first. Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it
+starts use one thread."""
 from __future__ import annotations
 
 import json
