@@ -408,3 +408,15 @@ def test_the_ladder_note_tells_whole_rungs_from_partly_computed_ones():
     text = lr.ladder_note(frame, slopes, "subset", partly=["combined"])
     assert text.startswith("1 of 3 rungs are computed (lite2), and 1 partly (combined: ")
     assert lr.ladder_note(frame.iloc[[0, 3]], slopes, "subset").startswith("No rung is computed yet (1 declared)")
+
+
+def test_the_ladder_note_names_axes_and_the_combined_rung_apart():
+    a = "Estimated background beats the threshold for option (4)"
+    frame = pd.DataFrame([("subset", a, "fails"), ("data375", a, "fails"), ("combined", a, "fails")],
+                         columns=["rung", "claim", "verdict"])
+    slopes = pd.DataFrame([(a, "data", "away from the paper"), (a, "length", "away from the paper"),
+                           (a, "combined", "away from the paper"), (a, "backbone", "toward the paper"),
+                           (a, "crop", lr.NOT_COMPUTED)], columns=["claim", "axis", "direction"])
+    text = lr.ladder_note(frame, slopes, "subset")
+    assert text.endswith(f" {a}: toward the paper along backbone; away from the paper along data, length and at the "
+                         "combined rung."), text

@@ -489,6 +489,14 @@ def partly_computed(ladder: Sequence[RungResults]) -> list[str]:
     return [rr.name for rr in ladder if rr.computed and len(rr.results.units) < len(rr.planned)]
 
 
+def _where(axes: Sequence[str]) -> str:
+    """'along data, length', 'at the combined rung', or both joined by 'and'."""
+    combined = get_rung(COMBINED).axis
+    single = [a for a in axes if a != combined]
+    parts = ([f"along {', '.join(single)}"] if single else []) + (["at the combined rung"] if combined in axes else [])
+    return " and ".join(parts)
+
+
 def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str, partly: Sequence[str] = ()) -> str:
     """One sentence per finding: how many rungs are computed (those in `partly`, `partly_computed`, said to be
     partly so), and for each claim that fails in the base study the axes along which its delta moves toward (or
@@ -506,7 +514,7 @@ def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str, partly: Se
         return text + f" No claim that these units decide fails in the {base} study."
     for claim, part in slopes.groupby("claim", sort=False):
         moves = {d: part.loc[part["direction"] == d, "axis"].tolist() for d in ("toward the paper", "away from the paper")}
-        found = [f"{d} along {', '.join(axes)}" for d, axes in moves.items() if axes]
+        found = [f"{d} {_where(axes)}" for d, axes in moves.items() if axes]
         text += f" {claim}: " + ("; ".join(found) if found else "no axis moves it clearly") + "."
     return text
 
