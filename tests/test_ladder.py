@@ -420,3 +420,23 @@ def test_the_ladder_note_names_axes_and_the_combined_rung_apart():
     text = lr.ladder_note(frame, slopes, "subset")
     assert text.endswith(f" {a}: toward the paper along backbone; away from the paper along data, length and at the "
                          "combined rung."), text
+
+
+def test_the_machines_note_says_which_rungs_read_one_kind_of_machine(tmp_path):
+    def rung(name: str, machines: dict[str, dict]) -> lr.RungResults:
+        rr = empty_rung(name, "data", tmp_path)
+        rr.results.units.update({u: ({"machine": m} if m else {}) for u, m in machines.items()})
+        return rr
+
+    epyc = {"cpu": "AMD EPYC", "torch_cpu_capability": "AVX512", "torch_threads": 2, "cuda": ""}
+    xeon = {"cpu": "Intel Xeon", "torch_cpu_capability": "AVX2", "torch_threads": 2, "cuda": ""}
+    ladder_results = [rung("subset", {"sipe-s15": None, "cam-s15": None}), rung("data375", {"sipe-s15": epyc, "cam-s15": epyc}),
+                      rung("lite2", {"sipe-s15": epyc, "cam-s15": xeon}), rung("crop352", {})]
+    machines = lr.unit_machines(ladder_results)
+    assert machines.loc[machines["rung"] == "lite2", "machine"].tolist() == ["AMD EPYC, AVX512", "Intel Xeon, AVX2"]
+    assert set(machines["rung"]) == {"subset", "data375", "lite2"}
+    text = lr.machines_note(machines)
+    assert text.startswith("The units of data375 were all computed on the same kind of machine (AMD EPYC, AVX512)")
+    assert "lite2 (AMD EPYC, AVX512; Intel Xeon, AVX2) come from more than one machine" in text
+    assert "the records of subset predate the machine field" in text and "crop352" not in text
+    assert lr.machines_note(lr.unit_machines([rung("crop352", {})])) == "No rung is computed yet."

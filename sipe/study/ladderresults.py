@@ -519,6 +519,47 @@ def ladder_note(frame: pd.DataFrame, slopes: pd.DataFrame, base: str, partly: Se
     return text
 
 
+NOT_RECORDED = "not recorded"
+
+
+def unit_machines(ladder: Sequence[RungResults]) -> pd.DataFrame:
+    """Per published unit of every rung, the machine its record names (`sipe.infra.provenance.machine`: the CPU
+    model and torch's CPU capability, the CUDA device if any), NOT_RECORDED for records older than that field
+    (columns rung, unit, machine)."""
+    rows = []
+    for rr in ladder:
+        for unit, record in rr.results.units.items():
+            m = record.get("machine") or {}
+            shown = ", ".join(v for v in (m.get("cpu"), m.get("torch_cpu_capability"), m.get("cuda")) if v)
+            rows.append({"rung": rr.name, "unit": unit, "machine": shown or NOT_RECORDED})
+    return pd.DataFrame(rows, columns=["rung", "unit", "machine"])
+
+
+def machines_note(machines: pd.DataFrame) -> str:
+    """Which rungs of a `unit_machines` frame had all their units computed on the same kind of machine (so a
+    claim's delta there, which reads two units of the rung, carries no noise between machines), which on several,
+    and whose records do not say."""
+    by_rung = machines.groupby("rung", sort=False)["machine"].agg(lambda m: sorted(set(m)))
+    one: dict[str, list[str]] = {}
+    for rung, found in by_rung.items():
+        if found != [NOT_RECORDED] and len(found) == 1:
+            one.setdefault(found[0], []).append(rung)
+    text = [f"the units of {', '.join(rungs)} were all computed on the same kind of machine ({m}), so a claim's "
+            "delta there reads no noise between machines" for m, rungs in one.items()]
+    several = [f"{r} ({'; '.join(found)})" for r, found in by_rung.items() if len(found) > 1]
+    if several:
+        text.append(f"the units of {', '.join(several)} come from more than one machine, so their deltas may carry "
+                    "floating-point noise between machines")
+    unknown = [r for r, found in by_rung.items() if found == [NOT_RECORDED]]
+    if unknown:
+        text.append(f"the records of {', '.join(unknown)} predate the machine field, so a slope from them to a rung "
+                    "may compare two machines, within the noise that separates machines (the reproduction page)")
+    if not text:
+        return "No rung is computed yet."
+    joined = "; ".join(text)
+    return joined[0].upper() + joined[1:] + "."
+
+
 HEADLINE_CLAIM = "SIPE beats the CAM baseline (localization maps)"
 
 
