@@ -148,7 +148,7 @@ def changed_files(revision: str, patterns: Sequence[str], repo: Path = REPO_ROOT
     return sorted(line for line in out.splitlines() if line)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def normalized_source(text: str) -> str:
     """Python source reduced to what runs: its AST with docstrings removed (comments and layout vanish
     with parsing); the text itself when it does not parse."""
