@@ -95,7 +95,8 @@ def test_book_config_builds_the_api_with_autodoc_and_lists_the_pages():
 
 def rst_problems(docstring: str) -> list[str]:
     """Warnings and errors docutils reports on a Google-style docstring as napoleon turns it into
-    reStructuredText (Sphinx-only roles and directives, unknown to plain docutils, are not counted)."""
+    reStructuredText (Sphinx-only roles and directives, unknown to plain docutils, are not counted), and its
+    substitution references (``|x|``): a docstring defines none, so Sphinx reports each as undefined."""
     import io
 
     import docutils.frontend
@@ -112,8 +113,10 @@ def rst_problems(docstring: str) -> list[str]:
     doc = docutils.utils.new_document("<docstring>", settings)
     docutils.parsers.rst.Parser().parse(rst, doc)
     sphinx_only = ("Unknown interpreted text role", "Unknown directive type")
+    undefined = [f'Undefined substitution referenced: "{ref.astext()}".'
+                 for ref in doc.findall(docutils.nodes.substitution_reference)]
     return [m.astext() for m in doc.findall(docutils.nodes.system_message)
-            if m["level"] >= 2 and not any(s in m.astext() for s in sphinx_only)]
+            if m["level"] >= 2 and not any(s in m.astext() for s in sphinx_only)] + undefined
 
 
 def documented_objects(module_name: str):
@@ -135,6 +138,8 @@ def documented_objects(module_name: str):
 def test_rst_check_catches_a_broken_docstring():
     assert rst_problems("Title.\n\nArgs:\n    x: the input.\n") == []
     assert rst_problems("Title.\n\nsome line\n    an indented line\nback\n")
+    assert rst_problems("The move |a - b| in points.") == ['Undefined substitution referenced: "a - b".']
+    assert rst_problems("The move ``|a - b|`` in points.") == []
 
 
 def test_api_docstrings_render_without_rst_warnings():

@@ -280,7 +280,7 @@ def segmentation_numbers(data_root: str | Path | None) -> dict[str, str]:
 
 
 def reading_moves(float32_dir: Path, bfloat16_dir: Path, units: Sequence[str]) -> pd.DataFrame:
-    """Per mIoU reading of `units` in both folders: unit, reading and |bfloat16 - float32| (points)."""
+    """Per mIoU reading of `units` in both folders: unit, reading and the absolute move bfloat16 - float32 (points)."""
     keys = ["quantity", "reading", "background", "threshold", "variant", "seed", "split"]
     frames = []
     for u in units:
