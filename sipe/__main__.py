@@ -69,7 +69,8 @@ def ladder_table(args: argparse.Namespace) -> int:
     from .study import ladder
 
     table = ladder.budget(measured_dir=args.results_dir or None)
-    print(ladder.budget_markdown(table, measured=ladder.measured_hours()), end="")
+    projected = ladder.projection(ladder.unit_budget(measured_dir=args.results_dir or None), ladder.measured_unit_hours())
+    print(ladder.budget_markdown(table, measured=ladder.measured_hours(), projected=projected), end="")
     return 0 if table["total_h"].sum() <= ladder.BUDGET_HOURS else 1
 
 

@@ -186,6 +186,34 @@ def test_measured_hours_count_a_shared_training_once(tmp_path):
     assert "not yet computed" in shown
 
 
+def test_the_projection_scales_the_units_still_to_compute_by_the_measured_ratio(tmp_path):
+    for unit in ("sipe-s15", "cam-s15"):
+        write_record(tmp_path / "subset", unit, 1000.0, (300.0, 100.0), (200.0, 20.0))
+    rungs = [ladder.get_rung(n) for n in ("lite2", "scales4", "epochs10")]
+    estimated = ladder.unit_budget(rungs, tmp_path / "subset")
+    assert estimated.groupby("rung", sort=False)["total_h"].sum().tolist() == \
+        pytest.approx(ladder.budget(rungs, tmp_path / "subset")["total_h"].tolist())
+    nothing = ladder.projection(estimated, ladder.measured_unit_hours(rungs, tmp_path))
+    assert math.isnan(nothing["ratio"]) and nothing["remaining_h"] == pytest.approx(estimated["total_h"].sum())
+    table = ladder.budget(rungs, tmp_path / "subset")
+    assert "computed units took" not in ladder.budget_markdown(table, projected=nothing)
+
+    lite2 = estimated.set_index(["rung", "unit"]).loc[("lite2", "sipe-s15")]
+    folder = tmp_path / "ladder" / "lite2"
+    write_record(folder, "sipe-s15", 2 * 3600 * lite2["train_h"], (2 * 3600 * lite2["maps_h"], 0.0),
+                 (2 * 3600 * lite2["eval_h"], 0.0))
+    path = folder / "runs" / "sipe-s15.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "train_key": "sipe-s15-lite2"}))
+    measured = ladder.measured_unit_hours(rungs, tmp_path)
+    assert measured["measured_h"].notna().tolist() == [True] + [False] * 5
+    p = ladder.projection(estimated, measured)
+    rest = estimated["total_h"].sum() - lite2["total_h"]
+    assert p["ratio"] == pytest.approx(2.0) and p["measured_h"] == pytest.approx(2 * lite2["total_h"])
+    assert p["remaining_h"] == pytest.approx(rest) and p["projected_h"] == pytest.approx(2 * lite2["total_h"] + 2 * rest)
+    shown = ladder.budget_markdown(table, budget_hours=0.1, projected=p)
+    assert f"({p['ratio']:.2f}x)" in shown and f"the whole ladder {p['projected_h']:.1f} hours, over the budget" in shown
+
+
 def test_a_variant_without_a_measured_unit_is_a_clear_error(tmp_path):
     write_record(tmp_path, "sipe-s15", 1000.0, (300.0, 100.0), (200.0, 20.0))
     with pytest.raises(ConfigError, match="no measured unit of 'cam'"):
@@ -197,7 +225,9 @@ def test_the_declared_ladder_fits_the_budget_and_the_book_shows_its_table():
     assert ladder.check_fits(table) <= ladder.BUDGET_HOURS
     page = (REPO / "book" / "reproduce.md").read_text()
     block = re.search(r"<!-- ladder table:.*?-->\n(.*?)<!-- end of the ladder table -->", page, re.S)
-    assert block and block.group(1) == ladder.budget_markdown(table, measured=ladder.measured_hours())
+    projected = ladder.projection(ladder.unit_budget(), ladder.measured_unit_hours())
+    assert block and block.group(1) == ladder.budget_markdown(table, measured=ladder.measured_hours(),
+                                                               projected=projected)
 
 
 @pytest.mark.slow

@@ -237,11 +237,12 @@ def cost_factors(unit_cfg: ExperimentConfig, measured_cfg: ExperimentConfig, mea
             "eval": 1.0}
 
 
-def budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None, profile: str = "subset") -> pd.DataFrame:
-    """Per rung, the estimated stage time of its units (hours): the base study's measured stage times of each
+def unit_budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None,
+                profile: str = "subset") -> pd.DataFrame:
+    """Per unit of each rung, its estimated stage time (hours): the base study's measured stage times of its
     variant (`measured_seconds`, default `results/<profile>`) x `cost_factors`. A unit whose training settings
-    equal a base study's unit's or an earlier rung's unit's reuses that training and costs none. Columns rung,
-    axis, overrides, units, train_h, maps_h, eval_h, total_h."""
+    equal a base study's unit's or an earlier unit's (in rung order) reuses that training and costs none. Columns
+    rung, unit, train_h, maps_h, eval_h, total_h."""
     measured_dir = Path(measured_dir) if measured_dir is not None else REPO_ROOT / "results" / profile
     variants = sorted({v for r in rungs for v in r.variants})
     measured = measured_seconds(measured_dir, variants)
@@ -250,21 +251,25 @@ def budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None
     rows = []
     for rung in rungs:
         cfg = rung_config(rung, base)
-        hours = dict.fromkeys(STAGES, 0.0)
         for unit in rung.units:
             ucfg = unit_config(cfg, unit)
             m = measured.loc[unit.variant]
             factors = cost_factors(ucfg, unit_config(base, unit), int(m["steps_per_epoch"]))
             key = ucfg.stage_hash("train")
-            for stage in STAGES:
-                if stage == "train" and key in trained:
-                    continue
-                hours[stage] += m[stage] * factors[stage] / 3600.0
+            hours = {f"{stage}_h": 0.0 if stage == "train" and key in trained else m[stage] * factors[stage] / 3600.0
+                     for stage in STAGES}
             trained.add(key)
-        rows.append({"rung": rung.name, "axis": rung.axis, "overrides": rung.describe(),
-                     "units": " ".join(u.name for u in rung.units), **{f"{s}_h": hours[s] for s in STAGES},
-                     "total_h": sum(hours.values())})
-    return pd.DataFrame(rows)
+            rows.append({"rung": rung.name, "unit": unit.name, **hours, "total_h": sum(hours.values())})
+    return pd.DataFrame(rows, columns=["rung", "unit", *(f"{s}_h" for s in STAGES), "total_h"])
+
+
+def budget(rungs: Sequence[Rung] = RUNGS, measured_dir: str | Path | None = None, profile: str = "subset") -> pd.DataFrame:
+    """Per rung, the estimated stage time of its units (hours): `unit_budget` summed over the rung's units.
+    Columns rung, axis, overrides, units, train_h, maps_h, eval_h, total_h."""
+    per_unit = unit_budget(rungs, measured_dir, profile)
+    hours = per_unit.drop(columns="unit").groupby("rung", sort=False).sum()
+    return pd.DataFrame([{"rung": r.name, "axis": r.axis, "overrides": r.describe(),
+                          "units": " ".join(u.name for u in r.units), **hours.loc[r.name].to_dict()} for r in rungs])
 
 
 def seed_hours(names: Sequence[str], seeds: tuple[int, ...] = (15, 16, 17), rungs: Sequence[Rung] = RUNGS,
@@ -284,34 +289,59 @@ def _unit_hours(record: Mapping[str, Any], with_train: bool) -> float:
     return sum(float(w.get(k, 0.0)) for k in stages) / 3600.0
 
 
-def measured_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | None = None,
-                   profile: str = "subset") -> pd.DataFrame:
-    """Per rung, the stage time its computed units recorded (hours, from `results_root/ladder/<rung>/runs/*.json`,
+def measured_unit_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | None = None,
+                        profile: str = "subset") -> pd.DataFrame:
+    """Per unit of each rung, the stage time its record gives (hours, from `results_root/ladder/<rung>/runs/`,
     default the repository's `results/`): maps and readings always, training once per training folder (a unit
-    whose training the base study or an earlier rung made costs none, as in `budget`). Columns rung, units_done,
-    units, measured_h (NaN while no unit is computed)."""
+    whose training the base study or an earlier unit made costs none, as in `unit_budget`). Columns rung, unit,
+    measured_h (NaN while the unit is not computed)."""
     root = Path(results_root) if results_root is not None else REPO_ROOT / "results"
     trained = {json.loads(p.read_text()).get("train_key") for p in sorted((root / profile / "runs").glob("*.json"))}
     rows = []
     for rung in rungs:
-        hours, done = 0.0, 0
         for unit in rung.units:
             path = root / "ladder" / rung.name / "runs" / f"{unit.name}.json"
-            if not path.exists():
-                continue
-            record = json.loads(path.read_text())
-            hours += _unit_hours(record, record.get("train_key") not in trained)
-            trained.add(record.get("train_key"))
-            done += 1
-        rows.append({"rung": rung.name, "units_done": done, "units": len(rung.units),
-                     "measured_h": hours if done else math.nan})
+            hours = math.nan
+            if path.exists():
+                record = json.loads(path.read_text())
+                hours = _unit_hours(record, record.get("train_key") not in trained)
+                trained.add(record.get("train_key"))
+            rows.append({"rung": rung.name, "unit": unit.name, "measured_h": hours})
+    return pd.DataFrame(rows, columns=["rung", "unit", "measured_h"])
+
+
+def measured_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | None = None,
+                   profile: str = "subset") -> pd.DataFrame:
+    """Per rung, the stage time its computed units recorded (hours; `measured_unit_hours` summed). Columns rung,
+    units_done, units, measured_h (NaN while no unit is computed)."""
+    per_unit = measured_unit_hours(rungs, results_root, profile)
+    rows = []
+    for rung in rungs:
+        done = per_unit.loc[(per_unit["rung"] == rung.name) & per_unit["measured_h"].notna(), "measured_h"]
+        rows.append({"rung": rung.name, "units_done": len(done), "units": len(rung.units),
+                     "measured_h": float(done.sum()) if len(done) else math.nan})
     return pd.DataFrame(rows)
 
 
+def projection(estimated: pd.DataFrame, measured: pd.DataFrame) -> dict[str, float]:
+    """The ladder's cost as its computed units project it, from `unit_budget` (`estimated`) and
+    `measured_unit_hours` (`measured`): measured_h (the computed units' recorded hours), estimated_done_h (their
+    estimate), ratio (measured / estimated), remaining_h (the estimate of the units still to compute) and
+    projected_h = measured_h + ratio x remaining_h (NaN ratio and projection while nothing is computed)."""
+    both = estimated.merge(measured, on=["rung", "unit"], how="left", validate="one_to_one")
+    done = both["measured_h"].notna()
+    measured_h, estimated_done_h = float(both.loc[done, "measured_h"].sum()), float(both.loc[done, "total_h"].sum())
+    ratio = measured_h / estimated_done_h if estimated_done_h > 0 else math.nan
+    remaining_h = float(both.loc[~done, "total_h"].sum())
+    return {"measured_h": measured_h, "estimated_done_h": estimated_done_h, "ratio": ratio,
+            "remaining_h": remaining_h, "projected_h": measured_h + ratio * remaining_h}
+
+
 def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS,
-                    measured: pd.DataFrame | None = None) -> str:
-    """A `budget` table as a Markdown table with its total and the budget it is checked against, and with
-    `measured` (`measured_hours`) a column of the hours each rung's computed units took."""
+                    measured: pd.DataFrame | None = None, projected: Mapping[str, float] | None = None) -> str:
+    """A `budget` table as a Markdown table with its total and the budget it is checked against; with
+    `measured` (`measured_hours`) a column of the hours each rung's computed units took, and with `projected`
+    (`projection`) the whole ladder's cost at the computed units' measured-to-estimated ratio."""
     shown = pd.DataFrame({
         "rung": [f"`{r}`" for r in table["rung"]], "axis": table["axis"],
         "overrides": [f"`{o}`" for o in table["overrides"]], "units": table["units"],
@@ -324,8 +354,22 @@ def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS,
                                                       else f" ({by_rung.loc[r, 'units_done']} of {by_rung.loc[r, 'units']} units)")
             for r in table["rung"]]
     total = float(table["total_h"].sum())
-    return (shown.to_markdown(index=False) + f"\n\nTotal: {total:.1f} hours of stage time, "
-            f"{'within' if total <= budget_hours else 'over'} the {budget_hours:g}-hour budget.\n")
+    text = (shown.to_markdown(index=False) + f"\n\nTotal: {total:.1f} hours of stage time, "
+            f"{'within' if total <= budget_hours else 'over'} the {budget_hours:g}-hour budget.")
+    if projected is not None and math.isfinite(projected["ratio"]):
+        text += " " + projection_note(projected, budget_hours)
+    return text + "\n"
+
+
+def projection_note(p: Mapping[str, float], budget_hours: float = BUDGET_HOURS) -> str:
+    """One sentence on a `projection`: the computed units' measured against estimated hours, and the whole
+    ladder's hours at that ratio against `budget_hours` ("" while nothing is computed)."""
+    if not math.isfinite(p["ratio"]):
+        return ""
+    return (f"The computed units took {p['measured_h']:.1f} hours where {p['estimated_done_h']:.1f} were "
+            f"estimated ({p['ratio']:.2f}x); at that ratio the {p['remaining_h']:.1f} estimated hours still to "
+            f"compute take {p['ratio'] * p['remaining_h']:.1f}, and the whole ladder {p['projected_h']:.1f} hours, "
+            f"{'within' if p['projected_h'] <= budget_hours else 'over'} the budget.")
 
 
 def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float:
@@ -339,5 +383,5 @@ def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float
 
 __all__ = ["BUDGET_HOURS", "BackboneCost", "LADDER_PROFILES", "LADDER_VARIANTS", "RUNGS", "Rung", "budget",
            "budget_markdown", "check_fits", "cost_factors", "get_rung", "measure_backbone_flops", "measured_hours",
-           "measured_seconds", "seed_hours",
+           "measured_seconds", "measured_unit_hours", "projection", "projection_note", "seed_hours", "unit_budget",
            "rung_command", "rung_config", "rung_results_dir"]
