@@ -470,3 +470,24 @@ def test_the_machines_note_says_which_rungs_read_one_kind_of_machine(tmp_path):
     assert "lite2 (AMD EPYC, AVX512; Intel Xeon, AVX2) come from more than one machine" in text
     assert "the records of subset predate the machine field" in text and "crop352" not in text
     assert lr.machines_note(lr.unit_machines([rung("crop352", {})])) == "No rung is computed yet."
+
+
+def test_rungs_at_the_same_samples_seen_stand_apart_in_the_absolute_figure():
+    samples = [7480, 7480, 14960, 7480, 52880]
+    x = lr.dodged_x(pd.DataFrame({"samples seen": samples}), step=1.1)
+    assert x[2] == 14960 and x[4] == 52880
+    assert x[[0, 1, 3]] == pytest.approx([7480 / 1.1, 7480, 7480 * 1.1])
+
+    rows = [("subset", "base", 7480, 36.0, 34.0, 3), ("data375", "data", 7480, 32.6, 27.1, 1),
+            ("epochs10", "length", 14960, 37.0, 35.0, 1), ("crop352", "crop", 7480, math.nan, math.nan, 0),
+            ("paper", "", 52880, 58.6, 50.1, 0)]
+    table = pd.DataFrame([{"rung": r, "axis": a, "samples seen": s, "SIPE mean": m, "CAM mean": c,
+                           "SIPE std": 0.3 if n > 1 else math.nan, "CAM std": 0.1 if n > 1 else math.nan,
+                           "SIPE n": n, "CAM n": n} for r, a, s, m, c, n in rows])
+    fig = lr.absolute_figure(table)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["base and training length", "paper", "subset", "data375",
+                                                           "epochs10"]
+    sipe_axis = fig.axes[0]
+    (line,) = sipe_axis.get_lines()[:1]
+    assert line.get_ydata().tolist() == [36.0, 37.0]

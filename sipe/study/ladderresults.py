@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from scipy import stats
 
 from ..data import voc
@@ -460,28 +461,59 @@ def delta_figure(frame: pd.DataFrame, labels: Mapping[str, str] = HEADLINE, colu
     return fig
 
 
+def dodged_x(table: pd.DataFrame, step: float = 1.03) -> np.ndarray:
+    """The `samples seen` of each row of an `absolute_table`, spread by factors of `step` (centred, in row order)
+    among the rows that share a value, so that rungs at the same samples seen stand side by side on a log axis."""
+    x = table["samples seen"].astype(float).to_numpy()
+    out = x.copy()
+    for value in np.unique(x):
+        rows = np.flatnonzero(x == value)
+        out[rows] = value * step ** (np.arange(len(rows)) - (len(rows) - 1) / 2)
+    return out
+
+
 def absolute_figure(table: pd.DataFrame) -> Figure:
-    """SIPE's and the CAM baseline's mIoU against the samples seen (log axis) of every computed rung of an
-    `absolute_table`, each point named by its rung, with the paper's two numbers as stars."""
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    ax = fig.subplots()
+    """Two panels, SIPE and the CAM baseline: mIoU against the samples seen (log axis) of every computed rung of
+    an `absolute_table` (mean with the seeds' std), one colour per rung named in the legend, rungs at the same
+    samples seen side by side (`dodged_x`), the base and training-length rungs joined by a line, and the paper's
+    number as a star."""
+    fig = Figure(figsize=(8.6, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
     ours, paper_row = table[table["rung"] != "paper"], table[table["rung"] == "paper"]
-    for label, colour, marker in (("SIPE", "tab:blue", "o"), ("CAM", "tab:orange", "s")):
+    x = pd.Series(dodged_x(ours), index=ours.index)
+    colours = dict(zip(ours["rung"], _rung_colours(len(ours))))
+    length = ours["axis"].isin(["base", get_rung("epochs10").axis])
+    for ax, label in zip(axes, ("SIPE", "CAM")):
         done = ours[ours[f"{label} n"] > 0]
-        ax.errorbar(done["samples seen"], done[f"{label} mean"], yerr=done[f"{label} std"].fillna(0.0), fmt=marker,
-                    color=colour, capsize=3, label=f"{label} (ours)")
-        for _, r in done.iterrows():
-            ax.annotate(r["rung"], (r["samples seen"], r[f"{label} mean"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.scatter(paper_row["samples seen"], paper_row[f"{label} mean"], marker="*", s=160, color=colour,
-                   edgecolor="black", label=f"{label} (paper)", zorder=3)
-    if not (ours["SIPE n"] > 0).any():
-        ax.text(0.5, 0.5, "no rung computed yet", transform=ax.transAxes, ha="center", color="grey")
-    ax.set_xscale("log")
-    ax.set_xlabel("training samples seen (log)")
-    ax.set_ylabel("mIoU on VOC train (localization maps)")
-    ax.legend(fontsize=7, loc="lower right")
+        line = done[length.loc[done.index]]
+        ax.plot(x.loc[line.index], line[f"{label} mean"], color="grey", lw=0.8, zorder=1,
+                label="base and training length" if len(line) > 1 else None)
+        for i, r in done.iterrows():
+            ax.errorbar(x.loc[i], r[f"{label} mean"], yerr=0.0 if math.isnan(r[f"{label} std"]) else r[f"{label} std"],
+                        fmt="o", color=colours[r["rung"]], capsize=3, label=r["rung"], zorder=2)
+        ax.scatter(paper_row["samples seen"], paper_row[f"{label} mean"], marker="*", s=180, color="gold",
+                   edgecolor="black", label="paper", zorder=3)
+        if done.empty:
+            ax.text(0.5, 0.5, "no rung computed yet", transform=ax.transAxes, ha="center", color="grey")
+        ax.set_xscale("log")
+        ax.set_xlim(table["samples seen"].min() / 1.5, table["samples seen"].max() * 1.5)
+        ax.xaxis.set_major_locator(FixedLocator([5_000, 10_000, 20_000, 50_000]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title("SIPE" if label == "SIPE" else "CAM baseline", fontsize=10)
+        ax.set_xlabel("training samples seen (log)")
+    axes[0].set_ylabel("mIoU on VOC train (localization maps)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
     return fig
+
+
+def _rung_colours(n: int) -> list:
+    """`n` distinct colours of the tab10 palette (tab20 beyond ten)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i) for i in range(n)]
 
 
 def partly_computed(ladder: Sequence[RungResults]) -> list[str]:
