@@ -135,7 +135,8 @@ def write_record(folder: Path, unit: str, train: float, maps: tuple[float, float
             "eval_selection": evals[1]}
     (folder / "runs" / f"{unit}.json").write_text(json.dumps({"wall_seconds": wall}))
     steps = np.arange(1, steps_per_epoch * epochs + 1)
-    pd.DataFrame({"step": steps, "epoch": (steps - 1) // steps_per_epoch}).to_csv(folder / "logs" / f"{unit}.csv", index=False)
+    pd.DataFrame({"step": steps, "epoch": (steps - 1) // steps_per_epoch, "seconds": train / len(steps)}).to_csv(
+        folder / "logs" / f"{unit}.csv", index=False)
 
 
 def test_the_budget_scales_the_measured_stage_times(tmp_path):
@@ -206,12 +207,33 @@ def test_the_projection_scales_the_units_still_to_compute_by_the_measured_ratio(
     path.write_text(json.dumps({**json.loads(path.read_text()), "train_key": "sipe-s15-lite2"}))
     measured = ladder.measured_unit_hours(rungs, tmp_path)
     assert measured["measured_h"].notna().tolist() == [True] + [False] * 5
+    assert measured["slow_train_h"].iloc[0] == pytest.approx(0.0, abs=1e-9)
     p = ladder.projection(estimated, measured)
     rest = estimated["total_h"].sum() - lite2["total_h"]
     assert p["ratio"] == pytest.approx(2.0) and p["measured_h"] == pytest.approx(2 * lite2["total_h"])
     assert p["remaining_h"] == pytest.approx(rest) and p["projected_h"] == pytest.approx(2 * lite2["total_h"] + 2 * rest)
     shown = ladder.budget_markdown(table, budget_hours=0.1, projected=p)
     assert f"({p['ratio']:.2f}x)" in shown and f"the whole ladder {p['projected_h']:.1f} hours, over the budget" in shown
+
+    log_path = folder / "logs" / "sipe-s15.csv"
+    log = pd.read_csv(log_path)
+    pace = float(log["seconds"].iloc[0])
+    log.loc[:99, "seconds"] += 36.0
+    log.to_csv(log_path, index=False)
+    record = json.loads(path.read_text())
+    record["wall_seconds"]["train"] += 100 * 36.0
+    path.write_text(json.dumps(record))
+    slow = ladder.measured_unit_hours(rungs, tmp_path)["slow_train_h"].iloc[0]
+    assert slow == pytest.approx(100 * 36.0 / 3600.0)
+    p = ladder.projection(estimated, ladder.measured_unit_hours(rungs, tmp_path))
+    assert p["slow_h"] == pytest.approx(slow) and pace > 0
+    assert p["paced_ratio"] == pytest.approx(2.0) and p["ratio"] == pytest.approx(2.0 + slow / lite2["total_h"])
+
+
+def test_slow_steps_are_the_seconds_beyond_the_median_pace():
+    assert ladder.slow_step_seconds(pd.DataFrame({"seconds": [1.0, 1.0, 1.0, 4.0, 1.0]})) == pytest.approx(3.0)
+    assert ladder.slow_step_seconds(pd.DataFrame({"seconds": [0.7] * 10})) == pytest.approx(0.0)
+    assert ladder.slow_step_seconds(pd.DataFrame({"seconds": []})) == 0.0
 
 
 def test_a_variant_without_a_measured_unit_is_a_clear_error(tmp_path):

@@ -289,25 +289,38 @@ def _unit_hours(record: Mapping[str, Any], with_train: bool) -> float:
     return sum(float(w.get(k, 0.0)) for k in stages) / 3600.0
 
 
+def slow_step_seconds(log: pd.DataFrame) -> float:
+    """The seconds a training log's steps took beyond its median step's pace: sum(seconds) - steps x median.
+    On an idle machine a few percent of the training; where tests or benchmarks shared the cores, most of it."""
+    seconds = log["seconds"].astype(float)
+    return float(seconds.sum() - len(seconds) * seconds.median()) if len(seconds) else 0.0
+
+
 def measured_unit_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | None = None,
                         profile: str = "subset") -> pd.DataFrame:
     """Per unit of each rung, the stage time its record gives (hours, from `results_root/ladder/<rung>/runs/`,
     default the repository's `results/`): maps and readings always, training once per training folder (a unit
-    whose training the base study or an earlier unit made costs none, as in `unit_budget`). Columns rung, unit,
-    measured_h (NaN while the unit is not computed)."""
+    whose training the base study or an earlier unit made costs none, as in `unit_budget`); and of that training,
+    the hours its kept log's steps took beyond their median pace (`slow_step_seconds`). Columns rung, unit,
+    measured_h, slow_train_h (NaN while the unit is not computed)."""
     root = Path(results_root) if results_root is not None else REPO_ROOT / "results"
     trained = {json.loads(p.read_text()).get("train_key") for p in sorted((root / profile / "runs").glob("*.json"))}
     rows = []
     for rung in rungs:
         for unit in rung.units:
-            path = root / "ladder" / rung.name / "runs" / f"{unit.name}.json"
-            hours = math.nan
+            folder = root / "ladder" / rung.name
+            path = folder / "runs" / f"{unit.name}.json"
+            hours = slow = math.nan
             if path.exists():
                 record = json.loads(path.read_text())
-                hours = _unit_hours(record, record.get("train_key") not in trained)
+                own_training = record.get("train_key") not in trained
+                hours = _unit_hours(record, own_training)
+                log = training_log_path(folder, unit.name)
+                slow = slow_step_seconds(pd.read_csv(log, usecols=["seconds"])) / 3600.0 \
+                    if own_training and log.exists() else 0.0
                 trained.add(record.get("train_key"))
-            rows.append({"rung": rung.name, "unit": unit.name, "measured_h": hours})
-    return pd.DataFrame(rows, columns=["rung", "unit", "measured_h"])
+            rows.append({"rung": rung.name, "unit": unit.name, "measured_h": hours, "slow_train_h": slow})
+    return pd.DataFrame(rows, columns=["rung", "unit", "measured_h", "slow_train_h"])
 
 
 def measured_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | None = None,
@@ -326,15 +339,19 @@ def measured_hours(rungs: Sequence[Rung] = RUNGS, results_root: str | Path | Non
 def projection(estimated: pd.DataFrame, measured: pd.DataFrame) -> dict[str, float]:
     """The ladder's cost as its computed units project it, from `unit_budget` (`estimated`) and
     `measured_unit_hours` (`measured`): measured_h (the computed units' recorded hours), estimated_done_h (their
-    estimate), ratio (measured / estimated), remaining_h (the estimate of the units still to compute) and
-    projected_h = measured_h + ratio x remaining_h (NaN ratio and projection while nothing is computed)."""
+    estimate), ratio (measured / estimated), remaining_h (the estimate of the units still to compute),
+    projected_h = measured_h + ratio x remaining_h; and the same without the training steps slower than their
+    unit's median pace: slow_h, paced_ratio, paced_projected_h (NaN ratios and projections while nothing is
+    computed)."""
     both = estimated.merge(measured, on=["rung", "unit"], how="left", validate="one_to_one")
     done = both["measured_h"].notna()
     measured_h, estimated_done_h = float(both.loc[done, "measured_h"].sum()), float(both.loc[done, "total_h"].sum())
-    ratio = measured_h / estimated_done_h if estimated_done_h > 0 else math.nan
+    slow_h = float(both.loc[done, "slow_train_h"].sum())
+    ratio, paced = ((h / estimated_done_h if estimated_done_h > 0 else math.nan) for h in (measured_h, measured_h - slow_h))
     remaining_h = float(both.loc[~done, "total_h"].sum())
     return {"measured_h": measured_h, "estimated_done_h": estimated_done_h, "ratio": ratio,
-            "remaining_h": remaining_h, "projected_h": measured_h + ratio * remaining_h}
+            "remaining_h": remaining_h, "projected_h": measured_h + ratio * remaining_h, "slow_h": slow_h,
+            "paced_ratio": paced, "paced_projected_h": measured_h - slow_h + paced * remaining_h}
 
 
 def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS,
@@ -369,7 +386,11 @@ def projection_note(p: Mapping[str, float], budget_hours: float = BUDGET_HOURS) 
     return (f"The computed units took {p['measured_h']:.1f} hours where {p['estimated_done_h']:.1f} were "
             f"estimated ({p['ratio']:.2f}x); at that ratio the {p['remaining_h']:.1f} estimated hours still to "
             f"compute take {p['ratio'] * p['remaining_h']:.1f}, and the whole ladder {p['projected_h']:.1f} hours, "
-            f"{'within' if p['projected_h'] <= budget_hours else 'over'} the budget.")
+            f"{'within' if p['projected_h'] <= budget_hours else 'over'} the budget. "
+            f"Of the measured hours, {p['slow_h']:.1f} were training steps beyond their unit's median pace (other work "
+            f"sharing the two cores); without them the ratio is {p['paced_ratio']:.2f}x and the whole "
+            f"ladder {p['paced_projected_h']:.1f} hours, {'within' if p['paced_projected_h'] <= budget_hours else 'over'} "
+            "the budget.")
 
 
 def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float:
@@ -383,5 +404,5 @@ def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float
 
 __all__ = ["BUDGET_HOURS", "BackboneCost", "LADDER_PROFILES", "LADDER_VARIANTS", "RUNGS", "Rung", "budget",
            "budget_markdown", "check_fits", "cost_factors", "get_rung", "measure_backbone_flops", "measured_hours",
-           "measured_seconds", "measured_unit_hours", "projection", "projection_note", "seed_hours", "unit_budget",
+           "measured_seconds", "measured_unit_hours", "projection", "projection_note", "seed_hours", "slow_step_seconds", "unit_budget",
            "rung_command", "rung_config", "rung_results_dir"]
