@@ -291,7 +291,7 @@ def _unit_hours(record: Mapping[str, Any], with_train: bool) -> float:
 
 def slow_step_seconds(log: pd.DataFrame) -> float:
     """The seconds a training log's steps took beyond its median step's pace: sum(seconds) - steps x median.
-    On an idle machine a few percent of the training; where tests or benchmarks shared the cores, most of it."""
+    On an idle machine under a tenth of the training; where tests or benchmarks shared the cores, up to most of it."""
     seconds = log["seconds"].astype(float)
     return float(seconds.sum() - len(seconds) * seconds.median()) if len(seconds) else 0.0
 
