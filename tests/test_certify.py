@@ -92,3 +92,32 @@ def test_certify_command_prints_the_comparison_and_fails_on_a_difference(tmp_pat
     assert cli_main(["certify", "--before", str(GOLDEN), "--after", str(after), "--units", "sipe-s0"]) == 1
     assert cli_main(["certify", "--before", str(GOLDEN), "--units", "sipe-s0"]) == 2
     assert "certify needs --before, --after and --units" in capsys.readouterr().err
+
+
+def test_drift_counts_the_steps_two_computations_share_and_how_far_their_readings_lie(tmp_path: Path) -> None:
+    names = ["sipe-s0"]
+    same = certify.drift(GOLDEN, copy_results(tmp_path / "same", names), "sipe-s0")
+    assert same["same_steps"] == same["log_steps"] == 2 and same["max_abs"] == 0.0 and same["same_code"]
+
+    other = copy_results(tmp_path / "other", names)
+    log = pd.read_csv(other / "logs" / "sipe-s0.csv")
+    log.loc[1, "loss"] += 1e-7
+    log.loc[:, "seconds"] *= 3
+    log.to_csv(other / "logs" / "sipe-s0.csv", index=False)
+    rows = pd.read_csv(unit_paths(other, "sipe-s0")["csv"])
+    miou = rows.index[(rows["quantity"] == "miou") & (rows["split"] == "train")]
+    rows.loc[miou, "value"] += 0.1
+    rows.loc[miou[0], "value"] -= 0.4
+    rows.loc[(rows["quantity"] == "miou") & (rows["split"] != "train"), "value"] += 5.0
+    rows.to_csv(unit_paths(other, "sipe-s0")["csv"], index=False)
+    record = json.loads(unit_paths(other, "sipe-s0")["json"].read_text())
+    record["machine"] = {"cpu": "Other CPU", "torch_cpu_capability": "AVX2", "cuda": ""}
+    unit_paths(other, "sipe-s0")["json"].write_text(json.dumps(record))
+
+    d = certify.drift(other, GOLDEN, "sipe-s0")
+    assert d["same_steps"] == 1 and d["log_steps"] == 2, "the second step's loss differs; timings are not compared"
+    assert d["readings"] == len(miou), "only the evaluated split's readings"
+    assert d["max_abs"] == pytest.approx(0.3) and d["median_abs"] == pytest.approx(0.1)
+    assert d["machine_before"] == "Other CPU, AVX2" and d["same_settings"] and d["same_code"]
+    with pytest.raises(certify.CertificationError, match="results files missing"):
+        certify.drift(GOLDEN, tmp_path / "nothing", "sipe-s0")

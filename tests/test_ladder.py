@@ -513,3 +513,30 @@ def test_rungs_at_the_same_samples_seen_stand_apart_in_the_absolute_figure():
     sipe_axis = fig.axes[0]
     (line,) = sipe_axis.get_lines()[:1]
     assert line.get_ydata().tolist() == [36.0, 37.0]
+
+
+def test_a_unit_kept_from_another_machine_is_compared_with_the_published_one(tmp_path):
+    import shutil
+    golden = Path(__file__).parent / "data" / "golden_stages"
+    rung_dir, other = tmp_path / "epochs10", tmp_path / "epochs10" / lr.OTHER_MACHINES / "other-cpu"
+    for folder in (rung_dir, other):
+        for sub, names in (("runs", ["sipe-s0.csv", "sipe-s0.json"]), ("logs", ["sipe-s0.csv"])):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            for n in names:
+                shutil.copyfile(golden / sub / n, folder / sub / n)
+    record = json.loads((other / "runs" / "sipe-s0.json").read_text())
+    (other / "runs" / "sipe-s0.json").write_text(json.dumps({**record, "machine": {"cpu": "Other CPU"}}))
+    log = pd.read_csv(other / "logs" / "sipe-s0.csv")
+    log.loc[1, "loss_gsc"] *= 1.001
+    log.to_csv(other / "logs" / "sipe-s0.csv", index=False)
+    published = StudyResults(pd.DataFrame(columns=[*RESULT_COLUMNS, "unit"]), {"sipe-s0": {}}, rung_dir, "train")
+    rung = lr.RungResults("epochs10", "length", SUBSET, rung_dir, published, {}, ("sipe-s0",))
+    (tmp_path / "subset").mkdir()
+
+    drift = lr.machine_drift([empty_rung("subset", "base", tmp_path / "subset"), rung])
+    assert drift[["rung", "unit", "folder"]].values.tolist() == [["epochs10", "sipe-s0", "other-machines/other-cpu"]]
+    assert drift.loc[0, "same_steps"] == 1 and drift.loc[0, "max_abs"] == 0.0
+    note = lr.drift_note(drift)
+    assert "epochs10's sipe-s0 was computed on Other CPU" in note and "for the first 1 of 2 steps" in note
+    assert f"on {lr.NOT_RECORDED} with the same settings" in note
+    assert lr.drift_note(drift.iloc[:0]) == "No unit of the ladder is kept computed on two kinds of machine."

@@ -251,6 +251,12 @@ def machine() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else ""}
 
 
+def machine_text(recorded: dict[str, Any] | None) -> str:
+    """A record's `machine` as one line (CPU model, torch's CPU capability, CUDA device); '' when not recorded."""
+    m = recorded or {}
+    return ", ".join(str(v) for v in (m.get("cpu"), m.get("torch_cpu_capability"), m.get("cuda")) if v)
+
+
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

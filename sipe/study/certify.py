@@ -68,6 +68,50 @@ def compare(before: str | Path, after: str | Path, names: Sequence[str]) -> pd.D
     return pd.DataFrame([compare_unit(before, after, n) for n in names])
 
 
+def _first_difference(a: pd.DataFrame, b: pd.DataFrame) -> int:
+    """The number of leading rows two frames share to the last bit (every column of both)."""
+    if list(a.columns) != list(b.columns):
+        return 0
+    n = min(len(a), len(b))
+    same = (a.iloc[:n].reset_index(drop=True) == b.iloc[:n].reset_index(drop=True)) | (
+        a.iloc[:n].reset_index(drop=True).isna() & b.iloc[:n].reset_index(drop=True).isna())
+    differs = np.flatnonzero(~same.all(axis=1).to_numpy())
+    return int(differs[0]) if len(differs) else n
+
+
+def drift(before: str | Path, after: str | Path, name: str) -> dict[str, Any]:
+    """How far two computations of unit `name` lie apart (results folders `before` and `after`, e.g. the same
+    settings on two kinds of machine): each record's machine (`machine_before`, `machine_after`), whether their
+    configuration hashes and stage code hashes are equal (`same_settings`, `same_code`), the training
+    steps whose logs agree to the last bit before the first difference (`same_steps`, timings aside) of
+    `log_steps`, and over the `readings` mIoU readings of the evaluated split (every map, background and
+    threshold) the largest and the median absolute difference (`max_abs`, `median_abs`, points)."""
+    old, new = unit_paths(before, name), unit_paths(after, name)
+    missing = [str(p) for p in (old["csv"], old["json"], new["csv"], new["json"]) if not p.exists()]
+    if missing:
+        raise CertificationError(f"{name}: results files missing ({', '.join(missing)}); compute the unit into both folders")
+    ra, rb = read_json(old["json"]), read_json(new["json"])
+    out: dict[str, Any] = {"unit": name, "machine_before": prov.machine_text(ra.get("machine")),
+                           "machine_after": prov.machine_text(rb.get("machine")),
+                           "same_settings": bool(ra.get("config_hash"))
+                           and ra.get("config_hash") == rb.get("config_hash"),
+                           "same_code": bool(ra.get("code")) and ra.get("code") == rb.get("code")}
+    logs = [training_log_path(d, name) for d in (before, after)]
+    if all(p.exists() for p in logs):
+        a, b = (pd.read_csv(p).drop(columns=list(TIMING_COLUMNS), errors="ignore") for p in logs)
+        out["same_steps"], out["log_steps"] = _first_difference(a, b), len(b)
+    split = rb.get("config", {}).get("data", {}).get("eval_split")
+    keys = ["reading", "background", "threshold", "split"]
+    rows = [pd.read_csv(p["csv"]) for p in (old, new)]
+    rows = [r[(r["quantity"] == "miou") & ((r["split"] == split) if split else True)] for r in rows]
+    both = rows[0].merge(rows[1], on=keys, suffixes=("_before", "_after"), validate="one_to_one")
+    if both.empty:
+        raise CertificationError(f"{name}: no mIoU reading in both {before} and {after}")
+    gap = (both["value_after"] - both["value_before"]).abs()
+    out.update(readings=len(both), max_abs=float(gap.max()), median_abs=float(gap.median()))
+    return out
+
+
 def certificate(comparison: pd.DataFrame, after: str | Path) -> dict[str, Any]:
     """What a re-stamped record keeps of a certification: the revision whose code was certified (the one the
     units in `after` were computed at), the units that certified it with their comparison, the machine and

@@ -19,9 +19,9 @@ from scipy import stats
 
 from ..data import voc
 from ..infra.config import ExperimentConfig, get_profile
-from ..infra.provenance import REPO_ROOT
+from ..infra.provenance import REPO_ROOT, machine_text
 from ..stages.train import plan_steps
-from . import paper, pipeline
+from . import certify, paper, pipeline
 from .ladder import (BACKBONE_COSTS, LADDER_VARIANTS, RUNGS, Rung, get_rung, rung_command, rung_config,
     rung_results_dir)
 from .loading import StudyResults, load
@@ -561,9 +561,7 @@ def unit_machines(ladder: Sequence[RungResults]) -> pd.DataFrame:
     rows = []
     for rr in ladder:
         for unit, record in rr.results.units.items():
-            m = record.get("machine") or {}
-            shown = ", ".join(v for v in (m.get("cpu"), m.get("torch_cpu_capability"), m.get("cuda")) if v)
-            rows.append({"rung": rr.name, "unit": unit, "machine": shown or NOT_RECORDED})
+            rows.append({"rung": rr.name, "unit": unit, "machine": machine_text(record.get("machine")) or NOT_RECORDED})
     return pd.DataFrame(rows, columns=["rung", "unit", "machine"])
 
 
@@ -590,6 +588,46 @@ def machines_note(machines: pd.DataFrame) -> str:
         return "No rung is computed yet."
     joined = "; ".join(text)
     return joined[0].upper() + joined[1:] + "."
+
+
+OTHER_MACHINES = "other-machines"
+"""A rung's folder of units computed again on other kinds of machine (`<rung results>/other-machines/<machine>/`,
+laid out as a results folder): kept to measure the noise between machines, not read as the rung's results."""
+
+
+def machine_drift(ladder: Sequence[RungResults]) -> pd.DataFrame:
+    """Per unit kept in a rung's OTHER_MACHINES folder, how far it lies from the rung's published unit
+    (`sipe.study.certify.drift`, after - before = published - other machine), with columns rung and folder."""
+    rows = []
+    for rr in ladder:
+        for folder in sorted(p for p in (rr.results_dir / OTHER_MACHINES).glob("*") if p.is_dir()):
+            for record in sorted((folder / "runs").glob("*.json")):
+                if record.stem in rr.results.units:
+                    rows.append({"rung": rr.name, "folder": str(folder.relative_to(rr.results_dir)),
+                                 **certify.drift(folder, rr.results_dir, record.stem)})
+    return pd.DataFrame(rows)
+
+
+def drift_note(drift: pd.DataFrame) -> str:
+    """The units of a `machine_drift` frame in sentences: which two machines computed each, whether its logs
+    agree to the last bit and for how many steps, and how far its mIoU readings lie apart."""
+    if drift.empty:
+        return "No unit of the ladder is kept computed on two kinds of machine."
+    text = []
+    for r in drift.itertuples():
+        same = ("with the same settings and stage code" if r.same_settings and r.same_code
+                else "with different settings or stage code (not a measure of the machines alone)")
+        log = ""
+        if hasattr(r, "same_steps") and not pd.isna(r.same_steps):
+            log = (f"; its training logs agree to the last bit at all {int(r.log_steps)} steps"
+                   if r.same_steps == r.log_steps else
+                   f"; its training logs agree to the last bit for the first {int(r.same_steps)} of "
+                   f"{int(r.log_steps)} steps, then part by rounding")
+        before, after = r.machine_before or NOT_RECORDED, r.machine_after or NOT_RECORDED
+        text.append(f"{r.rung}'s {r.unit} was computed on {before} ({r.folder}) and on {after} "
+                    f"{same}{log}; its {r.readings} mIoU readings lie at most {r.max_abs:.2f} points apart "
+                    f"(median {r.median_abs:.2f})")
+    return ". ".join(text) + "."
 
 
 HEADLINE_CLAIM = "SIPE beats the CAM baseline (localization maps)"
