@@ -115,9 +115,14 @@ def test_drift_counts_the_steps_two_computations_share_and_how_far_their_reading
     unit_paths(other, "sipe-s0")["json"].write_text(json.dumps(record))
 
     d = certify.drift(other, GOLDEN, "sipe-s0")
-    assert d["same_steps"] == 1 and d["log_steps"] == 2, "the second step's loss differs; timings are not compared"
+    assert d["same_steps"] == d["same_loss_steps"] == 1 and d["log_steps"] == 2, \
+        "the second step's loss differs; timings are not compared"
     assert d["readings"] == len(miou), "only the evaluated split's readings"
     assert d["max_abs"] == pytest.approx(0.3) and d["median_abs"] == pytest.approx(0.1)
     assert d["machine_before"] == "Other CPU, AVX2" and d["same_settings"] and d["same_code"]
+    log.loc[0, "loss_gsc"] += 1e-9
+    log.to_csv(other / "logs" / "sipe-s0.csv", index=False)
+    d = certify.drift(other, GOLDEN, "sipe-s0")
+    assert d["same_steps"] == 0 and d["same_loss_steps"] == 1, "a smaller column can part before the total loss"
     with pytest.raises(certify.CertificationError, match="results files missing"):
         certify.drift(GOLDEN, tmp_path / "nothing", "sipe-s0")

@@ -537,6 +537,8 @@ def test_a_unit_kept_from_another_machine_is_compared_with_the_published_one(tmp
     assert drift[["rung", "unit", "folder"]].values.tolist() == [["epochs10", "sipe-s0", "other-machines/other-cpu"]]
     assert drift.loc[0, "same_steps"] == 1 and drift.loc[0, "max_abs"] == 0.0
     note = lr.drift_note(drift)
-    assert "epochs10's sipe-s0 was computed on Other CPU" in note and "for the first 1 of 2 steps" in note
+    assert "epochs10's sipe-s0 was computed on Other CPU" in note
+    assert "for the first 1 of 2 steps (the total loss agrees for the first 2), then part by rounding" in note
+    assert "differ in their last bits from the first of 2 steps" in lr.drift_note(drift.assign(same_steps=0))
     assert f"on {lr.NOT_RECORDED} with the same settings" in note
     assert lr.drift_note(drift.iloc[:0]) == "No unit of the ladder is kept computed on two kinds of machine."

@@ -73,8 +73,8 @@ def _first_difference(a: pd.DataFrame, b: pd.DataFrame) -> int:
     if list(a.columns) != list(b.columns):
         return 0
     n = min(len(a), len(b))
-    same = (a.iloc[:n].reset_index(drop=True) == b.iloc[:n].reset_index(drop=True)) | (
-        a.iloc[:n].reset_index(drop=True).isna() & b.iloc[:n].reset_index(drop=True).isna())
+    x, y = a.iloc[:n].reset_index(drop=True), b.iloc[:n].reset_index(drop=True)
+    same = (x == y) | (x.isna() & y.isna())
     differs = np.flatnonzero(~same.all(axis=1).to_numpy())
     return int(differs[0]) if len(differs) else n
 
@@ -83,8 +83,8 @@ def drift(before: str | Path, after: str | Path, name: str) -> dict[str, Any]:
     """How far two computations of unit `name` lie apart (results folders `before` and `after`, e.g. the same
     settings on two kinds of machine): each record's machine (`machine_before`, `machine_after`), whether their
     configuration hashes and stage code hashes are equal (`same_settings`, `same_code`), the training
-    steps whose logs agree to the last bit before the first difference (`same_steps`, timings aside) of
-    `log_steps`, and over the `readings` mIoU readings of the evaluated split (every map, background and
+    steps whose logs agree to the last bit before the first difference (`same_steps`, timings aside; in the
+    total loss alone, `same_loss_steps`) of `log_steps`, and over the `readings` mIoU readings of the evaluated split (every map, background and
     threshold) the largest and the median absolute difference (`max_abs`, `median_abs`, points)."""
     old, new = unit_paths(before, name), unit_paths(after, name)
     missing = [str(p) for p in (old["csv"], old["json"], new["csv"], new["json"]) if not p.exists()]
@@ -100,6 +100,8 @@ def drift(before: str | Path, after: str | Path, name: str) -> dict[str, Any]:
     if all(p.exists() for p in logs):
         a, b = (pd.read_csv(p).drop(columns=list(TIMING_COLUMNS), errors="ignore") for p in logs)
         out["same_steps"], out["log_steps"] = _first_difference(a, b), len(b)
+        if "loss" in a.columns and "loss" in b.columns:
+            out["same_loss_steps"] = _first_difference(a[["loss"]], b[["loss"]])
     split = rb.get("config", {}).get("data", {}).get("eval_split")
     keys = ["reading", "background", "threshold", "split"]
     rows = [pd.read_csv(p["csv"]) for p in (old, new)]

@@ -619,10 +619,15 @@ def drift_note(drift: pd.DataFrame) -> str:
                 else "with different settings or stage code (not a measure of the machines alone)")
         log = ""
         if hasattr(r, "same_steps") and not pd.isna(r.same_steps):
-            log = (f"; its training logs agree to the last bit at all {int(r.log_steps)} steps"
-                   if r.same_steps == r.log_steps else
-                   f"; its training logs agree to the last bit for the first {int(r.same_steps)} of "
-                   f"{int(r.log_steps)} steps, then part by rounding")
+            steps = int(r.log_steps)
+            if r.same_steps == steps:
+                log = f"; its training logs agree to the last bit at all {steps} steps"
+            else:
+                log = (f"; its training logs agree to the last bit for the first {int(r.same_steps)} of {steps} steps"
+                       if r.same_steps else f"; its training logs differ in their last bits from the first of {steps} steps")
+                if hasattr(r, "same_loss_steps") and not pd.isna(r.same_loss_steps):
+                    log += f" (the total loss agrees for the first {int(r.same_loss_steps)})"
+                log += ", then part by rounding"
         before, after = r.machine_before or NOT_RECORDED, r.machine_after or NOT_RECORDED
         text.append(f"{r.rung}'s {r.unit} was computed on {before} ({r.folder}) and on {after} "
                     f"{same}{log}; its {r.readings} mIoU readings lie at most {r.max_abs:.2f} points apart "
