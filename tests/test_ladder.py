@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -516,7 +517,6 @@ def test_rungs_at_the_same_samples_seen_stand_apart_in_the_absolute_figure():
 
 
 def test_a_unit_kept_from_another_machine_is_compared_with_the_published_one(tmp_path):
-    import shutil
     golden = Path(__file__).parent / "data" / "golden_stages"
     rung_dir, other = tmp_path / "epochs10", tmp_path / "epochs10" / lr.OTHER_MACHINES / "other-cpu"
     for folder in (rung_dir, other):

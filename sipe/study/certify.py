@@ -42,17 +42,32 @@ def _same_npz(a: Path, b: Path) -> tuple[bool, int]:
         return keys == sorted(y.files) and all(np.array_equal(x[k], y[k]) for k in keys), len(keys)
 
 
+def _require(name: str, paths: Sequence[Path]) -> None:
+    """CertificationError naming the files of unit `name` among `paths` that do not exist."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CertificationError(f"{name}: results files missing ({', '.join(missing)}); compute the unit into both folders")
+
+
+def _training_logs(before: str | Path, after: str | Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Unit `name`'s training logs in results folders `before` and `after` without the timing columns; None
+    when either folder keeps none."""
+    paths = [training_log_path(d, name) for d in (before, after)]
+    if not all(p.exists() for p in paths):
+        return None
+    a, b = (pd.read_csv(p).drop(columns=list(TIMING_COLUMNS), errors="ignore") for p in paths)
+    return a, b
+
+
 def compare_unit(before: str | Path, after: str | Path, name: str) -> dict[str, Any]:
     """How unit `name` computed into results folders `before` and `after` compares: training log (but the
     timing columns), confusions and result rows, each True when identical."""
     old, new = unit_paths(before, name), unit_paths(after, name)
-    missing = [str(p) for p in (*old.values(), *new.values()) if not p.exists()]
-    if missing:
-        raise CertificationError(f"{name}: results files missing ({', '.join(missing)}); compute the unit into both folders")
+    _require(name, [*old.values(), *new.values()])
     out: dict[str, Any] = {"unit": name}
-    logs = [training_log_path(d, name) for d in (before, after)]
-    if all(p.exists() for p in logs):
-        a, b = (pd.read_csv(p).drop(columns=list(TIMING_COLUMNS), errors="ignore") for p in logs)
+    logs = _training_logs(before, after, name)
+    if logs is not None:
+        a, b = logs
         out["log_steps"] = len(b)
         out["training_log"] = _same_frames(a, b)
     out["confusions"], out["confusion_arrays"] = _same_npz(old["npz"], new["npz"])
@@ -84,21 +99,20 @@ def drift(before: str | Path, after: str | Path, name: str) -> dict[str, Any]:
     settings on two kinds of machine): each record's machine (`machine_before`, `machine_after`), whether their
     configuration hashes and stage code hashes are equal (`same_settings`, `same_code`), the training
     steps whose logs agree to the last bit before the first difference (`same_steps`, timings aside; in the
-    total loss alone, `same_loss_steps`) of `log_steps`, and over the `readings` mIoU readings of the evaluated split (every map, background and
-    threshold) the largest and the median absolute difference (`max_abs`, `median_abs`, points)."""
+    total loss alone, `same_loss_steps`) of `log_steps`, and over the `readings` mIoU readings of the evaluated
+    split (every map, background and threshold) the largest and the median absolute difference (`max_abs`,
+    `median_abs`, points)."""
     old, new = unit_paths(before, name), unit_paths(after, name)
-    missing = [str(p) for p in (old["csv"], old["json"], new["csv"], new["json"]) if not p.exists()]
-    if missing:
-        raise CertificationError(f"{name}: results files missing ({', '.join(missing)}); compute the unit into both folders")
+    _require(name, [old["csv"], old["json"], new["csv"], new["json"]])
     ra, rb = read_json(old["json"]), read_json(new["json"])
     out: dict[str, Any] = {"unit": name, "machine_before": prov.machine_text(ra.get("machine")),
                            "machine_after": prov.machine_text(rb.get("machine")),
                            "same_settings": bool(ra.get("config_hash"))
                            and ra.get("config_hash") == rb.get("config_hash"),
                            "same_code": bool(ra.get("code")) and ra.get("code") == rb.get("code")}
-    logs = [training_log_path(d, name) for d in (before, after)]
-    if all(p.exists() for p in logs):
-        a, b = (pd.read_csv(p).drop(columns=list(TIMING_COLUMNS), errors="ignore") for p in logs)
+    logs = _training_logs(before, after, name)
+    if logs is not None:
+        a, b = logs
         out["same_steps"], out["log_steps"] = _first_difference(a, b), len(b)
         if "loss" in a.columns and "loss" in b.columns:
             out["same_loss_steps"] = _first_difference(a[["loss"]], b[["loss"]])
