@@ -230,6 +230,14 @@ def test_the_projection_scales_the_units_still_to_compute_by_the_measured_ratio(
     assert p["slow_h"] == pytest.approx(slow) and pace > 0
     assert p["paced_ratio"] == pytest.approx(2.0) and p["ratio"] == pytest.approx(2.0 + slow / lite2["total_h"])
 
+    only_lite2 = estimated[(estimated["rung"] == "lite2") & (estimated["unit"] == "sipe-s15")]
+    done = ladder.projection(only_lite2, ladder.measured_unit_hours(rungs, tmp_path))
+    assert done["remaining_h"] == 0.0 and done["projected_h"] == pytest.approx(done["measured_h"])
+    said = ladder.projection_note(done, budget_hours=done["measured_h"] - slow / 2)
+    assert said.startswith("All units are computed") and "still to compute" not in said
+    assert f"took {done['measured_h']:.1f} hours where" in said and "over the budget. Of these" in said
+    assert f"the ladder would have taken {done['paced_projected_h']:.1f} hours ({done['paced_ratio']:.2f}x), within" in said
+
 
 def test_slow_steps_are_the_seconds_beyond_the_median_pace():
     assert ladder.slow_step_seconds(pd.DataFrame({"seconds": [1.0, 1.0, 1.0, 4.0, 1.0]})) == pytest.approx(3.0)

@@ -379,10 +379,18 @@ def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS,
 
 
 def projection_note(p: Mapping[str, float], budget_hours: float = BUDGET_HOURS) -> str:
-    """One sentence on a `projection`: the computed units' measured against estimated hours, and the whole
-    ladder's hours at that ratio against `budget_hours` ("" while nothing is computed)."""
+    """Sentences on a `projection`: the computed units' measured against estimated hours, and the whole
+    ladder's hours at that ratio (or, once every unit is computed, as measured) against `budget_hours`
+    ("" while nothing is computed)."""
     if not math.isfinite(p["ratio"]):
         return ""
+    if p["remaining_h"] <= 0:
+        return (f"All units are computed: they took {p['measured_h']:.1f} hours where {p['estimated_done_h']:.1f} "
+                f"were estimated ({p['ratio']:.2f}x), {'within' if p['measured_h'] <= budget_hours else 'over'} "
+                f"the budget. Of these, {p['slow_h']:.1f} were training steps beyond their unit's median pace (other "
+                f"work sharing the two cores); without them the ladder would have taken {p['paced_projected_h']:.1f} hours "
+                f"({p['paced_ratio']:.2f}x), {'within' if p['paced_projected_h'] <= budget_hours else 'over'} "
+                "the budget.")
     return (f"The computed units took {p['measured_h']:.1f} hours where {p['estimated_done_h']:.1f} were "
             f"estimated ({p['ratio']:.2f}x); at that ratio the {p['remaining_h']:.1f} estimated hours still to "
             f"compute take {p['ratio'] * p['remaining_h']:.1f}, and the whole ladder {p['projected_h']:.1f} hours, "
