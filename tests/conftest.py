@@ -1,10 +1,11 @@
-"""Shared fixtures: a tiny synthetic VOC-layout dataset and the real VOC 2012 subset (when present); the test files
-ordered longest first. Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it
-starts use one thread."""
+"""Shared fixtures: a tiny synthetic VOC-layout dataset and the real VOC 2012 subset (when present); `copy_results`
+(a results folder of the golden units); the test files ordered longest first. Under pytest-xdist (`make test` runs
+one worker per core) each worker and the processes it starts use one thread."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -13,9 +14,28 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import pytest
 
 from sipe.data.synthetic import make_synthetic_voc
+from sipe.study.records import unit_paths
 
 SUBSET_ENV = "SIPE_SUBSET_ROOT"
 DEFAULT_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012_subset"
+GOLDEN = Path(__file__).parent / "data" / "golden_stages"
+REV = "1" * 40
+
+
+def copy_results(to: Path, names: list[str], revision: str = REV) -> Path:
+    """A results folder holding the golden files of `names`, their records stamped `revision`."""
+    for name in names:
+        for kind, path in unit_paths(GOLDEN, name).items():
+            target = unit_paths(to, name)[kind]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        record = json.loads(unit_paths(to, name)["json"].read_text())
+        unit_paths(to, name)["json"].write_text(json.dumps({**record, "git_revision": revision}))
+        log = GOLDEN / "logs" / f"{name}.csv"
+        if log.exists():
+            (to / "logs").mkdir(exist_ok=True)
+            shutil.copyfile(log, to / "logs" / log.name)
+    return to
 
 
 @pytest.fixture(scope="session")

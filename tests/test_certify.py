@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,24 +13,7 @@ from sipe.study import certify, loading
 from sipe.study.pipeline import Unit
 from sipe.study.records import unit_paths
 
-GOLDEN = Path(__file__).parent / "data" / "golden_stages"
-REV = "1" * 40
-
-
-def copy_results(to: Path, names: list[str], revision: str = REV) -> Path:
-    """A results folder holding the golden files of `names`, their records stamped `revision`."""
-    for name in names:
-        for kind, path in unit_paths(GOLDEN, name).items():
-            target = unit_paths(to, name)[kind]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-        record = json.loads(unit_paths(to, name)["json"].read_text())
-        unit_paths(to, name)["json"].write_text(json.dumps({**record, "git_revision": revision}))
-        log = GOLDEN / "logs" / f"{name}.csv"
-        if log.exists():
-            (to / "logs").mkdir(exist_ok=True)
-            shutil.copyfile(log, to / "logs" / log.name)
-    return to
+from conftest import GOLDEN, REV, copy_results
 
 
 def test_identical_units_certify_and_restamped_records_are_current(tmp_path: Path, monkeypatch) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from sipe.stages.train import plan_steps
 from sipe.study import claims, ladder, ladderresults as lr, pipeline
 from sipe.study.loading import StudyResults
 from sipe.study.records import RESULT_COLUMNS, RESULTS_ENV
+
+from conftest import copy_results
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = get_profile("subset")
@@ -525,13 +526,9 @@ def test_rungs_at_the_same_samples_seen_stand_apart_in_the_absolute_figure():
 
 
 def test_a_unit_kept_from_another_machine_is_compared_with_the_published_one(tmp_path):
-    golden = Path(__file__).parent / "data" / "golden_stages"
     rung_dir, other = tmp_path / "epochs10", tmp_path / "epochs10" / lr.OTHER_MACHINES / "other-cpu"
     for folder in (rung_dir, other):
-        for sub, names in (("runs", ["sipe-s0.csv", "sipe-s0.json"]), ("logs", ["sipe-s0.csv"])):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-            for n in names:
-                shutil.copyfile(golden / sub / n, folder / sub / n)
+        copy_results(folder, ["sipe-s0"])
     record = json.loads((other / "runs" / "sipe-s0.json").read_text())
     (other / "runs" / "sipe-s0.json").write_text(json.dumps({**record, "machine": {"cpu": "Other CPU"}}))
     log = pd.read_csv(other / "logs" / "sipe-s0.csv")
