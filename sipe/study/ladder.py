@@ -372,10 +372,15 @@ def budget_markdown(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS,
             for r in table["rung"]]
     total = float(table["total_h"].sum())
     text = (shown.to_markdown(index=False) + f"\n\nTotal: {total:.1f} hours of stage time, "
-            f"{'within' if total <= budget_hours else 'over'} the {budget_hours:g}-hour budget.")
+            f"{_against(total, budget_hours)} the {budget_hours:g}-hour budget.")
     if projected is not None and math.isfinite(projected["ratio"]):
         text += " " + projection_note(projected, budget_hours)
     return text + "\n"
+
+
+def _against(hours: float, budget_hours: float) -> str:
+    """'within' or 'over': where `hours` stand against `budget_hours`."""
+    return "within" if hours <= budget_hours else "over"
 
 
 def projection_note(p: Mapping[str, float], budget_hours: float = BUDGET_HOURS) -> str:
@@ -384,21 +389,18 @@ def projection_note(p: Mapping[str, float], budget_hours: float = BUDGET_HOURS) 
     ("" while nothing is computed)."""
     if not math.isfinite(p["ratio"]):
         return ""
+    slow = f"{p['slow_h']:.1f} were training steps beyond their unit's median pace (other work sharing the two cores)"
     if p["remaining_h"] <= 0:
         return (f"All units are computed: they took {p['measured_h']:.1f} hours where {p['estimated_done_h']:.1f} "
-                f"were estimated ({p['ratio']:.2f}x), {'within' if p['measured_h'] <= budget_hours else 'over'} "
-                f"the budget. Of these, {p['slow_h']:.1f} were training steps beyond their unit's median pace (other "
-                f"work sharing the two cores); without them the ladder would have taken {p['paced_projected_h']:.1f} hours "
-                f"({p['paced_ratio']:.2f}x), {'within' if p['paced_projected_h'] <= budget_hours else 'over'} "
-                "the budget.")
+                f"were estimated ({p['ratio']:.2f}x), {_against(p['measured_h'], budget_hours)} the budget. "
+                f"Of these, {slow}; without them the ladder would have taken {p['paced_projected_h']:.1f} hours "
+                f"({p['paced_ratio']:.2f}x), {_against(p['paced_projected_h'], budget_hours)} the budget.")
     return (f"The computed units took {p['measured_h']:.1f} hours where {p['estimated_done_h']:.1f} were "
             f"estimated ({p['ratio']:.2f}x); at that ratio the {p['remaining_h']:.1f} estimated hours still to "
             f"compute take {p['ratio'] * p['remaining_h']:.1f}, and the whole ladder {p['projected_h']:.1f} hours, "
-            f"{'within' if p['projected_h'] <= budget_hours else 'over'} the budget. "
-            f"Of the measured hours, {p['slow_h']:.1f} were training steps beyond their unit's median pace (other work "
-            f"sharing the two cores); without them the ratio is {p['paced_ratio']:.2f}x and the whole "
-            f"ladder {p['paced_projected_h']:.1f} hours, {'within' if p['paced_projected_h'] <= budget_hours else 'over'} "
-            "the budget.")
+            f"{_against(p['projected_h'], budget_hours)} the budget. Of the measured hours, {slow}; without them the "
+            f"ratio is {p['paced_ratio']:.2f}x and the whole ladder {p['paced_projected_h']:.1f} hours, "
+            f"{_against(p['paced_projected_h'], budget_hours)} the budget.")
 
 
 def check_fits(table: pd.DataFrame, budget_hours: float = BUDGET_HOURS) -> float:
